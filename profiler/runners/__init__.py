@@ -1,0 +1,22 @@
+"""Runner factory: one protocol, one constructor per runtime."""
+
+from __future__ import annotations
+
+from ..devices import Device
+from .base import LocalRunner, MeasureRequest, MeasureResult, Runner
+
+
+def make_runner(device: Device) -> Runner:
+    """The runner for a device entry. Raises with a one-line message when the runtime cannot serve it here."""
+    if device.runtime == "onnxruntime":
+        from .ort import OrtRunner
+
+        return OrtRunner(device)
+    if device.runtime == "torch":
+        from .torch_runner import TorchRunner
+
+        return TorchRunner(device)
+    raise NotImplementedError(f"device {device.name!r}: runtime {device.runtime!r} is not available in this build")
+
+
+__all__ = ["LocalRunner", "MeasureRequest", "MeasureResult", "Runner", "make_runner"]

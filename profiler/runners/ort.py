@@ -1,0 +1,82 @@
+"""onnxruntime runners: CPU, and CUDA with io-binding. A device that asks for CUDA never silently gets the CPU."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..devices import Device
+from ..protocol import Protocol
+from ..timing import time_calls
+from .base import LocalRunner, MeasureRequest, MeasureResult, host_fingerprint, library_versions
+
+_OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+               "all": "ORT_ENABLE_ALL"}
+
+
+class ProviderMissing(RuntimeError):
+    pass
+
+
+class OrtRunner(LocalRunner):
+    name = "onnxruntime"
+
+    def __init__(self, device: Device):
+        import onnxruntime as ort
+
+        self.ort = ort
+        self.device = device
+        available = ort.get_available_providers()
+        if device.provider == "cuda":
+            if "CUDAExecutionProvider" not in available:
+                raise ProviderMissing(
+                    f"device {device.name!r} asks for onnxruntime's CUDAExecutionProvider, but this onnxruntime "
+                    f"offers only {', '.join(available)}; install onnxruntime-gpu (and CUDA) or pick a CPU device")
+            self.providers = ["CUDAExecutionProvider"]
+        else:
+            self.providers = ["CPUExecutionProvider"]
+
+    def session_options(self) -> Any:
+        so = self.ort.SessionOptions()
+        so.intra_op_num_threads = self.device.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = self.ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = getattr(self.ort.GraphOptimizationLevel,
+                                              _OPT_LEVELS[self.device.graph_optimization])
+        so.log_severity_level = 3
+        return so
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {**host_fingerprint(), "versions": library_versions(), "runtime": "onnxruntime",
+                "provider": self.providers[0], "threads": self.device.threads,
+                "graph_optimization": self.device.graph_optimization}
+
+    def measure(self, request: MeasureRequest, protocol: Protocol) -> MeasureResult:
+        try:
+            sess = self.ort.InferenceSession(str(request.onnx_path), self.session_options(), providers=self.providers)
+            used = sess.get_providers()
+            if used[0] != self.providers[0]:
+                return MeasureResult.failed(request.key, f"session runs on {used[0]}, not {self.providers[0]}")
+            x = np.random.default_rng(0).standard_normal(request.input_shape).astype(np.float32)
+            name = sess.get_inputs()[0].name
+            if self.providers[0] == "CUDAExecutionProvider":
+                binding = sess.io_binding()
+                binding.bind_ortvalue_input(name, self.ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
+                for out in sess.get_outputs():
+                    binding.bind_output(out.name, "cuda", 0)
+
+                def call() -> None:
+                    sess.run_with_iobinding(binding)
+                    binding.synchronize_outputs()
+            else:
+                feed = {name: x}
+
+                def call() -> None:
+                    sess.run(None, feed)
+
+            samples, calls = time_calls(call, protocol.warmup_s, protocol.min_samples, protocol.min_seconds,
+                                        protocol.max_seconds, protocol.calls_per_sample, protocol.target_sample_ms)
+            return MeasureResult(request.key, tuple(samples), calls)
+        except Exception as e:  # a failure is a value: one bad op never ends a sweep
+            return MeasureResult.failed(request.key, e)

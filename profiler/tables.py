@@ -1,0 +1,269 @@
+"""The latency table (LUT): plain CSV rows plus a JSON sidecar header.
+
+``tables/<device>/<space>.csv`` holds one row per key (``pandas.read_csv`` loads it in one line);
+``<space>.meta.json`` beside it holds the schema version, device, space, fingerprint and protocol.
+
+Rows are appended and flushed as each entry finishes, so a kill at any moment leaves a valid table: a torn last
+line (no newline) is ignored on load and cut off before the next append.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from .keys import KEY_VERSION, parse_key
+
+SCHEMA_VERSION = 1
+COLUMNS = ["key", "op", "input_shape", "c_out", "stride", "params", "median_ms", "p10_ms", "p90_ms", "mean_ms",
+           "std_ms", "cv", "mad_outliers", "n", "calls_per_sample", "attempts", "status", "variant", "error",
+           "max_abs_err", "samples_ms"]
+STATUSES = ("ok", "noisy", "error")
+
+
+class TableError(ValueError):
+    """A table problem; the message is the one line shown to the user."""
+
+
+def default_table_path(device: str, space_spec: str, root: Path | str = "tables") -> Path:
+    safe = space_spec.replace(":", "__").replace(",", "_").replace("=", "-")
+    return Path(root) / device / f"{safe}.csv"
+
+
+def meta_path(table: Path) -> Path:
+    return table.with_suffix(".meta.json")
+
+
+def calib_path(table: Path) -> Path:
+    return table.with_suffix(".calib.json")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class Row:
+    key: str
+    median_ms: float = math.nan
+    p10_ms: float = math.nan
+    p90_ms: float = math.nan
+    mean_ms: float = math.nan
+    std_ms: float = math.nan
+    cv: float = math.nan
+    mad_outliers: int = 0
+    n: int = 0
+    calls_per_sample: int = 0
+    attempts: int = 0
+    status: str = "error"
+    variant: str = ""
+    error: str = ""
+    max_abs_err: float = math.nan
+    samples_ms: tuple[float, ...] = ()
+
+    def to_record(self) -> list[Any]:
+        k = parse_key(self.key)
+        params = ",".join(f"{a}={b}" for a, b in k.params)
+        vals = dict(self.__dict__)
+        vals.update(op=k.op, input_shape="x".join(map(str, k.input_shape)), c_out=k.c_out, stride=k.stride,
+                    params=params, samples_ms=" ".join(f"{s:.6g}" for s in self.samples_ms))
+        return ["" if isinstance(vals[c], float) and math.isnan(vals[c]) else
+                (f"{vals[c]:.6g}" if isinstance(vals[c], float) else vals[c]) for c in COLUMNS]
+
+
+class LatencyTable:
+    """A loaded table: header (``meta``) and the last row of every key."""
+
+    def __init__(self, path: Path, meta: dict[str, Any], rows: dict[str, dict[str, Any]],
+                 calibration: dict[str, Any] | None = None):
+        self.path = path
+        self.meta = meta
+        self.rows = rows
+        self.calibration = calibration
+
+    @property
+    def device(self) -> str:
+        return self.meta["device"]
+
+    @property
+    def space(self) -> str:
+        return self.meta["space"]
+
+    def latency_ms(self, key: str) -> float:
+        """The measured (raw) median of a key; ``KeyError`` when missing or errored."""
+        row = self.rows.get(key)
+        if row is None or row["status"] == "error":
+            raise KeyError(key)
+        return float(row["median_ms"])
+
+    # Prediction = offset_ms + sum of entry_ms over an architecture's keys: linear in the entries, so the search's
+    # expected latency stays a dot product. A calibration (``<table>.calib.json``, see profiler.calibrate) rescales
+    # entries per op and sets the offset; without one, entries are raw medians and the offset is 0.
+    def entry_ms(self, key: str) -> float:
+        raw = self.latency_ms(key)
+        if not self.calibration:
+            return raw
+        op = key.split("|")[1]
+        return raw * float(self.calibration.get("scale_by_op", {}).get(op, self.calibration.get("scale", 1.0)))
+
+    @property
+    def offset_ms(self) -> float:
+        return float(self.calibration.get("offset_ms", 0.0)) if self.calibration else 0.0
+
+    def predict_ms(self, keys: Iterable[str]) -> float:
+        return self.offset_ms + sum(self.entry_ms(k) for k in keys)
+
+    def missing(self, keys: Iterable[str]) -> list[str]:
+        """Keys without a usable (ok or noisy) row."""
+        return [k for k in keys if k not in self.rows or self.rows[k]["status"] == "error"]
+
+    def counts(self) -> dict[str, int]:
+        out = {s: 0 for s in STATUSES}
+        for r in self.rows.values():
+            out[r["status"]] = out.get(r["status"], 0) + 1
+        return out
+
+    def to_frame(self):
+        import pandas as pd
+
+        return pd.read_csv(self.path)
+
+
+def _read_rows(path: Path) -> tuple[dict[str, dict[str, Any]], int]:
+    """Rows by key (last wins) and the byte length of the complete (newline-terminated) part of the file."""
+    data = path.read_bytes()
+    complete = data.rfind(b"\n") + 1
+    text = data[:complete].decode("utf-8", errors="strict")
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if header != COLUMNS:
+        raise TableError(f"{path}: not a hwprof table (header {','.join(header or [])[:80]!r}); "
+                         f"re-measure with hwprof measure --fresh")
+    rows: dict[str, dict[str, Any]] = {}
+    for lineno, rec in enumerate(reader, start=2):
+        if len(rec) != len(COLUMNS):
+            raise TableError(f"{path}: line {lineno} has {len(rec)} fields, expected {len(COLUMNS)} "
+                             f"(corrupt; fix the line or re-measure with --fresh)")
+        r = dict(zip(COLUMNS, rec))
+        if r["status"] not in STATUSES:
+            raise TableError(f"{path}: line {lineno}: status {r['status']!r} is not one of {', '.join(STATUSES)}")
+        try:
+            for c in ("median_ms", "p10_ms", "p90_ms", "mean_ms", "std_ms", "cv", "max_abs_err"):
+                r[c] = float(r[c]) if r[c] != "" else math.nan
+            for c in ("mad_outliers", "n", "calls_per_sample", "attempts"):
+                r[c] = int(r[c]) if r[c] != "" else 0
+        except ValueError as e:
+            raise TableError(f"{path}: line {lineno}: {e} (corrupt; fix the line or re-measure with --fresh)") from None
+        if r["status"] != "error" and not (r["median_ms"] > 0):
+            raise TableError(f"{path}: line {lineno}: status {r['status']} but median_ms {r['median_ms']!r}")
+        rows[r["key"]] = r
+    return rows, complete
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    mp = meta_path(path)
+    try:
+        meta = json.loads(mp.read_text())
+    except FileNotFoundError:
+        raise TableError(f"{path}: header {mp.name} is missing (was the table copied without it?)") from None
+    except json.JSONDecodeError as e:
+        raise TableError(f"{mp}: corrupt header ({e.msg} at line {e.lineno})") from None
+    if not isinstance(meta, dict) or meta.get("schema_version") != SCHEMA_VERSION:
+        got = meta.get("schema_version") if isinstance(meta, dict) else None
+        raise TableError(f"{path}: schema version {got!r}, this hwprof reads {SCHEMA_VERSION}; "
+                         f"re-measure with hwprof measure --fresh")
+    if meta.get("key_version") != KEY_VERSION:
+        raise TableError(f"{path}: key format v{meta.get('key_version')}, this hwprof uses v{KEY_VERSION}; "
+                         f"re-measure with hwprof measure --fresh")
+    return meta
+
+
+def load_table(path: str | Path, device: str | None = None, space: str | None = None) -> LatencyTable:
+    """Load and check a table. ``device`` / ``space``, when given, must match the header."""
+    path = Path(path)
+    if not path.is_file():
+        raise TableError(f"{path}: no such table; measure it with hwprof measure")
+    meta = read_meta(path)
+    if device is not None and meta.get("device") != device:
+        raise TableError(f"{path}: table is for device {meta.get('device')!r}, not {device!r}")
+    if space is not None and meta.get("space") != space:
+        raise TableError(f"{path}: table is for space {meta.get('space')!r}, not {space!r}")
+    rows, _ = _read_rows(path)
+    calibration = None
+    cp = calib_path(path)
+    if cp.is_file():
+        try:
+            calibration = json.loads(cp.read_text())
+        except json.JSONDecodeError as e:
+            raise TableError(f"{cp}: corrupt calibration ({e.msg}); refit it with hwprof verify or delete it") from None
+    return LatencyTable(path, meta, rows, calibration)
+
+
+class TableWriter:
+    """Appends rows to a table, flushing each one. Opening an existing table keeps its ok/noisy rows."""
+
+    def __init__(self, path: Path, meta: dict[str, Any], fresh: bool = False):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if fresh or not path.exists():
+            atomic_write_text(meta_path(path), json.dumps(meta, indent=2, sort_keys=True))
+            buf = io.StringIO()
+            csv.writer(buf, lineterminator="\n").writerow(COLUMNS)
+            atomic_write_text(path, buf.getvalue())
+            self.existing: dict[str, dict[str, Any]] = {}
+        else:
+            old = read_meta(path)
+            for field in ("device", "space"):
+                if old.get(field) != meta.get(field):
+                    raise TableError(f"{path}: table is for {field} {old.get(field)!r}, not {meta.get(field)!r}; "
+                                     f"use another --out or --fresh")
+            rows, complete = _read_rows(path)
+            kept = {k: r for k, r in rows.items() if r["status"] != "error"}
+            if len(kept) != len(rows) or complete != path.stat().st_size:
+                # drop error rows (they are re-measured) and any torn last line; rewrite atomically
+                buf = io.StringIO()
+                w = csv.writer(buf, lineterminator="\n")
+                w.writerow(COLUMNS)
+                for r in kept.values():
+                    w.writerow([r[c] if not (isinstance(r[c], float) and math.isnan(r[c])) else "" for c in COLUMNS])
+                atomic_write_text(path, buf.getvalue())
+            self.existing = kept
+        self._f = open(path, "a", newline="")
+        self._w = csv.writer(self._f, lineterminator="\n")
+
+    def append(self, row: Row) -> None:
+        self._w.writerow(row.to_record())
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "TableWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def samples_of(row: dict[str, Any]) -> np.ndarray:
+    return np.array([float(s) for s in str(row.get("samples_ms", "")).split()], dtype=float)

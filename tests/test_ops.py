@@ -1,0 +1,74 @@
+"""Parametrized over the registry: add an op and it is tested with no new test code."""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from profiler.export import export_key
+from profiler.keys import op_key
+from profiler.ops import OPS, build_op, count_params, register_op
+
+
+def _case(name: str):
+    spec = OPS[name]
+    if name == "classifier":
+        return [((1, 32, 4, 4), 10, 1)]
+    if spec.family == "darts" or name in ("preprocess",):
+        return [((1, 8, 8, 8), 8, 1), ((1, 8, 8, 8), 8, 2)]
+    return [((1, 8, 8, 8), 8, 1), ((1, 8, 8, 8), 16, 2)]
+
+
+CASES = [(n, shape, c_out, s) for n in sorted(OPS) for shape, c_out, s in _case(n)]
+
+
+def _expected_shape(name, shape, c_out, stride):
+    if name == "classifier":
+        return (shape[0], c_out)
+    h = (shape[2] + stride - 1) // stride
+    return (shape[0], c_out, h, h)
+
+
+@pytest.mark.parametrize("name,shape,c_out,stride", CASES)
+def test_op_builds_with_right_shape(name, shape, c_out, stride):
+    m = build_op(name, shape[1], c_out, stride).eval()
+    y = m(torch.randn(*shape))
+    assert tuple(y.shape) == _expected_shape(name, shape, c_out, stride)
+
+
+@pytest.mark.parametrize("name,shape,c_out,stride", CASES)
+def test_op_exports_and_onnxruntime_agrees(name, shape, c_out, stride, tmp_path):
+    key = op_key(name, shape, c_out, stride, OPS[name].defaults)
+    res = export_key(key, tmp_path)
+    assert res.path.stat().st_size > 0
+    assert res.max_abs_err < 1e-4
+    sess = ort.InferenceSession(str(res.path), providers=["CPUExecutionProvider"])
+    x = np.ones(shape, np.float32)
+    out = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    assert out.shape == _expected_shape(name, shape, c_out, stride)
+    # self-contained: no external data file next to the model
+    assert not list(tmp_path.glob("*.data"))
+
+
+def test_duplicate_registration_is_an_error():
+    with pytest.raises(ValueError, match="already registered"):
+        register_op("k3_e6", "fbnet")(lambda c_in, c_out, stride: torch.nn.Identity())
+
+
+def test_unknown_op_names_the_registered_ones():
+    with pytest.raises(KeyError, match="registered ops"):
+        build_op("k7_e9", 8, 8, 1)
+
+
+def test_fbnet_block_residual_and_skip():
+    assert build_op("k3_e6", 16, 16, 1).residual
+    assert not build_op("k3_e6", 16, 24, 2).residual
+    assert isinstance(build_op("skip", 16, 16, 1), torch.nn.Identity)
+    assert count_params(build_op("skip", 16, 24, 2)) > 0
+
+
+def test_grouped_block_shuffles_channels():
+    m = build_op("k3_e1_g2", 16, 16, 1)
+    kinds = [type(x).__name__ for x in m.body]
+    assert "ChannelShuffle" in kinds
+    assert m.body[0][0].groups == 2

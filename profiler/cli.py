@@ -101,6 +101,9 @@ def measure(
     out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="Table path (default tables/DEVICE/SPACE.csv)."),
     fresh: bool = typer.Option(False, "--fresh", help="Start over instead of measuring only missing/errored keys."),
     only: Optional[str] = typer.Option(None, "--only", help="Measure only keys (or op names) matching this glob."),
+    tune_trials: Optional[int] = typer.Option(None, "--tune-trials", min=0,
+                                              help="TVM devices: MetaSchedule trials per task (0 = untuned; default "
+                                                   "the device's tune_trials). Tuned rows are labelled 'tuned'."),
     devices: Optional[Path] = DevicesOpt,
 ) -> None:
     """Measure every op of SPACE on DEVICE into a latency table (resumable: reruns measure only what is missing)."""
@@ -108,8 +111,20 @@ def measure(
     from .tables import TableError, default_table_path
 
     dev = _device(device, devices)
+    if tune_trials is not None:
+        if dev.runtime != "tvm":
+            fail(f"--tune-trials: device {dev.name!r} has runtime {dev.runtime}; tuning applies to tvm devices only")
+        import dataclasses
+
+        dev = dataclasses.replace(dev, tune_trials=tune_trials)
     sp = _space(space)
     path = out_path or default_table_path(dev.name, sp.spec)
+    if dev.runtime == "tvm" and not fresh:
+        from .runners.tvm_runner import variant_mix
+
+        mix = variant_mix(path, dev.tune_trials)
+        if mix:
+            fail(mix)
     runner = _runner(dev)
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[noisy]} noisy {task.fields[err]} "
@@ -183,6 +198,216 @@ def show(table: Path = typer.Argument(..., help="Table CSV written by hwprof mea
     for r in slowest:
         tt.add_row(r["key"], f"{r['median_ms']:.4f}", f"{r['cv'] * 100:.1f}", r["status"])
     out.print(tt)
+
+
+@app.command("measure-model")
+def measure_model_cmd(
+    model: Path = typer.Argument(..., help="ONNX model (e.g. from hwnas export)."),
+    device: str = typer.Option("cpu", "--device", "-d", help="Device name from devices.yaml."),
+    table: Optional[Path] = typer.Option(None, "--table", help="Use this table's protocol and compare with its "
+                                                              "prediction (default: the device's protocol)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    devices: Optional[Path] = DevicesOpt,
+) -> None:
+    """End-to-end latency of one ONNX model on DEVICE, with the same protocol as the tables."""
+    from .model_measure import measure_model
+    from .protocol import Protocol
+    from .stats import summarize
+    from .tables import TableError, load_table
+
+    dev = _device(device, devices)
+    if not model.is_file():
+        fail(f"{model}: no such ONNX model; write one with hwnas export")
+    protocol, predicted, tab = None, None, None
+    if table is not None:
+        try:
+            tab = load_table(table, device=dev.name)
+            protocol = Protocol.from_dict(tab.meta.get("protocol", {}), f"{table} protocol")
+        except (TableError, ValueError) as e:
+            fail(str(e))
+    try:
+        from .arch import ArchError, onnx_arch
+
+        arch = onnx_arch(model)
+        if tab is not None:
+            predicted = tab.predict_ms(arch.keys()) if not tab.missing(arch.keys()) else None
+        elif arch.table is not None and arch.table.device == dev.name:
+            predicted = arch.predicted_ms
+    except (ArchError, ValueError):
+        arch = None  # a model not written by hwnas export: time it all the same
+    res = measure_model(model, dev, protocol)
+    if not res.ok:
+        fail(f"{model} on {dev.name}: {res.error}", 1)
+    s = summarize(res.samples_ms)
+    info = {"model": str(model), "device": dev.name, **s.to_dict(), "calls_per_sample": res.calls_per_sample,
+            "predicted_ms": predicted,
+            "error_pct": None if predicted is None else (predicted - s.median_ms) / s.median_ms * 100}
+    if as_json:
+        out.print_json(json.dumps(info))
+        return
+    line = (f"{model} on {dev.name}: median {s.median_ms:.4f} ms (p10 {s.p10_ms:.4f}, p90 {s.p90_ms:.4f}, "
+            f"CV {s.cv * 100:.1f} %, n {s.n})")
+    if predicted is not None:
+        line += f"; table predicts {predicted:.4f} ms ({info['error_pct']:+.1f} %)"
+    out.print(line, highlight=False)
+
+
+def _load_table(path: Path, **kw):
+    from .tables import TableError, load_table
+
+    try:
+        return load_table(path, **kw)
+    except TableError as e:
+        fail(str(e))
+
+
+def _fmt_metrics(m: dict) -> str:
+    return (f"MAPE {m['mape_pct']:.2f} %, RMSPE {m['rmspe_pct']:.2f} %, max {m['max_err_pct']:.1f} %, "
+            f"±5 % {m['within_5_pct']:.1f} %, ±10 % {m['within_10_pct']:.1f} %, "
+            f"Kendall τ {m['kendall_tau']:.3f}, Spearman ρ {m['spearman_rho']:.3f}")
+
+
+@app.command()
+def verify(
+    device: str = typer.Option("cpu", "--device", "-d", help="Device name from devices.yaml (the table's device)."),
+    space: str = typer.Option("fbnet-cifar", "--space", "-s", help="Space spec of the table."),
+    table: Optional[Path] = typer.Option(None, "--table", "-t", help="Table CSV (default tables/DEVICE/SPACE.csv)."),
+    n: int = typer.Option(100, "--n", help="Held-out test networks (incl. the all-smallest and all-largest)."),
+    calib_n: int = typer.Option(50, "--calib-n", help="Other networks to fit the calibration on (0: no fit)."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default verify/DEVICE/SPACE)."),
+    write_calib: bool = typer.Option(True, "--write-calib/--no-write-calib",
+                                     help="Store the fitted calibration beside the table (TABLE.calib.json)."),
+    stat: str = typer.Option("median", "--stat", help="Statistic compared and calibrated: median, or p10 (robust "
+                                                      "on a busy machine; reruns reuse the measurements)."),
+    devices: Optional[Path] = DevicesOpt,
+) -> None:
+    """Measure whole networks end to end, compare with the table's prediction, fit a calibration (resumable)."""
+    from .tables import TableError, default_table_path
+    from .verify import VerifyError, run_verify
+
+    dev = _device(device, devices)
+    sp = _space(space)
+    path = table or default_table_path(dev.name, sp.spec)
+    tab = _load_table(path)
+    out_dir = out_dir or default_table_path(dev.name, sp.spec, root="verify").with_suffix("")
+    runner = _runner(dev)
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[err]} err [dim]{task.fields[cur]}")]
+    try:
+        with Progress(*columns, console=console) as bar:
+            task = bar.add_task(f"verify {dev.name} {sp.spec}", total=None, err=0, cur="")
+
+            def on_progress(p) -> None:
+                bar.update(task, total=p.total, completed=p.done, err=p.errors, cur=p.current)
+
+            rep = run_verify(dev, sp, tab, runner, out_dir, n=n, calib_n=calib_n, seed=seed,
+                             write_calib=write_calib, stat=stat, on_progress=on_progress)
+    except (VerifyError, TableError) as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        console.print(f"interrupted: finished networks are kept in {out_dir}/networks.csv; "
+                      f"run the same command again to resume")
+        raise typer.Exit(130)
+    finally:
+        runner.close()
+    s = rep.summary
+    out.print(f"{s['n_test']} held-out networks ({s['n_calib']} for calibration), {len(s['failed'])} failed",
+              highlight=False, soft_wrap=True)
+    out.print(f"raw table sum : {_fmt_metrics(s['raw'])} ({s.get('stat', 'median')}s)", highlight=False,
+              soft_wrap=True)
+    if s.get("calibrated"):
+        c = s["calibrated"]
+        out.print(f"calibrated    : {_fmt_metrics(c)} (model {c['model']}, {s.get('stat', 'median')}s)", highlight=False, soft_wrap=True)
+        reached = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in c["goals_reached"].items())
+        out.print(f"goals (±5 % ≥ 95 %, ±10 % ≥ 99.5 %, τ ≥ 0.95) reached: {reached}", highlight=False, soft_wrap=True)
+    if s.get("existing_calibration"):
+        out.print("stored calibration: " + _fmt_metrics(s["existing_calibration"]), highlight=False, soft_wrap=True)
+    if rep.calib_path:
+        out.print(f"calibration stored in {rep.calib_path}", highlight=False, soft_wrap=True)
+    out.print(f"wrote {out_dir}/networks.csv, summary.json, scatter.png", highlight=False, soft_wrap=True)
+    for f in s["failed"][:5]:
+        console.print(f"  [red]failed[/] {f['split']} {f['arch']}: {f['error']}", highlight=False, soft_wrap=True)
+
+
+@app.command("import")
+def import_cmd(
+    src: Path = typer.Argument(..., help="Peer LUT file (OFA YAML, NNI lut.txt or FBNet grid)."),
+    fmt: str = typer.Option(..., "--format", "-f", help="ofa | nni | fbnet-grid"),
+    space: str = typer.Option(..., "--space", "-s", help="Space the LUT belongs to."),
+    device: str = typer.Option(..., "--device", "-d", help="Device label the imported table is for."),
+    out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="Table path (default tables/DEVICE/SPACE.csv)."),
+) -> None:
+    """Import a peer LUT as a normal hwprof table (marked imported; entries it lacks are listed)."""
+    from .formats import FormatError, import_table
+    from .tables import TableError, default_table_path
+
+    sp = _space(space)
+    path = out_path or default_table_path(device, sp.spec)
+    try:
+        rep = import_table(src, fmt, sp, device, path)
+    except (FormatError, TableError) as e:
+        fail(str(e))
+    out.print(f"{path}: imported {rep.imported} entries from {src} ({fmt}); {len(rep.missing)} key(s) of "
+              f"{sp.spec} missing, {len(rep.unused)} file entries unused, {len(rep.ambiguous)} ambiguous",
+              highlight=False, soft_wrap=True)
+    for k in rep.missing[:10]:
+        out.print(f"  missing {k}", highlight=False, soft_wrap=True)
+    if len(rep.missing) > 10:
+        out.print(f"  ... {len(rep.missing) - 10} more (all listed in {path.with_suffix('.meta.json')})")
+
+
+@app.command("export")
+def export_cmd(
+    table: Path = typer.Argument(..., help="hwprof table CSV."),
+    fmt: str = typer.Option(..., "--format", "-f", help="ofa | nni | fbnet-grid"),
+    out_path: Path = typer.Option(..., "--out", "-o", help="File to write."),
+) -> None:
+    """Write a table in a peer LUT format (keys the format cannot name are listed)."""
+    from .formats import FormatError, export_table
+
+    tab = _load_table(table)
+    try:
+        rep = export_table(tab, fmt, out_path)
+    except (FormatError, ValueError) as e:
+        fail(str(e))
+    out.print(f"{out_path}: wrote {rep.written} entries ({fmt}); {len(rep.unexpressible)} key(s) not expressible "
+              f"in this format", highlight=False, soft_wrap=True)
+    for k in rep.unexpressible[:10]:
+        out.print(f"  not written {k}", highlight=False, soft_wrap=True)
+    if len(rep.unexpressible) > 10:
+        out.print(f"  ... {len(rep.unexpressible) - 10} more")
+
+
+@app.command()
+def plot(table: Path = typer.Argument(..., help="hwprof table CSV."),
+         out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG to write (default TABLE.png).")) -> None:
+    """Layer x op heat-map of a table's latencies (PNG)."""
+    from .plots import plot_table
+
+    tab = _load_table(table)
+    sp = _space(tab.space)
+    path = out_path or table.with_suffix(".png")
+    plot_table(tab, sp, path)
+    out.print(f"wrote {path}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def doctor(device: str = typer.Option(..., "--device", "-d", help="Device name from devices.yaml."),
+           devices: Optional[Path] = DevicesOpt) -> None:
+    """Check that DEVICE can be measured: reachability, remote arch and versions, target/arch, one tiny op."""
+    from .doctor import run_doctor
+
+    dev = _device(device, devices)
+    checks = run_doctor(dev)
+    for c in checks:
+        mark = "[green]ok[/]    " if c.ok else "[bold red]FAILED[/]"
+        out.print(f"{mark} {c.name}: {c.detail}" + ("" if c.ok or not c.fix else f"\n       fix: {c.fix}"),
+                  highlight=False, soft_wrap=True)
+    bad = sum(not c.ok for c in checks)
+    out.print(f"{dev.name}: {len(checks) - bad} ok, {bad} failed")
+    if bad:
+        raise typer.Exit(1)
 
 
 def main() -> None:  # pragma: no cover

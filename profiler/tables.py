@@ -122,6 +122,9 @@ class LatencyTable:
         raw = self.latency_ms(key)
         if not self.calibration:
             return raw
+        if self.calibration.get("stat", "median") == "p10":  # fitted on p10s (robust on a busy host)
+            p10 = float(self.rows[key]["p10_ms"])
+            raw = p10 if p10 > 0 else raw
         op = key.split("|")[1]
         return raw * float(self.calibration.get("scale_by_op", {}).get(op, self.calibration.get("scale", 1.0)))
 

@@ -16,6 +16,14 @@ def make_runner(device: Device) -> Runner:
         from .torch_runner import TorchRunner
 
         return TorchRunner(device)
+    if device.runtime == "tvm":
+        from .tvm_runner import make_tvm_runner
+
+        return make_tvm_runner(device)  # in a child process: a crash in TVM becomes an error row
+    if device.runtime == "onnxruntime-ssh":
+        from .ssh_runner import SshRunner
+
+        return SshRunner(device)
     raise NotImplementedError(f"device {device.name!r}: runtime {device.runtime!r} is not available in this build")
 
 

@@ -1,0 +1,136 @@
+"""Pictures (matplotlib, Agg backend): a table's layer x op heat-map and the verification scatter."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .spaces import Space
+from .tables import LatencyTable
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    """Save atomically (a temporary file in the same folder, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=130, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def latency_grid(table: LatencyTable, space: Space) -> tuple[np.ndarray, list[str], list[str]]:
+    """``[layers, ops]`` raw latency (ms; a row sums its sites), NaN where the table has no usable entry."""
+    ops = list(space.ops)
+    grid = np.full((len(space.layers), len(ops)), np.nan)
+    for i, layer in enumerate(space.layers):
+        for j, op in enumerate(ops):
+            if op not in layer.choices:
+                continue
+            try:
+                grid[i, j] = sum(table.latency_ms(s.key(op)) for s in layer.sites)
+            except KeyError:
+                pass
+    return grid, [layer.name for layer in space.layers], ops
+
+
+def plot_table(table: LatencyTable, space: Space, path: Path) -> Path:
+    """Layer x op heat-map of a table's raw latencies (log colour scale, values written in the cells)."""
+    from matplotlib.colors import LogNorm
+
+    plt = _pyplot()
+    grid, rows, ops = latency_grid(table, space)
+    fixed = []
+    for s in space.fixed:
+        try:
+            fixed.append(f"{s.name} {table.latency_ms(s.key()):.3g}")
+        except KeyError:
+            fixed.append(f"{s.name} missing")
+    h = max(3.5, 0.32 * len(rows) + 1.8)
+    w = max(6.0, 0.95 * len(ops) + 2.5)
+    fig, ax = plt.subplots(figsize=(w, h))
+    finite = grid[np.isfinite(grid) & (grid > 0)]
+    norm = LogNorm(vmin=finite.min(), vmax=finite.max()) if finite.size and finite.min() < finite.max() else None
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#d9d9d9")
+    im = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, norm=norm)
+    ax.set_xticks(range(len(ops)), ops, rotation=40, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=7 if len(rows) > 20 else 8)
+    ax.set_xlabel("candidate op")
+    ax.set_ylabel("searchable layer" + (" (row = all its sites)" if any(len(x.sites) > 1 for x in space.layers)
+                                        else ""))
+    if grid.size <= 400:
+        mid = np.sqrt(finite.min() * finite.max()) if finite.size else 0
+        for i in range(grid.shape[0]):
+            for j in range(grid.shape[1]):
+                v = grid[i, j]
+                text = "n/a" if not np.isfinite(v) else f"{v:.3g}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=6,
+                        color="white" if np.isfinite(v) and v < mid else "black")
+    cb = fig.colorbar(im, ax=ax)
+    cb.set_label("latency per layer (ms, median, log scale)")
+    import textwrap
+
+    ax.set_title(f"{table.space} on {table.device}: raw table latency (ms)\n"
+                 + "\n".join(textwrap.wrap("fixed layers (ms): " + ", ".join(fixed), width=int(w * 11))), fontsize=9)
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def plot_verify(pred_raw_ms: Sequence[float], measured_ms: Sequence[float], pred_cal_ms: Sequence[float] | None,
+                path: Path, title: str = "predicted vs measured", stat: str = "median") -> Path:
+    """Predicted vs measured whole-network latency with the y = x line and a +-10 % band."""
+    from .calibrate import metrics
+
+    plt = _pyplot()
+    m = np.asarray(measured_ms, dtype=float)
+    series = [("table sum (raw)", np.asarray(pred_raw_ms, dtype=float), "tab:orange", "o")]
+    if pred_cal_ms is not None:
+        series.append(("calibrated", np.asarray(pred_cal_ms, dtype=float), "tab:blue", "s"))
+    allv = np.concatenate([m] + [s[1] for s in series])
+    pos = allv[allv > 0]
+    log = pos.size > 0 and pos.max() / pos.min() > 4  # a wide range: log axes keep the cluster readable
+    lo = float(pos.min()) / 1.15 if log else min(0.0, float(allv.min()) * 1.1)
+    hi = float(allv.max()) * 1.15
+    fig, ax = plt.subplots(figsize=(6.2, 5.6))
+    xs = np.geomspace(lo, hi, 50) if log else np.linspace(lo, hi, 2)
+    ax.fill_between(xs, xs * 0.9, xs * 1.1, color="0.85", label="±10 % of measured")
+    ax.plot(xs, xs, color="0.3", lw=1, label="prediction = measured")
+    for name, p, color, marker in series:
+        mm = metrics(p, m)
+        shown = p > 0 if log else np.ones_like(p, dtype=bool)
+        hidden = f" ({int((~shown).sum())} ≤ 0 ms not shown)" if (~shown).any() else ""
+        ax.scatter(m[shown], p[shown], s=16, color=color, marker=marker, alpha=0.8,
+                   label=f"{name}: MAPE {mm['mape_pct']:.1f} %, ±5 % {mm['within_5_pct']:.0f} %, "
+                         f"τ {mm['kendall_tau']:.2f}{hidden}")
+    if log:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel(f"measured end-to-end latency (ms, {stat})")
+    ax.set_ylabel("predicted latency (ms)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3)
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)

@@ -1,0 +1,358 @@
+"""Whole networks: the table's prediction against the measured end-to-end time.
+
+``run_verify`` samples architectures (the all-smallest and all-largest by table latency, then uniform choices),
+builds and exports each whole network, times it with the runner and protocol that measured the table, and compares
+with the table's raw sum. With a calibration set (``calib_n`` other architectures) it fits a calibration
+(:mod:`profiler.calibrate`) on that set only and reports the test set before and after.
+
+Everything goes into one output folder: ``plan.json`` (what is measured; a rerun with other settings is refused),
+``networks.csv`` (one row per network, appended and fsynced, so a kill loses at most the one in flight and a rerun
+resumes), ``summary.json`` and ``scatter.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .calibrate import (GOALS, STATS, CalibrationFit, fit_calibration, goals_reached, metrics, raw_entry_ms,
+                        write_calibration)
+from .devices import Device
+from .export import cache_dir
+from .model_measure import arch_label, measure_network, measure_with_retries
+from .protocol import Protocol
+from .runners import MeasureRequest, Runner
+from .spaces import Space
+from .stats import summarize
+from .tables import LatencyTable, atomic_write_text
+
+PLAN_VERSION = 1
+CSV_COLUMNS = ["split", "idx", "arch", "pred_raw_ms", "measured_ms", "p10_ms", "p90_ms", "cv", "n", "attempts",
+               "status", "error", "max_abs_err", "wall_s"]
+
+
+class VerifyError(ValueError):
+    """A verification problem; the message is the one line shown to the user."""
+
+
+@dataclass
+class VerifyProgress:
+    total: int
+    done: int = 0
+    skipped: int = 0
+    errors: int = 0
+    current: str = ""
+
+
+@dataclass
+class VerifyReport:
+    out_dir: Path
+    summary: dict[str, Any]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    calibration: dict[str, Any] | None = None
+    calib_path: Path | None = None
+
+
+# ----------------------------------------------------------------------------------------------- sampling
+
+
+def layer_costs(table: LatencyTable, space: Space) -> list[dict[str, float]]:
+    """Raw table cost of every (layer, op): the sum over the layer's sites."""
+    return [{op: sum(table.latency_ms(s.key(op)) for s in layer.sites) for op in layer.choices}
+            for layer in space.layers]
+
+
+def extreme_archs(table: LatencyTable, space: Space) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The all-smallest and all-largest architectures by table latency."""
+    costs = layer_costs(table, space)
+    small = tuple(min(c, key=lambda op: c[op]) for c in costs)
+    large = tuple(max(c, key=lambda op: c[op]) for c in costs)
+    return small, large
+
+
+def plan_archs(table: LatencyTable, space: Space, n: int, calib_n: int, seed: int
+               ) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
+    """Test set (smallest, largest, then uniform; ``n`` in all) and a disjoint calibration set.
+
+    Half the calibration networks are uniform, half are drawn with a per-network random preference over the ops
+    (Dirichlet(0.5)), so the fit also sees skip-heavy and conv-heavy networks far from the uniform average.
+    """
+    total = math.prod(len(layer.choices) for layer in space.layers)
+    if n + calib_n > total:
+        raise VerifyError(f"space {space.spec} has too few distinct architectures ({total}) for n={n} + "
+                          f"calib-n={calib_n}; ask for fewer")
+    rng = np.random.default_rng(seed)
+    small, large = extreme_archs(table, space)
+    test: list[tuple[str, ...]] = [a for a in dict.fromkeys([small, large])][: max(n, 0)]
+    seen = set(test)
+    calib: list[tuple[str, ...]] = []
+    budget = 1000 * (n + calib_n) + 1000  # bounded: in tiny spaces random draws repeat often
+
+    def draw(skewed: bool) -> tuple[str, ...]:
+        if not skewed:
+            return tuple(layer.choices[int(rng.integers(len(layer.choices)))] for layer in space.layers)
+        pref = rng.dirichlet(np.full(len(space.ops), 0.5))
+        weight = dict(zip(space.ops, pref))
+        out = []
+        for layer in space.layers:
+            p = np.array([weight.get(op, 0.0) for op in layer.choices]) + 1e-12
+            out.append(layer.choices[int(rng.choice(len(layer.choices), p=p / p.sum()))])
+        return tuple(out)
+
+    for target, want in ((test, n), (calib, calib_n)):
+        while len(target) < want and budget > 0:
+            budget -= 1
+            a = draw(skewed=target is calib and len(target) % 2 == 1)
+            if a not in seen:
+                seen.add(a)
+                target.append(a)
+        if len(target) < want:
+            raise VerifyError(f"space {space.spec}: could not draw {want} distinct architectures; ask for fewer")
+    return test, calib
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def table_protocol(table: LatencyTable, fallback: Protocol) -> Protocol:
+    data = table.meta.get("protocol")
+    if not data:
+        return fallback
+    try:
+        return Protocol.from_dict(data, f"{table.path}: protocol")
+    except ValueError as e:
+        raise VerifyError(str(e)) from None
+
+
+def raw_predict_ms(table: LatencyTable, space: Space, choices: Sequence[str], stat: str = "median") -> float:
+    """The plain sum of the table's entries (their median, or p10) over an architecture's keys."""
+    return float(sum(raw_entry_ms(table, k, stat) for k in space.arch_keys(list(choices))))
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1].decode()
+    reader = csv.DictReader(io.StringIO(complete))
+    if reader.fieldnames != CSV_COLUMNS:
+        raise VerifyError(f"{path}: not a hwprof verify file (columns {reader.fieldnames}); use another --out")
+    rows = []
+    for r in reader:
+        for c in ("pred_raw_ms", "measured_ms", "p10_ms", "p90_ms", "cv", "max_abs_err", "wall_s"):
+            r[c] = float(r[c]) if r[c] != "" else math.nan
+        for c in ("idx", "n", "attempts"):
+            r[c] = int(r[c]) if r[c] != "" else 0
+        rows.append(r)
+    if len(complete) != len(data):  # torn last line: cut it before appending
+        atomic_write_text(path, complete)
+    return rows
+
+
+def _fmt(v: Any) -> Any:
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.6g}"
+    return v
+
+
+def measure_empty_graph(runner: Runner, protocol: Protocol, input_shape: tuple[int, ...], root: Path) -> float | None:
+    """Median time of a graph that does (almost) nothing at the network's input shape: the per-call overhead."""
+    import torch
+
+    from .export import export_module
+
+    class _Empty(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x[:, :1, :1, :1] * 1.0  # smallest real node; an empty ONNX graph is not a valid session
+
+    path = root / "empty.onnx"
+    try:
+        export_module(_Empty(), input_shape, path)
+    except Exception:
+        return None
+    res = measure_with_retries(runner, MeasureRequest("empty-graph", path, input_shape), protocol)
+    return summarize(res.samples_ms).median_ms if res.ok else None
+
+
+# ------------------------------------------------------------------------------------------------- verify
+
+
+def run_verify(device: Device, space: Space, table: LatencyTable, runner: Runner, out_dir: Path, *, n: int = 100,
+               calib_n: int = 50, seed: int = 0, write_calib: bool = True, stat: str = "median",
+               on_progress: Callable[[VerifyProgress], None] | None = None, plot: bool = True) -> VerifyReport:
+    """Measure the planned networks (resuming from ``out_dir``), compute metrics, fit and store a calibration.
+
+    ``stat`` compares medians (default) or p10s of entries and networks; the CSV holds both, so a rerun with the
+    other statistic reuses every measurement.
+    """
+    if stat not in STATS:
+        raise VerifyError(f"--stat {stat!r}: expected one of {', '.join(STATS)}")
+    if table.device != device.name:
+        raise VerifyError(f"{table.path}: table is for device {table.device!r}, not {device.name!r}; "
+                          f"pass --device {table.device} or another table")
+    if table.space != space.spec:
+        raise VerifyError(f"{table.path}: table is for space {table.space!r}, not {space.spec!r}")
+    if n < 2:
+        raise VerifyError(f"--n {n}: verification needs at least 2 networks")
+    if calib_n and calib_n < 3:
+        raise VerifyError(f"--calib-n {calib_n}: a calibration needs at least 3 networks (or 0 for none)")
+    missing = table.missing(space.candidate_keys())
+    if missing:
+        raise VerifyError(f"{table.path}: {len(missing)} key(s) of {space.spec} have no usable entry (e.g. "
+                          f"{missing[0]}); measure them first with hwprof measure --device {device.name} "
+                          f"--space {space.spec} --out {table.path}")
+    protocol = table_protocol(table, device.protocol)
+    test, calib = plan_archs(table, space, n, calib_n, seed)
+    plan = {"version": PLAN_VERSION, "device": device.name, "space": space.spec, "table": str(table.path),
+            "table_created": table.meta.get("created"), "seed": seed, "n": n, "calib_n": calib_n,
+            "protocol": protocol.to_dict(), "test": [arch_label(a) for a in test],
+            "calib": [arch_label(a) for a in calib]}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plan_file = out_dir / "plan.json"
+    if plan_file.exists():
+        try:
+            old = json.loads(plan_file.read_text())
+        except json.JSONDecodeError:
+            old = None
+        if old != plan:
+            raise VerifyError(f"{out_dir}: holds a verification with other settings (device, space, table, seed, "
+                              f"n or calib-n differ); use another --out or delete {plan_file}")
+    else:
+        atomic_write_text(plan_file, json.dumps(plan, indent=2) + "\n")
+
+    csv_path = out_dir / "networks.csv"
+    done = {(r["split"], r["arch"]): r for r in _read_rows(csv_path) if r["status"] == "ok"}
+    if not csv_path.exists():
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow(CSV_COLUMNS)
+        atomic_write_text(csv_path, buf.getvalue())
+
+    # interleave test and calibration networks so slow drift of the machine hits both sets alike
+    order: list[tuple[str, int, tuple[str, ...]]] = []
+    for i in range(max(len(test), len(calib))):
+        if i < len(test):
+            order.append(("test", i, test[i]))
+        if i < len(calib):
+            order.append(("calib", i, calib[i]))
+    prog = VerifyProgress(total=len(order))
+    notify = on_progress or (lambda p: None)
+    net_root = cache_dir() / "networks"  # shared export cache: reruns and other folders reuse the files
+    results: dict[tuple[str, str], dict[str, Any]] = {}
+    with open(csv_path, "a", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        for split, idx, arch in order:
+            label = arch_label(arch)
+            prog.current = f"{split} {idx}"
+            if (split, label) in done:
+                results[(split, label)] = done[(split, label)]
+                prog.done += 1
+                prog.skipped += 1
+                notify(prog)
+                continue
+            notify(prog)
+            t0 = time.perf_counter()
+            res, info = measure_network(space, arch, runner, protocol, net_root)
+            row: dict[str, Any] = {"split": split, "idx": idx, "arch": label,
+                                   "pred_raw_ms": raw_predict_ms(table, space, arch), "measured_ms": math.nan,
+                                   "p10_ms": math.nan, "p90_ms": math.nan, "cv": math.nan, "n": 0,
+                                   "attempts": int(res.info.get("attempts", 1)), "status": "error",
+                                   "error": res.error or "", "max_abs_err": info.get("max_abs_err", math.nan)}
+            if res.ok:
+                s = summarize(res.samples_ms)
+                row.update(measured_ms=s.median_ms, p10_ms=s.p10_ms, p90_ms=s.p90_ms, cv=s.cv, n=s.n, status="ok")
+            row["wall_s"] = time.perf_counter() - t0
+            w.writerow([_fmt(row[c]) for c in CSV_COLUMNS])
+            f.flush()
+            os.fsync(f.fileno())
+            results[(split, label)] = row
+            prog.done += 1
+            prog.errors += row["status"] == "error"
+            notify(prog)
+        prog.current = "empty graph"
+        notify(prog)
+    empty_ms = measure_empty_graph(runner, protocol, (1, *space.input_shape), net_root) if calib else None
+    return summarize_verify(device, space, table, out_dir, test, calib, results, empty_ms, write_calib, plot, stat)
+
+
+def summarize_verify(device: Device, space: Space, table: LatencyTable, out_dir: Path,
+                     test: list[tuple[str, ...]], calib: list[tuple[str, ...]],
+                     results: dict[tuple[str, str], dict[str, Any]], empty_ms: float | None, write_calib: bool,
+                     plot: bool, stat: str = "median") -> VerifyReport:
+    col = "measured_ms" if stat == "median" else "p10_ms"
+
+    def ok_of(split: str, archs: list[tuple[str, ...]]) -> tuple[list[tuple[str, ...]], np.ndarray, np.ndarray]:
+        rows = [(a, results[(split, arch_label(a))]) for a in archs]
+        rows = [(a, r) for a, r in rows if r["status"] == "ok"]
+        return ([a for a, _ in rows], np.array([raw_predict_ms(table, space, a, stat) for a, _ in rows]),
+                np.array([r[col] for _, r in rows]))
+
+    t_archs, t_raw, t_meas = ok_of("test", test)
+    c_archs, _, c_meas = ok_of("calib", calib)
+    failed = [{"split": r["split"], "arch": r["arch"], "error": r["error"]} for r in results.values()
+              if r["status"] != "ok"]
+    if len(t_archs) < 2:
+        raise VerifyError(f"only {len(t_archs)} test network(s) measured ok (errors: "
+                          f"{failed[0]['error'] if failed else 'none'}); nothing to compare")
+    summary: dict[str, Any] = {
+        "device": device.name, "space": space.spec, "table": str(table.path), "n_test": len(t_archs),
+        "n_calib": len(c_archs), "failed": failed, "empty_graph_ms": empty_ms, "stat": stat,
+        "raw": metrics(t_raw, t_meas), "goals": GOALS,
+    }
+    summary["raw"]["goals_reached"] = goals_reached(summary["raw"])
+    if table.calibration and not calib:
+        # an existing calibration, checked on networks it was (by seed) not fitted on
+        pred = [table.predict_ms(space.arch_keys(list(a))) for a in t_archs]
+        summary["existing_calibration"] = {**metrics(pred, t_meas), "model": table.calibration.get("model")}
+    fit: CalibrationFit | None = None
+    cpath = None
+    cal_pred = None
+    if len(c_archs) >= 3:
+        try:
+            fit = fit_calibration(table, space, c_archs, c_meas, t_archs, t_meas, empty_graph_ms=empty_ms,
+                                  stat=stat)
+        except ValueError as e:
+            raise VerifyError(f"calibration failed: {e}") from None
+        fit.calibration["fit"]["table"] = str(table.path)
+        after = fit.held_out[fit.calibration["model"]]
+        summary["calibrated"] = {**after, "model": fit.calibration["model"],
+                                 "goals_reached": goals_reached(after)}
+        summary["models_cv_mape_pct"] = fit.cv_mape_pct
+        summary["models_held_out"] = fit.held_out
+        summary["calibration"] = {k: v for k, v in fit.calibration.items() if k != "fit"}
+        from .calibrate import calibrated
+
+        ct = calibrated(table, fit.calibration)
+        cal_pred = np.array([ct.predict_ms(space.arch_keys(list(a))) for a in t_archs])
+        if write_calib:
+            cpath = write_calibration(table.path, fit.calibration)
+            summary["calibration_file"] = str(cpath)
+    elif calib:
+        summary["calibrated"] = None
+        summary["calibration_note"] = f"only {len(c_archs)} calibration network(s) measured ok; no fit"
+    if plot:
+        from .plots import plot_verify
+
+        plot_verify(t_raw, t_meas, cal_pred, out_dir / "scatter.png",
+                    title=f"{space.spec} on {device.name}: {len(t_archs)} held-out networks ({stat}s)",
+                    stat=stat)
+        summary["scatter"] = str(out_dir / "scatter.png")
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
+    rows = list(results.values())
+    return VerifyReport(out_dir, summary, rows, fit.calibration if fit else None, cpath)
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    if isinstance(v, np.bool_):
+        return bool(v)
+    raise TypeError(type(v).__name__)

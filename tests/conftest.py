@@ -1,0 +1,38 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+
+# spaces the search/family tests use; small enough to measure in seconds
+SMALL_SPACES = ("fbnet-cifar:input_size=16,width=0.25", "darts-3ops:C=8,cells=5")
+
+
+def measure_small_table(spec: str, out: Path) -> Path:
+    """Measure ``spec`` on device ``cpu`` with a fast protocol (for tests, not for real figures)."""
+    from profiler.devices import get_device
+    from profiler.measure import measure_space
+    from profiler.protocol import Protocol
+    from profiler.runners import make_runner
+    from profiler.spaces import get_space
+
+    dev = get_device("cpu")
+    dev = dataclasses.replace(dev, protocol=Protocol(warmup_s=0.02, min_samples=3, min_seconds=0.02, retries=0))
+    runner = make_runner(dev)
+    try:
+        measure_space(dev, get_space(spec), runner, out)
+    finally:
+        runner.close()
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_tables(tmp_path_factory) -> dict[str, Path]:
+    """space spec -> latency table path measured on 'cpu' (fast protocol) for each of SMALL_SPACES."""
+    os.environ.setdefault("HWNAS_CACHE", str(tmp_path_factory.mktemp("hwnas-cache")))
+    root = tmp_path_factory.mktemp("tables")
+    return {spec: measure_small_table(spec, root / f"{i}.csv") for i, spec in enumerate(SMALL_SPACES)}

@@ -1,0 +1,195 @@
+"""The TVM RPC path on loopback: a real tracker and rpc_server on 127.0.0.1, started (and stopped) by the tests."""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("tvm")
+
+from profiler.devices import get_device  # noqa: E402
+from profiler.measure import measure_space, select_keys  # noqa: E402
+from profiler.rpc import RpcError, TrackerClient, free_port, group_members, start_server, start_tracker  # noqa: E402
+from profiler.runners import make_runner  # noqa: E402
+from profiler.spaces import get_space  # noqa: E402
+from profiler.tables import load_table  # noqa: E402
+
+SPACE = "darts-3ops:C=8,cells=5"
+FAST = "{warmup_s: 0.02, min_samples: 5, min_seconds: 0.03, max_seconds: 1.0, retries: 0, cv_threshold: 10.0}"
+
+
+def write_devices(path: Path, tracker: str, key: str = "rpi4-loop", request_timeout_s: float = 5.0) -> Path:
+    """A devices.yaml with the loopback TVM devices pointing at ``tracker`` (and a fast protocol)."""
+    path.write_text(f"""schema: 1
+devices:
+  rpi4-loop:
+    runtime: tvm
+    target: {{kind: llvm}}
+    threads: 1
+    rpc: {{tracker: "{tracker}", key: {key}, session_timeout_s: 300, request_timeout_s: {request_timeout_s}}}
+    protocol: {FAST}
+  tvm-cpu:
+    runtime: tvm
+    target: {{kind: llvm}}
+    threads: 1
+    protocol: {FAST}
+  cpu-1t:
+    runtime: onnxruntime
+    threads: 1
+    protocol: {FAST}
+""")
+    return path
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory):
+    """A tracker and one rpc_server (key rpi4-loop) on free loopback ports; stopped by process group."""
+    logs = tmp_path_factory.mktemp("rpc-logs")
+    tracker = start_tracker("127.0.0.1", log_dir=logs)
+    server = start_server("rpi4-loop", tracker.addr, threads=1, log_dir=logs)
+    state = {"tracker": tracker, "server": server, "logs": logs}
+    yield state
+    state["server"].stop()
+    tracker.stop()
+
+
+def group_alive(pgid: int) -> list[int]:
+    return group_members(pgid)
+
+
+def rows_per_key(path: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            counts[row["key"]] = counts.get(row["key"], 0) + 1
+    return counts
+
+
+def test_tracker_lists_server_and_rejects_unknown_key(loop):
+    client = TrackerClient(loop["tracker"].addr)
+    assert [s["key"] for s in client.servers("rpi4-loop")] == ["server:rpi4-loop"]
+    t0 = time.monotonic()
+    with pytest.raises(RpcError, match="no rpc_server registered with key 'nobody'.*served keys: rpi4-loop"):
+        client.request("nobody", timeout_s=2.0)
+    assert time.monotonic() - t0 < 30  # bounded by the timeout (plus slack), never the infinite tracker wait
+
+
+def test_dead_tracker_is_a_clear_error():
+    port = free_port()
+    with pytest.raises(RpcError, match=f"tracker 127.0.0.1:{port}: cannot connect.*rpc_tracker"):
+        TrackerClient(f"127.0.0.1:{port}", timeout_s=2).summary()
+
+
+def test_measure_through_tracker_matches_local_keys(loop, tmp_path):
+    devs = write_devices(tmp_path / "devices.yaml", loop["tracker"].addr)
+    space = get_space(SPACE)
+    only = "*|1x8x32x32|*"
+    remote = get_device("rpi4-loop", devs)
+    runner = make_runner(remote)
+    try:
+        summary = measure_space(remote, space, runner, tmp_path / "remote.csv", only=only)
+    finally:
+        runner.close()
+    assert summary.errors == 0, [r.error for r in summary.rows]
+    table = load_table(tmp_path / "remote.csv")
+    variants = {table.rows[k]["op"]: table.rows[k]["variant"] for k in table.rows}
+    assert variants == {"avg_pool_3x3": "untuned", "skip_connect": "copy", "sep_conv_3x3": "untuned"}
+    assert table.latency_ms("v1|sep_conv_3x3|1x8x32x32|c8|s1|float32") > 0
+    fp = table.meta["fingerprint"]
+    assert fp["runtime"] == "tvm" and fp["isolated"] and fp["rpc"]["key"] == "rpi4-loop"
+    assert fp["remote"]["arch"] == "x86_64" and fp["remote"]["threads"] == 1 and fp["tvm_version"]
+
+    local = get_device("cpu-1t", devs)
+    lrunner = make_runner(local)
+    try:
+        measure_space(local, space, lrunner, tmp_path / "local.csv", only=only)
+    finally:
+        lrunner.close()
+    assert set(load_table(tmp_path / "local.csv").rows) == set(table.rows)
+
+
+def test_server_killed_mid_sweep_then_resume(loop, tmp_path):
+    devs = write_devices(tmp_path / "devices.yaml", loop["tracker"].addr, request_timeout_s=3.0)
+    dev = get_device("rpi4-loop", devs)
+    space = get_space(SPACE)
+    only = "*|1x*x16x16|c*|s1|*"  # the stride-1 keys at 16x16: cell ops and preprocessing
+    keys = select_keys(space.candidate_keys(), only)
+    assert len(keys) >= 6
+    out = tmp_path / "t.csv"
+    server = loop["server"]
+    group = server.proc.pid
+
+    def kill_after_two(p) -> None:
+        if p.done == 2 and server.alive():
+            server.kill()
+
+    runner = make_runner(dev)
+    t0 = time.monotonic()
+    try:
+        first = measure_space(dev, space, runner, out, only=only, on_progress=kill_after_two)
+    finally:
+        runner.close()
+    assert time.monotonic() - t0 < 180
+    assert not group_alive(group), "rpc_server's process group (session, popen_worker) outlived the kill"
+    assert first.measured == len(keys)
+    ok_first = [r.key for r in first.rows if r.status != "error"]
+    errors = [r for r in first.rows if r.status == "error"]
+    assert len(ok_first) >= 2 and errors
+    assert all("rpc session lost" in r.error for r in errors), [r.error for r in errors]
+    assert any("no rpc_server registered with key 'rpi4-loop'" in r.error for r in errors)
+    assert set(ok_first) <= set(load_table(out).rows)  # finished rows survived
+
+    loop["server"] = start_server("rpi4-loop", loop["tracker"].addr, threads=1, log_dir=loop["logs"])
+    runner = make_runner(dev)
+    try:
+        second = measure_space(dev, space, runner, out, only=only)
+    finally:
+        runner.close()
+    assert second.errors == 0, [r.error for r in second.rows]
+    assert sorted(r.key for r in second.rows) == sorted(r.key for r in errors)  # only what was missing
+    assert rows_per_key(out) == {k: 1 for k in keys}  # every key exactly once
+
+    server = loop["server"]
+    group = server.proc.pid
+    server.stop()  # SIGTERM to the group, then SIGKILL: nothing of the group may survive
+    assert not server.alive() and not group_alive(group)
+
+
+def test_key_nobody_serves_gives_error_rows_within_timeout(loop, tmp_path):
+    devs = write_devices(tmp_path / "devices.yaml", loop["tracker"].addr, key="ghost", request_timeout_s=2.0)
+    dev = get_device("rpi4-loop", devs)
+    runner = make_runner(dev)
+    t0 = time.monotonic()
+    try:
+        summary = measure_space(dev, get_space(SPACE), runner, tmp_path / "g.csv", only="avg_pool_3x3")
+    finally:
+        runner.close()
+    assert time.monotonic() - t0 < 120
+    assert summary.errors == summary.measured > 0
+    assert all("no rpc_server registered with key 'ghost'" in r.error for r in summary.rows)
+    assert load_table(tmp_path / "g.csv").meta["fingerprint"]["remote"]["error"]
+
+
+def test_private_server_dies_with_its_parent():
+    """A local TVM device's server must not outlive a runner process killed by a crash or a timeout."""
+    import subprocess
+    import sys
+
+    code = ("from profiler.rpc import start_server; import time\n"
+            "p = start_server('orphan', None, threads=1, die_with_parent=True)\n"
+            "print(p.proc.pid, flush=True); time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        group = int(parent.stdout.readline())
+        assert group_alive(group)
+        parent.kill()  # SIGKILL: no cleanup code runs in the parent
+        parent.wait()
+        deadline = time.monotonic() + 30
+        while group_alive(group) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not group_alive(group)
+    finally:
+        parent.kill()

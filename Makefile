@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: setup
-	$(VENV)/bin/hwprof measure --device cpu --space fbnet-cifar
+	$(VENV)/bin/hwnas run --device cpu
 
 test: setup
 	$(PY) -m pytest -q -ra

@@ -1,0 +1,247 @@
+"""Search configuration: dataclasses, presets, overrides.
+
+A preset is a :class:`SearchConfig` with the defaults of its paper and code, nothing more: the search loop reads
+only the config, never the preset's name. ``config.json`` in a run directory is :func:`config_to_dict` of the fully
+resolved config and :func:`config_from_dict` reads it back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+CONTROLS = ("static", "lambda", "simplex-ops", "tradeoff")
+SAMPLERS = ("softmax", "gumbel", "gumbel-hard", "lean")
+SCHEDULES = ("constant", "exponential", "linear")
+LOSSES = ("additive", "fbnet", "proxyless")
+OPTIMISATIONS = ("single", "bilevel")
+COST_TERMS = ("params", "flops", "latency")
+HYPERNETS = ("pwl", "mlp")
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message names the field, the value and what is accepted."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float
+    momentum: float = 0.9  # SGD
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam
+    lr_min: float | None = None  # weights: cosine from lr to lr_min over the run; None = constant
+    grad_clip: float | None = None  # weights: clip the gradient norm
+
+
+@dataclass
+class TemperatureConfig:
+    schedule: str = "constant"  # constant | exponential | linear
+    t0: float = 1.0
+    decay: float = 0.956  # exponential: t0 * decay**epoch
+    slope: float | None = None  # linear: t0 - slope*epoch; None = reach `floor` at the last epoch
+    floor: float = 0.05  # every schedule is clamped above this (> 0)
+
+
+@dataclass
+class ControlConfig:
+    kind: str = "static"  # static | lambda | simplex-ops | tradeoff
+    cost_terms: tuple[str, ...] = ("latency",)  # terms of the penalty; "latency" = first table, "latency:N" = table N
+    weights: tuple[float, ...] = ()  # static + additive: fixed penalty weight per cost term (default 0)
+    range_min: float = 0.01  # lambda / kappa: log-uniform range
+    range_max: float = 10.0
+    anchors: int = 4  # lambda / tradeoff-pwl: anchor logit tensors (M)
+    hypernet: str = "pwl"  # tradeoff: pwl | mlp
+    hidden: int = 64  # tradeoff-mlp hidden width
+    kappa: float = 50.0  # simplex-ops: fixed penalty magnitude
+    sigma: float = 0.25  # simplex-ops: pivot bandwidth
+    eval_control: dict[str, Any] = field(default_factory=dict)  # control used for validation metrics
+
+
+@dataclass
+class SearchConfig:
+    preset: str
+    space: str = "fbnet-cifar"
+    tables: tuple[str, ...] = ()
+    data: str = "digits"
+    data_dir: str | None = None
+    epochs: int = 10
+    batch_size: int = 64
+    seed: int = 0
+    torch_device: str = "cpu"
+    control: ControlConfig = field(default_factory=ControlConfig)
+    sampler: str = "gumbel"  # softmax | gumbel | gumbel-hard | lean
+    per_sample: bool = False  # independent Gumbel noise per sample (soft samplers only)
+    temperature: TemperatureConfig = field(default_factory=TemperatureConfig)
+    loss: str = "additive"  # additive | fbnet | proxyless
+    loss_alpha: float = 0.2  # fbnet: CE * alpha * log(LAT_us)**beta; proxyless: CE * alpha * (log LAT/log REF)**beta
+    loss_beta: float = 0.6
+    ref_latency_ms: float | None = None  # proxyless reference; None = expected latency at uniform probabilities
+    optimisation: str = "single"  # single | bilevel
+    arch_fraction: float = 0.5  # bilevel: share of the training split used for the architecture step
+    warmup_epochs: int = 0  # epochs that train the weights only
+    weights_opt: OptimConfig = field(default_factory=lambda: OptimConfig(lr=0.025))
+    arch_opt: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-4))
+    train_limit: int | None = None  # use only the first N training samples (tests, quick runs)
+    eval_limit: int | None = None  # ... and N validation samples
+
+    def validate(self) -> "SearchConfig":
+        def bad(name: str, value: Any, accepted: str) -> ConfigError:
+            return ConfigError(f"config field {name}={value!r} is invalid: {accepted}")
+
+        c = self.control
+        if c.kind not in CONTROLS:
+            raise bad("control.kind", c.kind, "one of " + ", ".join(CONTROLS))
+        if self.sampler not in SAMPLERS:
+            raise bad("sampler", self.sampler, "one of " + ", ".join(SAMPLERS))
+        if self.per_sample and self.sampler in ("lean",):
+            raise bad("per_sample", True, "per-sample noise needs a soft sampler (softmax, gumbel, gumbel-hard)")
+        if self.temperature.schedule not in SCHEDULES:
+            raise bad("temperature.schedule", self.temperature.schedule, "one of " + ", ".join(SCHEDULES))
+        if not self.temperature.floor > 0 or not self.temperature.t0 > 0:
+            raise bad("temperature.floor/t0", (self.temperature.floor, self.temperature.t0), "both must be > 0")
+        if self.loss not in LOSSES:
+            raise bad("loss", self.loss, "one of " + ", ".join(LOSSES))
+        if self.optimisation not in OPTIMISATIONS:
+            raise bad("optimisation", self.optimisation, "one of " + ", ".join(OPTIMISATIONS))
+        if c.hypernet not in HYPERNETS:
+            raise bad("control.hypernet", c.hypernet, "one of " + ", ".join(HYPERNETS))
+        for t in c.cost_terms:
+            if t.partition(":")[0] not in COST_TERMS:
+                raise bad("control.cost_terms", t, "terms are params, flops, latency, latency:N (N-th table)")
+        if c.weights and len(c.weights) != len(c.cost_terms):
+            raise bad("control.weights", c.weights, f"one weight per cost term ({len(c.cost_terms)})")
+        if not 0 < c.range_min < c.range_max:
+            raise bad("control.range_min/range_max", (c.range_min, c.range_max), "need 0 < min < max")
+        if c.anchors < 2:
+            raise bad("control.anchors", c.anchors, "at least 2")
+        if self.epochs < 1:
+            raise bad("epochs", self.epochs, "at least 1")
+        if self.batch_size < 1:
+            raise bad("batch_size", self.batch_size, "at least 1")
+        if not 0 < self.arch_fraction < 1:
+            raise bad("arch_fraction", self.arch_fraction, "strictly between 0 and 1")
+        if self.torch_device not in ("cpu", "cuda") and not self.torch_device.startswith("cuda:"):
+            raise bad("torch_device", self.torch_device, "cpu or cuda")
+        return self
+
+
+def _darts_weights() -> OptimConfig:
+    return OptimConfig(lr=0.025, momentum=0.9, weight_decay=3e-4, lr_min=0.001, grad_clip=5.0)
+
+
+def _darts_arch() -> OptimConfig:
+    return OptimConfig(lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
+
+
+def _preset_darts() -> SearchConfig:
+    return SearchConfig(preset="darts", control=ControlConfig(kind="static", cost_terms=("latency",), weights=(0.0,)),
+                        sampler="softmax", temperature=TemperatureConfig("constant", 1.0), loss="additive",
+                        optimisation="bilevel", arch_fraction=0.5, weights_opt=_darts_weights(),
+                        arch_opt=_darts_arch())
+
+
+def _preset_fbnet() -> SearchConfig:
+    return SearchConfig(preset="fbnet", control=ControlConfig(kind="static", cost_terms=("latency",), weights=(0.0,)),
+                        sampler="gumbel", temperature=TemperatureConfig("exponential", 5.0, 0.956), loss="fbnet",
+                        loss_alpha=0.2, loss_beta=0.6, optimisation="bilevel", arch_fraction=0.2, warmup_epochs=1,
+                        weights_opt=OptimConfig(lr=0.1, momentum=0.9, weight_decay=1e-4, lr_min=0.0),
+                        arch_opt=OptimConfig(lr=0.01, weight_decay=5e-4))
+
+
+def _preset_darts_cc() -> SearchConfig:
+    return SearchConfig(preset="darts-cc",
+                        control=ControlConfig(kind="lambda", cost_terms=("params",), range_min=0.01, range_max=2.0,
+                                              anchors=4, eval_control={"lambda": 0.1}),
+                        sampler="gumbel", temperature=TemperatureConfig("linear", 1.0, slope=0.08, floor=0.1),
+                        loss="additive", optimisation="bilevel", arch_fraction=0.5, weights_opt=_darts_weights(),
+                        arch_opt=_darts_arch())
+
+
+def _preset_seed_simplex() -> SearchConfig:
+    return SearchConfig(preset="seed-simplex", control=ControlConfig(kind="simplex-ops", kappa=50.0, sigma=0.25),
+                        sampler="gumbel", per_sample=True, temperature=TemperatureConfig("linear", 1.0, floor=0.2),
+                        loss="additive", optimisation="single", weights_opt=_darts_weights(),
+                        arch_opt=OptimConfig(lr=1e-3, betas=(0.5, 0.999), weight_decay=1e-3))
+
+
+def _preset_hwnas() -> SearchConfig:
+    return SearchConfig(preset="hwnas",
+                        control=ControlConfig(kind="tradeoff", cost_terms=("params", "latency"), range_min=0.01,
+                                              range_max=10.0, anchors=4, hypernet="pwl",
+                                              eval_control={"kappa": 0.1}),
+                        # soft Gumbel at FBNet's 5.0*0.956^epoch: on small data the single-path ("lean") supernet
+                        # barely learns in a few epochs, the soft mixture does (see docs/search.md)
+                        sampler="gumbel", temperature=TemperatureConfig("exponential", 5.0, 0.956, floor=0.1),
+                        loss="additive", optimisation="single",
+                        weights_opt=OptimConfig(lr=0.05, momentum=0.9, weight_decay=1e-4, lr_min=0.001, grad_clip=5.0),
+                        arch_opt=OptimConfig(lr=3e-3, betas=(0.5, 0.999), weight_decay=0.0))
+
+
+PRESETS = {"darts": _preset_darts, "fbnet": _preset_fbnet, "darts-cc": _preset_darts_cc,
+           "seed-simplex": _preset_seed_simplex, "hwnas": _preset_hwnas}
+
+
+def preset(name: str, **fields: Any) -> SearchConfig:
+    """The preset's config with top-level ``fields`` replaced (space, tables, data, epochs, seed, ...)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    cfg = PRESETS[name]()
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in fields.items() if v is not None})
+    if isinstance(cfg.tables, (str, bytes)):
+        cfg.tables = (cfg.tables,)
+    cfg.tables = tuple(str(t) for t in cfg.tables)
+    return cfg.validate()
+
+
+def config_to_dict(cfg: SearchConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        if k not in known:
+            raise ConfigError(f"{where}: unknown field {k!r}; fields: {', '.join(known)}")
+        f = known[k]
+        sub = {"control": ControlConfig, "temperature": TemperatureConfig, "weights_opt": OptimConfig,
+               "arch_opt": OptimConfig}.get(k) if cls is SearchConfig else None
+        if sub is not None and isinstance(v, dict):
+            v = _build(sub, v, f"{where}.{k}")
+        elif isinstance(v, list):
+            v = tuple(v)
+        kwargs[k] = v
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any], where: str = "config.json") -> SearchConfig:
+    return _build(SearchConfig, data, where).validate()
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def apply_overrides(cfg: SearchConfig, items: list[str]) -> SearchConfig:
+    """Apply ``field.sub=value`` overrides (values parsed as JSON when they parse, else strings)."""
+    data = config_to_dict(cfg)
+    for item in items:
+        path, eq, raw = item.partition("=")
+        if not eq:
+            raise ConfigError(f"--set {item!r}: expected FIELD=VALUE, e.g. loss_beta=0.8 or control.range_max=5")
+        node = data
+        parts = path.split(".")
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                raise ConfigError(f"--set {item!r}: {p!r} is not a config section; sections: control, "
+                                  "temperature, weights_opt, arch_opt")
+            node = node[p]
+        if parts[-1] not in node:
+            raise ConfigError(f"--set {item!r}: unknown field {parts[-1]!r}; fields here: {', '.join(node)}")
+        node[parts[-1]] = _parse_value(raw)
+    return config_from_dict(data, "--set")

@@ -1,0 +1,278 @@
+"""Control modules: what produces the architecture logits ``alpha`` [layers, ops].
+
+Each control is an ``nn.Module`` whose parameters are trained by the architecture optimiser:
+
+* :class:`StaticControl` -- alpha is one registered parameter (DARTS, FBNet).
+* :class:`LambdaControl` -- DARTS-CC: lambda log-uniform in [min, max], normalised to [0, 1]; alpha is piecewise
+  linear between M anchor tensors at learnable pivots; penalty lambda * E[cost] / ref.
+* :class:`SimplexOpsControl` -- the simplex hypernetwork of the paper's public code, done right: S ~ Dirichlet(1)
+  over the K ops, alpha(S) = sum_r w_r(S) A_r with w = softmax_r(-||S - p_r||^2 / sigma) (nearest pivots weigh
+  most); penalty kappa * sum_layers sum_k p_k S_k.
+* :class:`TradeoffControl` -- ours: a magnitude kappa (log-uniform) and a direction S on the simplex over the cost
+  terms; penalty kappa * sum_j S_j E[cost_j] / ref_j; alpha(kappa~, S) from a piecewise-linear ("pwl": one anchor
+  chain per cost term, mixed by S) or an MLP hypernetwork.
+
+A *control value* is a dict of tensors (``{"lambda": t}``, ``{"kappa": t, "S": v}``, ``{}``); :meth:`Control.value`
+turns a plain dict (``{"kappa": 5.0, "S": [0.5, 0.5]}``) into one, checking it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .costs import CostModel
+
+Value = dict[str, torch.Tensor]
+
+
+class ControlError(ValueError):
+    """A bad control value; one line naming the field and the accepted range."""
+
+
+def _pwl(anchors: torch.Tensor, gaps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear interpolation of ``anchors`` [M, ...] at ``t`` in [0, 1]; pivots 0 < ... < 1 from ``gaps``."""
+    pos = torch.cat([gaps.new_zeros(1), torch.cumsum(torch.softmax(gaps, dim=0), dim=0)])
+    pos = torch.cat([pos[:-1], pos.new_ones(1)])  # exact 1 at the end
+    t = t.clamp(0.0, 1.0)
+    j = int(torch.searchsorted(pos.detach(), t.detach().reshape(1), right=True).clamp(1, len(pos) - 1)) - 1
+    w = (t - pos[j]) / (pos[j + 1] - pos[j]).clamp_min(1e-6)
+    return (1 - w) * anchors[j] + w * anchors[j + 1]
+
+
+class Control(nn.Module):
+    kind = "base"
+
+    def __init__(self, layers: int, ops: Sequence[str], cost_terms: Sequence[str], refs: Sequence[float]):
+        super().__init__()
+        self.layers, self.ops = layers, tuple(ops)
+        self.cost_terms = tuple(cost_terms)
+        # reference scales of the cost terms (expected cost at uniform probabilities); saved with the control
+        self.register_buffer("refs", torch.tensor([float(r) for r in refs], dtype=torch.float32))
+
+    # ---------------------------------------------------------------- to override
+    def sample(self, g: torch.Generator) -> Value:
+        return {}
+
+    def value(self, control: dict[str, Any]) -> Value:
+        if control:
+            raise ControlError(f"control {self.kind} takes no values, got {sorted(control)}")
+        return {}
+
+    def forward(self, c: Value) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def coefficients(self, c: Value) -> torch.Tensor:
+        """Penalty weight per cost term (already divided by the reference scale)."""
+        return torch.zeros(len(self.cost_terms), device=self.refs.device)
+
+    def control_range(self) -> dict[str, Any]:
+        return {"cost_terms": list(self.cost_terms)}
+
+    def plain(self, c: Value) -> dict[str, Any]:
+        return {k: (float(v) if v.numel() == 1 else [float(x) for x in v.reshape(-1)]) for k, v in c.items()}
+
+    # ---------------------------------------------------------------- shared
+    def penalty(self, c: Value, probs: torch.Tensor, expected: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The penalty for op probabilities ``probs`` [layers, ops] with expected costs ``expected`` (by term)."""
+        if not self.cost_terms:
+            return probs.new_zeros(())
+        coef = self.coefficients(c).to(probs.device)
+        e = torch.stack([expected[t] for t in self.cost_terms])
+        return (coef * e / self.refs.to(probs.device)).sum()
+
+
+class StaticControl(Control):
+    kind = "static"
+
+    def __init__(self, layers: int, ops: Sequence[str], cost_terms: Sequence[str] = (), refs: Sequence[float] = (),
+                 weights: Sequence[float] = (), init_std: float = 1e-3, generator: torch.Generator | None = None):
+        super().__init__(layers, ops, cost_terms, refs or [1.0] * len(cost_terms))
+        self.alpha = nn.Parameter(init_std * torch.randn(layers, len(ops), generator=generator))
+        w = list(weights) or [0.0] * len(self.cost_terms)
+        self.register_buffer("weights", torch.tensor(w, dtype=torch.float32))
+
+    def forward(self, c: Value) -> torch.Tensor:
+        return self.alpha
+
+    def coefficients(self, c: Value) -> torch.Tensor:
+        return self.weights
+
+
+class _LogRange:
+    """A log-uniform scalar control in [lo, hi] and its normalisation to [0, 1]."""
+
+    def __init__(self, name: str, lo: float, hi: float):
+        self.name, self.lo, self.hi = name, lo, hi
+
+    def sample(self, g: torch.Generator) -> torch.Tensor:
+        u = torch.rand((), generator=g)
+        return torch.exp(math.log(self.lo) + u * (math.log(self.hi) - math.log(self.lo)))
+
+    def normalised(self, v: torch.Tensor) -> torch.Tensor:
+        return ((torch.log(v) - math.log(self.lo)) / (math.log(self.hi) - math.log(self.lo))).clamp(0.0, 1.0)
+
+    def check(self, control: dict[str, Any], kind: str) -> torch.Tensor:
+        if self.name not in control:
+            raise ControlError(f"control {kind} needs {self.name!r} (range [{self.lo:g}, {self.hi:g}])")
+        v = control[self.name]
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            raise ControlError(f"control {self.name}={v!r} is not a number") from None
+        if not v > 0 or not math.isfinite(v):
+            raise ControlError(f"control {self.name}={v!r} must be > 0 (trained range [{self.lo:g}, {self.hi:g}])")
+        return torch.tensor(v, dtype=torch.float32)
+
+
+def _simplex(control: dict[str, Any], dim: int, kind: str, labels: Sequence[str]) -> torch.Tensor:
+    s = control.get("S")
+    if s is None:
+        return torch.full((dim,), 1.0 / dim)
+    try:
+        t = torch.tensor([float(x) for x in s], dtype=torch.float32)
+    except (TypeError, ValueError):
+        raise ControlError(f"control S={s!r} must be a list of {dim} numbers ({', '.join(labels)})") from None
+    if t.numel() != dim or bool((t < 0).any()) or not float(t.sum()) > 0:
+        raise ControlError(f"control S={s!r}: need {dim} non-negative weights ({', '.join(labels)}), not all zero")
+    return t / t.sum()
+
+
+def _dirichlet1(dim: int, g: torch.Generator) -> torch.Tensor:
+    e = -torch.log(torch.rand(dim, generator=g).clamp_min(1e-12))
+    return e / e.sum()
+
+
+class LambdaControl(Control):
+    kind = "lambda"
+
+    def __init__(self, layers: int, ops: Sequence[str], cost_terms: Sequence[str], refs: Sequence[float],
+                 lo: float, hi: float, anchors: int = 4, init_std: float = 1e-3,
+                 generator: torch.Generator | None = None):
+        super().__init__(layers, ops, cost_terms, refs)
+        self.range = _LogRange("lambda", lo, hi)
+        self.anchors = nn.Parameter(init_std * torch.randn(anchors, layers, len(ops), generator=generator))
+        self.gaps = nn.Parameter(torch.zeros(anchors - 1))
+
+    def sample(self, g: torch.Generator) -> Value:
+        return {"lambda": self.range.sample(g)}
+
+    def value(self, control: dict[str, Any]) -> Value:
+        return {"lambda": self.range.check(control, self.kind)}
+
+    def forward(self, c: Value) -> torch.Tensor:
+        return _pwl(self.anchors, self.gaps, self.range.normalised(c["lambda"]).to(self.anchors.device))
+
+    def coefficients(self, c: Value) -> torch.Tensor:
+        return c["lambda"].to(self.refs.device).expand(len(self.cost_terms))
+
+    def control_range(self) -> dict[str, Any]:
+        return {"lambda": [self.range.lo, self.range.hi], "cost_terms": list(self.cost_terms)}
+
+
+class SimplexOpsControl(Control):
+    kind = "simplex-ops"
+
+    def __init__(self, layers: int, ops: Sequence[str], kappa: float = 50.0, sigma: float = 0.25,
+                 init_std: float = 1e-3, generator: torch.Generator | None = None):
+        super().__init__(layers, ops, (), ())
+        K = len(ops)
+        self.kappa, self.sigma = float(kappa), float(sigma)
+        self.register_buffer("pivots", torch.eye(K))  # p_r: the simplex vertices
+        self.anchors = nn.Parameter(init_std * torch.randn(K, layers, K, generator=generator))
+
+    def sample(self, g: torch.Generator) -> Value:
+        return {"S": _dirichlet1(len(self.ops), g)}
+
+    def value(self, control: dict[str, Any]) -> Value:
+        extra = set(control) - {"S"}
+        if extra:
+            raise ControlError(f"control simplex-ops takes only S (one weight per op), got {sorted(extra)}")
+        return {"S": _simplex(control, len(self.ops), self.kind, self.ops)}
+
+    def mixing(self, s: torch.Tensor) -> torch.Tensor:
+        d2 = ((s[None, :] - self.pivots) ** 2).sum(dim=1)
+        return torch.softmax(-d2 / self.sigma, dim=0)  # the minus sign: the nearest pivots weigh most
+
+    def forward(self, c: Value) -> torch.Tensor:
+        w = self.mixing(c["S"].to(self.anchors.device))
+        return torch.einsum("r,rlk->lk", w, self.anchors)
+
+    def penalty(self, c: Value, probs: torch.Tensor, expected: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.kappa * (probs * c["S"].to(probs.device)).sum()  # S acts as a per-op cost
+
+    def control_range(self) -> dict[str, Any]:
+        return {"S_dim": len(self.ops), "ops": list(self.ops), "kappa": self.kappa, "cost_terms": []}
+
+
+class TradeoffControl(Control):
+    kind = "tradeoff"
+
+    def __init__(self, layers: int, ops: Sequence[str], cost_terms: Sequence[str], refs: Sequence[float],
+                 lo: float, hi: float, hypernet: str = "pwl", anchors: int = 4, hidden: int = 64,
+                 init_std: float = 1e-3, generator: torch.Generator | None = None):
+        super().__init__(layers, ops, cost_terms, refs)
+        if not cost_terms:
+            raise ControlError("control tradeoff needs at least one cost term")
+        self.range = _LogRange("kappa", lo, hi)
+        self.hypernet = hypernet
+        J, K = len(cost_terms), len(ops)
+        if hypernet == "pwl":
+            self.anchors = nn.Parameter(init_std * torch.randn(J, anchors, layers, K, generator=generator))
+            self.gaps = nn.Parameter(torch.zeros(J, anchors - 1))
+        else:
+            self.base = nn.Parameter(init_std * torch.randn(layers, K, generator=generator))
+            self.fc1 = nn.Linear(1 + J, hidden)
+            self.fc2 = nn.Linear(hidden, layers * K)
+            with torch.no_grad():
+                self.fc1.weight.copy_(torch.randn(hidden, 1 + J, generator=generator) / math.sqrt(1 + J))
+                self.fc1.bias.zero_()
+                self.fc2.weight.copy_(init_std * torch.randn(layers * K, hidden, generator=generator))
+                self.fc2.bias.zero_()
+
+    def sample(self, g: torch.Generator) -> Value:
+        return {"kappa": self.range.sample(g), "S": _dirichlet1(len(self.cost_terms), g)}
+
+    def value(self, control: dict[str, Any]) -> Value:
+        extra = set(control) - {"kappa", "S"}
+        if extra:
+            raise ControlError(f"control tradeoff takes kappa and S, got {sorted(extra)}")
+        return {"kappa": self.range.check(control, self.kind),
+                "S": _simplex(control, len(self.cost_terms), self.kind, self.cost_terms)}
+
+    def forward(self, c: Value) -> torch.Tensor:
+        dev = self.refs.device
+        t = self.range.normalised(c["kappa"]).to(dev)
+        s = c["S"].to(dev)
+        if self.hypernet == "pwl":
+            per_term = torch.stack([_pwl(self.anchors[j], self.gaps[j], t) for j in range(len(self.cost_terms))])
+            return torch.einsum("j,jlk->lk", s, per_term)
+        h = torch.tanh(self.fc1(torch.cat([t.reshape(1), s])))
+        return self.base + self.fc2(h).reshape(self.layers, len(self.ops))
+
+    def coefficients(self, c: Value) -> torch.Tensor:
+        return c["kappa"].to(self.refs.device) * c["S"].to(self.refs.device)
+
+    def control_range(self) -> dict[str, Any]:
+        return {"kappa": [self.range.lo, self.range.hi], "S_dim": len(self.cost_terms),
+                "cost_terms": list(self.cost_terms), "hypernet": self.hypernet}
+
+
+def build_control(cfg, layers: int, ops: Sequence[str], costs: CostModel,
+                  generator: torch.Generator | None = None) -> Control:
+    """The control module a :class:`~search.config.ControlConfig` describes (cost terms checked against ``costs``)."""
+    terms = tuple(cfg.cost_terms)
+    refs = [costs.uniform(t) for t in terms] if cfg.kind != "simplex-ops" else []
+    if cfg.kind == "static":
+        return StaticControl(layers, ops, terms, refs, cfg.weights, generator=generator)
+    if cfg.kind == "lambda":
+        return LambdaControl(layers, ops, terms, refs, cfg.range_min, cfg.range_max, cfg.anchors, generator=generator)
+    if cfg.kind == "simplex-ops":
+        return SimplexOpsControl(layers, ops, cfg.kappa, cfg.sigma, generator=generator)
+    if cfg.kind == "tradeoff":
+        return TradeoffControl(layers, ops, terms, refs, cfg.range_min, cfg.range_max, cfg.hypernet, cfg.anchors,
+                               cfg.hidden, generator=generator)
+    raise ControlError(f"unknown control kind {cfg.kind!r}")

@@ -1,0 +1,490 @@
+"""Deriving architectures from a trained run, without retraining.
+
+A run's control module answers for every control value (a penalty magnitude κ or λ, and for ``tradeoff`` a
+direction S on the simplex of cost terms). Three ways to pick controls:
+
+* :func:`derive_at` — the architecture at one control value;
+* :func:`derive_budgets` — for each (latency, params) budget, the control with the *least penalty pressure* whose
+  architecture meets it: a log-spaced grid over the magnitude, refined by bisection between the last failing and
+  the first meeting grid point, for every direction of a small simplex grid; the least magnitude wins (ties: the
+  slower, more accuracy-leaning architecture). When no control meets a budget the result says so and carries the
+  closest architecture;
+* :func:`derive_family` — N distinct architectures spanning the control range, Pareto-filtered on (predicted
+  latency, params, penalty pressure — the accuracy proxy) and spread evenly over predicted latency.
+
+Everything is judged with the run's latency table (prediction = the table's offset + sum of entries) and exact
+params from the op registry; no network is trained or timed here.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Protocol, Sequence
+
+import numpy as np
+
+from profiler.arch import Arch, make_arch, save_arch
+from profiler.ops import count_params
+from profiler.spaces import Space
+from profiler.tables import LatencyTable, atomic_write_text
+
+
+class DeriveError(ValueError):
+    """A derivation problem (bad control, budget, run); one line for the user."""
+
+
+class RunLike(Protocol):
+    """What derivation needs from :class:`search.run.Run`."""
+
+    space: Space
+    table: LatencyTable | None
+    control_kind: str
+
+    def control_range(self) -> dict[str, Any]: ...
+
+    def choices(self, control: dict[str, Any]) -> list[str]: ...
+
+
+# ------------------------------------------------------------------------------------------------ cost model
+
+
+class ArchCosts:
+    """Exact params and table-predicted latency of concrete architectures, cached per key."""
+
+    def __init__(self, space: Space, table: LatencyTable | None):
+        self.space, self.table = space, table
+        self._params: dict[str, int] = {}
+
+    def params(self, choices: Sequence[str]) -> int:
+        from profiler.export import module_for_key
+
+        total = 0
+        for key in self.space.arch_keys(choices):
+            if key not in self._params:
+                self._params[key] = count_params(module_for_key(key)[0])
+            total += self._params[key]
+        return total
+
+    def latency_ms(self, choices: Sequence[str]) -> float:
+        if self.table is None:
+            return math.nan
+        keys = self.space.arch_keys(choices)
+        missing = self.table.missing(keys)
+        if missing:
+            raise DeriveError(f"table {self.table.path} lacks {len(set(missing))} key(s) the derived architecture "
+                              f"needs (e.g. {missing[0]}); fill it with hwprof measure --space {self.space.spec}")
+        return self.table.predict_ms(keys)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    control: dict[str, Any]
+    pressure: float  # the penalty magnitude (κ or λ); lower = more accuracy-leaning
+    choices: tuple[str, ...]
+    latency_ms: float
+    params: int
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        return self.choices
+
+
+class Deriver:
+    """Evaluates controls of one run: control -> choices -> (predicted ms, params), cached by choices."""
+
+    def __init__(self, run: RunLike, grid: int = 40, bisect_steps: int = 10, simplex_step: float = 0.25):
+        self.run = run
+        self.kind = run.control_kind
+        self.range = run.control_range()
+        self.costs = ArchCosts(run.space, run.table)
+        self.grid, self.bisect_steps, self.simplex_step = grid, bisect_steps, simplex_step
+        self._by_choices: dict[tuple[str, ...], tuple[float, int]] = {}
+        self.evaluated: list[Candidate] = []
+
+    # ----------------------------------------------------------------------------------- control geometry
+    @property
+    def magnitude_name(self) -> str | None:
+        for name in ("kappa", "lambda"):
+            if isinstance(self.range.get(name), (list, tuple)):  # a trained range, not a fixed value
+                return name
+        return None
+
+    def magnitude_bounds(self) -> tuple[float, float]:
+        name = self.magnitude_name
+        if name is None:
+            raise DeriveError(f"a {self.kind!r} run has no penalty magnitude to vary")
+        lo, hi = (float(v) for v in self.range[name])
+        if not (0 < lo <= hi):
+            raise DeriveError(f"run's {name} range [{lo}, {hi}] must be positive and increasing")
+        return lo, hi
+
+    def magnitudes(self, n: int | None = None) -> np.ndarray:
+        lo, hi = self.magnitude_bounds()
+        return np.geomspace(lo, hi, n or self.grid) if hi > lo else np.array([lo])
+
+    def directions(self) -> list[list[float] | None]:
+        """Directions S on the simplex of cost terms (``tradeoff``); [None] for kinds without a direction."""
+        if self.kind != "tradeoff":
+            return [None]
+        dim = int(self.range.get("S_dim", 1))
+        if dim <= 1:
+            return [[1.0]]
+        steps = max(1, int(round(1 / self.simplex_step)))
+        out = []
+        for combo in itertools.product(range(steps + 1), repeat=dim - 1):
+            if sum(combo) <= steps:
+                out.append([c / steps for c in combo] + [(steps - sum(combo)) / steps])
+        return out
+
+    def control(self, magnitude: float | None, direction: list[float] | None) -> dict[str, Any]:
+        c: dict[str, Any] = {}
+        if self.magnitude_name is not None and magnitude is not None:
+            c[self.magnitude_name] = float(magnitude)
+        if direction is not None:
+            c["S"] = [float(s) for s in direction]
+        return c
+
+    # ------------------------------------------------------------------------------------------ evaluation
+    def evaluate(self, control: dict[str, Any]) -> Candidate:
+        choices = tuple(self.run.choices(control))
+        if choices not in self._by_choices:
+            self._by_choices[choices] = (self.costs.latency_ms(choices), self.costs.params(choices))
+        lat, params = self._by_choices[choices]
+        mag = self.magnitude_name
+        cand = Candidate(dict(control), float(control.get(mag, 0.0)) if mag else 0.0, choices, lat, params)
+        self.evaluated.append(cand)
+        return cand
+
+    def sweep(self) -> list[Candidate]:
+        """Every (magnitude, direction) grid point, evaluated."""
+        if self.kind == "static" or self.magnitude_name is None:
+            if self.kind == "simplex-ops":
+                return [self.evaluate({"S": s}) for s in self._op_simplex()]
+            return [self.evaluate({})]
+        return [self.evaluate(self.control(m, d)) for d in self.directions() for m in self.magnitudes()]
+
+    def _op_simplex(self, n: int = 48) -> list[list[float]]:
+        dim = int(self.range.get("S_dim", len(self.run.space.ops)))
+        eye = np.eye(dim).tolist()
+        rng = np.random.default_rng(0)
+        return [[1.0 / dim] * dim, *eye, *rng.dirichlet(np.ones(dim), size=n).tolist()]
+
+
+# --------------------------------------------------------------------------------------------------- budgets
+
+
+@dataclass(frozen=True)
+class Budget:
+    latency_ms: float | None = None
+    params: int | None = None
+
+    def meets(self, c: Candidate) -> bool:
+        return ((self.latency_ms is None or c.latency_ms <= self.latency_ms)
+                and (self.params is None or c.params <= self.params))
+
+    def excess(self, c: Candidate) -> float:
+        """How far over the budget, as the worst ratio (<= 1 when met)."""
+        r = []
+        if self.latency_ms is not None:
+            r.append(c.latency_ms / self.latency_ms)
+        if self.params is not None:
+            r.append(c.params / self.params)
+        return max(r) if r else 0.0
+
+    def label(self) -> str:
+        parts = []
+        if self.latency_ms is not None:
+            parts.append(f"{self.latency_ms:g} ms")
+        if self.params is not None:
+            parts.append(f"{self.params:,} params")
+        return " and ".join(parts) or "no budget"
+
+
+@dataclass
+class BudgetResult:
+    budget: Budget
+    found: Candidate | None
+    closest: Candidate  # the found one, or the evaluated candidate least over the budget
+
+    @property
+    def ok(self) -> bool:
+        return self.found is not None
+
+    def message(self) -> str:
+        if self.found is not None:
+            return (f"budget {self.budget.label()}: met at {_fmt_control(self.found.control)} "
+                    f"({self.found.latency_ms:.3f} ms, {self.found.params:,} params)")
+        c = self.closest
+        return (f"budget {self.budget.label()}: no control of this run meets it; closest is "
+                f"{_fmt_control(c.control)} ({c.latency_ms:.3f} ms, {c.params:,} params, "
+                f"{(self.budget.excess(c) - 1) * 100:.1f} % over)")
+
+
+def _least_meeting_on_ray(d: Deriver, direction: list[float] | None, budget: Budget) -> Candidate | None:
+    """The smallest magnitude along one direction whose architecture meets ``budget`` (grid, then bisection)."""
+    mags = d.magnitudes()
+    prev_fail: float | None = None
+    for m in mags:
+        c = d.evaluate(d.control(m, direction))
+        if budget.meets(c):
+            best = c
+            if prev_fail is None:
+                return best
+            lo, hi = math.log(prev_fail), math.log(m)
+            for _ in range(d.bisect_steps):
+                mid = 0.5 * (lo + hi)
+                cm = d.evaluate(d.control(math.exp(mid), direction))
+                if budget.meets(cm):
+                    best, hi = cm, mid
+                else:
+                    lo = mid
+            return best
+        prev_fail = m
+    return None
+
+
+def derive_budgets(d: Deriver, budgets: Sequence[Budget]) -> list[BudgetResult]:
+    out = []
+    for budget in budgets:
+        if budget.latency_ms is not None and d.run.table is None:
+            raise DeriveError("a latency budget needs a run with a latency table")
+        meeting: list[Candidate] = []
+        if d.magnitude_name is None:
+            meeting = [c for c in d.sweep() if budget.meets(c)]
+        else:
+            for direction in d.directions():
+                c = _least_meeting_on_ray(d, direction, budget)
+                if c is not None:
+                    meeting.append(c)
+        if meeting:
+            best = min(meeting, key=lambda c: (c.pressure, -c.latency_ms, -c.params))
+            out.append(BudgetResult(budget, best, best))
+        else:
+            closest = min(d.evaluated, key=lambda c: (budget.excess(c), c.pressure))
+            out.append(BudgetResult(budget, None, closest))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- family
+
+
+def pareto(cands: Iterable[Candidate]) -> list[Candidate]:
+    """Architectures not dominated on (predicted latency, params, pressure), one per architecture (its least-pressure
+    control), sorted by latency. Pressure stands in for accuracy (a lower penalty magnitude leans to accuracy): a
+    member is dropped when another is no slower, no bigger and was derived at no higher pressure. (Latency and
+    params alone are both costs and correlate, so their front would hold only the fastest few architectures.)"""
+    uniq: dict[tuple[str, ...], Candidate] = {}
+    for c in cands:
+        if c.choices not in uniq or c.pressure < uniq[c.choices].pressure:
+            uniq[c.choices] = c
+    items = list(uniq.values())
+
+    def dominates(o: Candidate, c: Candidate) -> bool:
+        le = o.latency_ms <= c.latency_ms and o.params <= c.params and o.pressure <= c.pressure
+        lt = o.latency_ms < c.latency_ms or o.params < c.params or o.pressure < c.pressure
+        return le and lt
+
+    front = [c for c in items if not any(dominates(o, c) for o in items if o is not c)]
+    return sorted(front, key=lambda c: (c.latency_ms, c.params))
+
+
+def nondominated_ranks(cands: Sequence[Candidate]) -> list[list[Candidate]]:
+    """Successive Pareto fronts on (latency, params): rank 0 is the front, rank 1 the front of the rest, ..."""
+    rest = list(cands)
+    ranks = []
+    while rest:
+        front = pareto(rest)
+        ranks.append(front)
+        ids = {c.choices for c in front}
+        rest = [c for c in rest if c.choices not in ids]
+    return ranks
+
+
+def spread(cands: Sequence[Candidate], n: int) -> list[Candidate]:
+    """``n`` candidates spread evenly over predicted latency: for each of n targets between the fastest and the
+    slowest, the nearest candidate not taken yet. Returned fastest first."""
+    pool = sorted(cands, key=lambda c: (c.latency_ms, c.params))
+    if len(pool) <= n:
+        return pool
+    lo, hi = pool[0].latency_ms, pool[-1].latency_ms
+    taken: list[Candidate] = []
+    for t in np.linspace(lo, hi, n):
+        free = [c for c in pool if c not in taken]
+        taken.append(min(free, key=lambda c: (abs(c.latency_ms - t), c.pressure)))
+    return sorted(taken, key=lambda c: (c.latency_ms, c.params))
+
+
+def derive_family(d: Deriver, n: int) -> tuple[list[Candidate], dict[str, int]]:
+    """``n`` distinct architectures spanning the run's control range, fastest first.
+
+    Every grid control is derived; duplicates keep their least-pressure control. Members come from the Pareto front
+    on (predicted latency, params, pressure) (see :func:`pareto`), spread evenly over its latency range; when the front holds fewer than ``n``
+    architectures, the next non-dominated ranks fill in (so the family still spans the range), and the stats say
+    how many members are on the front itself.
+    """
+    if n < 1:
+        raise DeriveError(f"--family {n}: need at least 1 member")
+    cands = d.sweep()
+    uniq: dict[tuple[str, ...], Candidate] = {}
+    for c in cands:
+        if c.choices not in uniq or c.pressure < uniq[c.choices].pressure:
+            uniq[c.choices] = c
+    if d.run.table is None:  # no latency: spread over params instead
+        pool = sorted(uniq.values(), key=lambda c: c.params)
+        idx = sorted(set(int(round(i)) for i in np.linspace(0, len(pool) - 1, min(n, len(pool)))))
+        return [pool[i] for i in idx], {"evaluated": len(cands), "distinct": len(uniq), "pareto": len(pool)}
+    ranks = nondominated_ranks(list(uniq.values()))
+    if len(ranks[0]) >= n:
+        chosen = spread(ranks[0], n)
+    else:
+        chosen = list(ranks[0])
+        for front in ranks[1:]:
+            need = n - len(chosen)
+            if need <= 0:
+                break
+            chosen += front if len(front) <= need else _fill(chosen, front, need)
+    chosen = sorted(chosen, key=lambda c: (c.latency_ms, c.params))
+    return chosen, {"evaluated": len(cands), "distinct": len(uniq), "pareto": len(ranks[0])}
+
+
+def _fill(chosen: list[Candidate], pool: Sequence[Candidate], k: int) -> list[Candidate]:
+    """``k`` candidates of ``pool`` that best fill the largest latency gaps left by ``chosen``."""
+    out: list[Candidate] = []
+    free = list(pool)
+    for _ in range(k):
+        lats = sorted(c.latency_ms for c in chosen + out)
+        best = max(free, key=lambda c: min(abs(c.latency_ms - x) for x in lats))
+        out.append(best)
+        free.remove(best)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- controls, IO
+
+
+def parse_control(text: str) -> dict[str, Any]:
+    """``kappa=0.3,S=0.2:0.8`` -> {"kappa": 0.3, "S": [0.2, 0.8]} (a list is ':'-separated)."""
+    out: dict[str, Any] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        k, eq, v = item.partition("=")
+        if not eq or not k:
+            raise DeriveError(f"--control {text!r}: {item!r} is not NAME=VALUE (e.g. kappa=0.3,S=0.5:0.5)")
+        try:
+            vals = [float(x) for x in v.split(":")]
+        except ValueError:
+            raise DeriveError(f"--control {text!r}: {k}={v!r} is not a number or ':'-separated numbers") from None
+        out[k.strip()] = vals if ":" in v else vals[0]
+    return out
+
+
+def check_control(run: RunLike, control: dict[str, Any]) -> dict[str, Any]:
+    """Validate a control against the run's range: names, magnitude inside the range, S on the simplex."""
+    rng = run.control_range()
+    mags = [k for k in ("kappa", "lambda") if isinstance(rng.get(k), (list, tuple))]
+    allowed = mags + (["S"] if "S_dim" in rng else [])
+    for k in control:
+        if k not in allowed:
+            raise DeriveError(f"control {k!r} does not apply to a {run.control_kind!r} run; it takes "
+                              f"{', '.join(allowed) or 'no control'} (range: {_fmt_range(rng)})")
+    for k in mags:
+        if k not in control:
+            raise DeriveError(f"control needs {k}=VALUE in [{rng[k][0]:g}, {rng[k][1]:g}]")
+        if k in control:
+            v = control[k]
+            if not isinstance(v, float) or not (rng[k][0] <= v <= rng[k][1]):
+                raise DeriveError(f"control {k}={v} is outside the run's trained range [{rng[k][0]:g}, "
+                                  f"{rng[k][1]:g}]")
+    if "S_dim" in rng:
+        dim = int(rng["S_dim"])
+        s = control.get("S", [1.0 / dim] * dim)
+        s = [s] if isinstance(s, float) else s
+        if len(s) != dim or any(x < 0 for x in s) or not sum(s) > 0:
+            raise DeriveError(f"control S={':'.join(f'{x:g}' for x in s)} must be {dim} non-negative weights, not all "
+                              f"zero (over: {', '.join(rng.get('cost_terms') or rng.get('ops') or [])})")
+        control = {**control, "S": [float(x) / sum(s) for x in s]}
+    return control
+
+
+def _fmt_range(rng: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in rng.items())
+
+
+def _fmt_control(control: dict[str, Any]) -> str:
+    if not control:
+        return "the run's static architecture"
+    parts = []
+    for k, v in control.items():
+        parts.append(f"{k}=" + (":".join(f"{x:.3g}" for x in v) if isinstance(v, list) else f"{v:.4g}"))
+    return ",".join(parts)
+
+
+def parse_count(text: str, what: str = "--params") -> int:
+    """``100k`` / ``1.5M`` / ``250000`` -> int."""
+    t = text.strip().lower().replace("_", "")
+    mult = {"k": 1e3, "m": 1e6, "g": 1e9}.get(t[-1:], 1)
+    try:
+        v = float(t[:-1] if t[-1:] in "kmg" else t) * mult
+    except ValueError:
+        raise DeriveError(f"{what} {text!r} is not a count like 100k, 1.5M or 250000") from None
+    if v <= 0:
+        raise DeriveError(f"{what} {text!r} must be positive")
+    return int(v)
+
+
+def parse_floats(text: str, what: str = "--latency-ms") -> list[float]:
+    try:
+        vals = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise DeriveError(f"{what} {text!r} is not a comma-separated list of numbers (e.g. 3,5,8)") from None
+    if not vals or any(v <= 0 or not math.isfinite(v) for v in vals):
+        raise DeriveError(f"{what} {text!r}: every value must be a positive number")
+    return vals
+
+
+@dataclass
+class Derived:
+    """One derived architecture as written: the arch, its file, and the budget it answered (if any)."""
+
+    name: str
+    arch: Arch
+    path: Path | None = None
+    budget: Budget | None = None
+    meets: bool | None = None
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+SUMMARY_COLUMNS = ["name", "file", "digest", "control", "predicted_ms", "params", "flops", "budget_ms",
+                   "budget_params", "meets", "note", "ops"]
+
+
+def to_arch(run: RunLike, cand: Candidate, how: str, run_dir: str | None = None) -> Arch:
+    return make_arch(run.space, list(cand.choices), run.table, cand.control,
+                     {"derived": how, **({"run": str(run_dir)} if run_dir else {})})
+
+
+def write_derived(items: Sequence[Derived], out_dir: Path) -> Path:
+    """One JSON per architecture plus ``summary.csv``; returns the summary path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for it in items:
+        if it.path is None:
+            it.path = out_dir / f"{it.name}.json"
+        save_arch(it.arch, it.path)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(SUMMARY_COLUMNS)
+    for it in items:
+        a = it.arch
+        w.writerow([it.name, it.path.name if it.path else "", a.digest(), _fmt_control(a.control or {}),
+                    "" if a.predicted_ms is None else f"{a.predicted_ms:.6g}", a.params, a.flops,
+                    "" if not it.budget or it.budget.latency_ms is None else f"{it.budget.latency_ms:g}",
+                    "" if not it.budget or it.budget.params is None else it.budget.params,
+                    "" if it.meets is None else ("yes" if it.meets else "no"), it.note, " ".join(a.choices)])
+    path = out_dir / "summary.csv"
+    atomic_write_text(path, buf.getvalue())
+    return path

@@ -1,0 +1,384 @@
+"""``hwnas run``: the main job in one call.
+
+measure the table (if missing) -> search with the ``hwnas`` preset -> derive a family -> for each member: retrain,
+export to ONNX, measure end to end on the device -> one table + a Pareto plot. Everything lands in one output
+directory::
+
+    OUT/search/                 the search run (config.json, metrics.jsonl, checkpoint.pt, control.pt)
+    OUT/family/                 member-NN.json (architectures) + summary.csv, as `hwnas derive --family` writes
+    OUT/members/member-NN/      weights.safetensors, curve.jsonl, train.json, model.onnx, result.json
+    OUT/family.csv, family.json the results table
+    OUT/pareto.png, curves.png  plots
+
+Every finished member's ``result.json`` is written as soon as it is done, and a rerun with the same ``--out`` skips
+finished stages and members, so Ctrl-C loses at most the member in flight.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from profiler.arch import Arch, export_arch, load_arch
+from profiler.devices import Device, get_device
+from profiler.protocol import Protocol
+from profiler.spaces import Space, get_space
+from profiler.tables import atomic_write_text, default_table_path, load_table
+
+from .report import FAMILY_COLUMNS, error_pct, format_table, plot_curves, plot_pareto, read_jsonl
+from .retrain import TrainConfig, retrain
+
+# fast protocol for --quick tables and measurements: fewer, shorter samples (documented in the output)
+QUICK_PROTOCOL = Protocol(warmup_s=0.02, min_samples=5, min_seconds=0.03, max_seconds=1.0, retries=0)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    device: str = "cpu"
+    space: str = "fbnet-cifar:input_size=16,width=0.5"
+    data: str = "digits"
+    search_epochs: int = 10
+    family: int = 6
+    retrain_epochs: int = 8
+    batch_size: int = 64
+    seed: int = 0
+    table: str | None = None  # None: tables/DEVICE/SPACE.csv (--quick: OUT/table.csv)
+    quick: bool = False
+    train_limit: int | None = None  # search: first N training samples
+    max_train_batches: int | None = None  # retrain: batches per epoch
+    measure_protocol: Protocol | None = None  # None: the table's protocol
+    devices_path: str | None = None
+    torch_threads: int = 1  # search/retrain threads: these small nets train fastest on one (and leave a core free)
+    calibrate: bool = True  # fit the table's calibration on random whole networks (hwprof verify) when it has none
+    verify_n: int = 6  # held-out random networks that check the calibration
+    calib_n: int = 20  # random networks the calibration is fitted on
+
+    @classmethod
+    def quick_defaults(cls, **kw: Any) -> "RunConfig":
+        base = dict(space="fbnet-cifar:input_size=16,width=0.25", search_epochs=6, family=4, retrain_epochs=4,
+                    quick=True, verify_n=3, calib_n=12)
+        base.update({k: v for k, v in kw.items() if v is not None})
+        return cls(**base)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return json.loads(json.dumps(d, default=str))
+
+
+@dataclass
+class Event:
+    """A progress report: ``stage`` (table | search | derive | member), ``done`` of ``total`` and a note."""
+
+    stage: str
+    done: int
+    total: int | None
+    note: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+OnEvent = Callable[[Event], None]
+
+
+class PipelineError(RuntimeError):
+    """A stage failed in a way the user must fix; one line."""
+
+
+@dataclass
+class RunResult:
+    out: Path
+    rows: list[dict[str, Any]]
+    table_path: Path
+    notes: list[str]
+    pareto_png: Path | None
+    curves_png: Path | None
+    interrupted: bool = False
+    wall_s: float = 0.0
+    stage_s: dict[str, float] = field(default_factory=dict)
+
+
+def ensure_table(cfg: RunConfig, device: Device, space: Space, out: Path, on_event: OnEvent,
+                 notes: list[str]) -> Path:
+    from profiler.measure import measure_space
+    from profiler.runners import make_runner
+
+    path = Path(cfg.table) if cfg.table else (out / "table.csv" if cfg.quick else
+                                              default_table_path(device.name, space.spec))
+    if path.is_file():
+        table = load_table(path, device=device.name, space=space.spec)
+        missing = table.missing(space.candidate_keys(int(table.meta.get("batch", 1))))
+        if not missing:
+            notes.append(f"table {path}: present ({len(table.rows)} entries), not re-measured")
+            on_event(Event("table", 1, 1, "present"))
+            return path
+    dev = device
+    if cfg.quick:
+        dev = dataclasses.replace(device, protocol=QUICK_PROTOCOL)
+        notes.append(f"--quick: table measured with a fast protocol ({_fmt_protocol(QUICK_PROTOCOL)})")
+    runner = make_runner(dev)
+    try:
+        def prog(p: Any) -> None:
+            on_event(Event("table", p.done, p.total, p.current.split("|")[1] if p.current else ""))
+
+        s = measure_space(dev, space, runner, path, on_progress=prog)
+    finally:
+        runner.close()
+    notes.append(f"table {path}: measured {s.measured} entries ({s.errors} errors) in {s.wall_s:.0f} s")
+    if s.errors:
+        raise PipelineError(f"{path}: {s.errors} table entries failed to measure (e.g. "
+                            f"{next(r for r in s.rows if r.status == 'error').error}); see hwprof show {path}")
+    return path
+
+
+def ensure_calibration(cfg: RunConfig, device: Device, space: Space, table_path: Path, out: Path, on_event: OnEvent,
+                       notes: list[str]) -> None:
+    """Whole networks vs the table's sum: fit ``<table>.calib.json`` on random networks (``hwprof verify``), so
+    predictions include what per-op entries miss (session overhead, fusion across blocks).
+
+    The fit is stored only when it is sane: every architecture of the space keeps a positive prediction, and the held-out networks are predicted better than by the raw
+    sum. Otherwise the raw table stays in use and the output says why."""
+    from profiler.calibrate import calibrated, write_calibration
+    from profiler.runners import make_runner
+    from profiler.verify import run_verify
+
+    table = load_table(table_path)
+    if table.calibration:
+        notes.append(f"table {table_path}: calibrated earlier ({table.calibration.get('model')}), kept")
+        return
+    dev = dataclasses.replace(device, protocol=QUICK_PROTOCOL) if cfg.quick else device
+    runner = make_runner(dev)
+    try:
+        rep = run_verify(dev, space, table, runner, out / "verify", n=cfg.verify_n, calib_n=cfg.calib_n,
+                         seed=cfg.seed, write_calib=False,
+                         on_progress=lambda p: on_event(Event("verify", p.done, p.total, p.current)))
+    finally:
+        runner.close()
+    s = rep.summary
+    raw, cal = s.get("raw") or {}, s.get("calibrated") or {}
+    msg = (f"calibration: {s['n_calib']} random networks fitted, {s['n_test']} held out; table sum off by "
+           f"{raw.get('mape_pct', float('nan')):.1f} % (mean abs)")
+    if not rep.calibration:
+        notes.append(msg + "; no calibration fitted, raw table sums used")
+        return
+    msg += f", calibrated ({cal.get('model')}) {cal.get('mape_pct', float('nan')):.1f} %"
+    ct = calibrated(table, rep.calibration)
+    # the least prediction over the whole space (the model is linear in the entries: per-layer minima add up)
+    lowest = (ct.offset_ms + sum(ct.entry_ms(site.key()) for site in space.fixed)
+              + sum(min(sum(ct.entry_ms(site.key(op)) for site in layer.sites) for op in layer.choices)
+                    for layer in space.layers))
+    if not lowest > 0:
+        notes.append(msg + f"; REJECTED: it predicts {lowest:.4f} ms for the cheapest architecture (too few or too "
+                           f"noisy networks); raw table sums used")
+        return
+    if not cal.get("mape_pct", float("inf")) < raw.get("mape_pct", float("inf")):
+        notes.append(msg + "; REJECTED: no better than the raw sum on held-out networks; raw table sums used")
+        return
+    write_calibration(table_path, rep.calibration)
+    notes.append(msg + f"; stored in {table_path.with_suffix('.calib.json').name}")
+
+
+def _fmt_protocol(p: Protocol) -> str:
+    return ", ".join(f"{k}={v}" for k, v in p.to_dict().items())
+
+
+def _stage_search(cfg: RunConfig, space: Space, table: Path, run_dir: Path, on_event: OnEvent,
+                  notes: list[str]) -> None:
+    from .config import preset
+    from .train import search
+
+    if (run_dir / "control.pt").is_file():
+        notes.append(f"search {run_dir}: finished earlier, reused")
+        on_event(Event("search", 1, 1, "reused"))
+        return
+    resume = (run_dir / "config.json").is_file()
+    scfg = preset("hwnas", space=space.spec, tables=(str(table),), data=cfg.data, epochs=cfg.search_epochs,
+                  seed=cfg.seed, batch_size=cfg.batch_size, train_limit=cfg.train_limit)
+
+    def prog(e: dict[str, Any]) -> None:
+        if e.get("event") == "step":
+            steps = int(e["steps"])
+            note = f"epoch {e['epoch'] + 1}/{e['epochs']}" + (f" loss {e['loss']:.3f}" if "loss" in e else "")
+            lat = e.get("E_latency")
+            if isinstance(lat, (int, float)):
+                note += f" E[lat] {lat:.3f} ms"
+            on_event(Event("search", e["epoch"] * steps + int(e["step"]), e["epochs"] * steps, note))
+
+    search(scfg, run_dir, resume=resume, on_progress=prog)
+    if resume:
+        notes.append(f"search {run_dir}: resumed an interrupted run")
+
+
+def _stage_derive(cfg: RunConfig, run_dir: Path, fam_dir: Path, on_event: OnEvent, notes: list[str]) -> list[Path]:
+    from .derive import Derived, Deriver, derive_family, to_arch, write_derived
+    from .run import load_run
+
+    existing = sorted(fam_dir.glob("member-*.json"))
+    if existing and (fam_dir / "summary.csv").is_file():
+        notes.append(f"family {fam_dir}: derived earlier ({len(existing)} members), reused")
+        return existing
+    run = load_run(run_dir)
+    d = Deriver(run)
+    cands, stats = derive_family(d, cfg.family)
+    items = [Derived(f"member-{i:02d}", to_arch(run, c, "family", str(run_dir))) for i, c in enumerate(cands)]
+    write_derived(items, fam_dir)
+    notes.append(f"family: {stats['evaluated']} controls -> {stats['distinct']} distinct architectures -> "
+                 f"{stats['pareto']} Pareto-optimal -> {len(items)} members")
+    if len(items) < cfg.family:
+        notes.append(f"only {len(items)} distinct Pareto-optimal architectures (asked for {cfg.family})")
+    on_event(Event("derive", 1, 1, f"{len(items)} members"))
+    return [it.path for it in items if it.path is not None]
+
+
+def run_member(arch: Arch, name: str, member_dir: Path, device: Device, protocol: Protocol, tcfg: TrainConfig,
+               splits: Any = None, on_epoch: Callable[[dict[str, Any]], None] | None = None,
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Retrain, export and measure one architecture; returns (and writes) its result row."""
+    from profiler.model_measure import measure_model
+    from profiler.stats import summarize
+
+    done = member_dir / "result.json"
+    if done.is_file():
+        row = json.loads(done.read_text())
+        if row.get("digest") == arch.digest():
+            return row
+    tr = retrain(arch, tcfg, member_dir, splits=splits, on_epoch=on_epoch)
+    onnx_path, max_err = export_arch(arch, member_dir / "model.onnx", tr.weights)
+    res = measure_model(onnx_path, device, protocol)
+    measured = summarize(res.samples_ms).median_ms if res.ok else None
+    row = {"member": name, "digest": arch.digest(), "ops": " ".join(arch.choices), "params": arch.params,
+           "flops": arch.flops, "predicted_ms": arch.predicted_ms, "measured_ms": measured,
+           "error_pct": error_pct(arch.predicted_ms, measured), "test_acc": tr.test_acc,
+           "control": arch.control, "status": "ok" if res.ok else f"measure failed: {res.error}",
+           "onnx_max_abs_err": max_err, "train_s": tr.wall_s, "samples": len(res.samples_ms), **(extra or {})}
+    atomic_write_text(done, json.dumps(row, indent=2) + "\n")
+    return row
+
+
+def write_family(out: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(FAMILY_COLUMNS)
+    for r in rows:
+        w.writerow(["" if r.get(c) is None else (json.dumps(r[c]) if isinstance(r[c], dict) else r[c])
+                    for c in FAMILY_COLUMNS])
+    atomic_write_text(out / "family.csv", buf.getvalue())
+    atomic_write_text(out / "family.json", json.dumps(rows, indent=2) + "\n")
+
+
+def make_plots(out: Path, rows: list[dict[str, Any]], title: str) -> tuple[Path | None, Path | None]:
+    pareto = plot_pareto(rows, out / "pareto.png", title)
+    members = {p.parent.name: read_jsonl(p) for p in sorted((out / "members").glob("*/curve.jsonl"))}
+    curves = plot_curves(read_jsonl(out / "search" / "metrics.jsonl"), members, out / "curves.png", title)
+    return pareto, curves
+
+
+def run_pipeline(cfg: RunConfig, out: Path, on_event: OnEvent | None = None) -> RunResult:
+    """The whole job; see the module docstring. Ctrl-C returns the finished members (``interrupted=True``)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    if cfg.torch_threads > 0:
+        torch.set_num_threads(cfg.torch_threads)
+    try:
+        return _run_pipeline(cfg, Path(out), on_event or (lambda e: None))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_pipeline(cfg: RunConfig, out: Path, on_event: OnEvent) -> RunResult:
+    from .retrain import load_splits
+
+    out.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    t0 = time.perf_counter()
+    stage_s: dict[str, float] = {}
+    try:
+        device = get_device(cfg.device, cfg.devices_path)
+        space = get_space(cfg.space)
+    except ValueError as e:
+        raise PipelineError(str(e)) from None
+    prev = out / "run.json"
+    if prev.is_file():
+        try:
+            old = json.loads(prev.read_text())
+        except json.JSONDecodeError:
+            old = None
+        if old != cfg.to_dict():
+            diff = sorted(k for k in cfg.to_dict() if not isinstance(old, dict) or old.get(k) != cfg.to_dict()[k])
+            raise PipelineError(f"{out} holds a run with other settings ({', '.join(diff[:4])}); rerun it with the "
+                                f"same options to continue, or choose another --out")
+    atomic_write_text(prev, json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+    t = time.perf_counter()
+    table_path = ensure_table(cfg, device, space, out, on_event, notes)
+    stage_s["table"] = time.perf_counter() - t
+    if cfg.calibrate:
+        t = time.perf_counter()
+        ensure_calibration(cfg, device, space, table_path, out, on_event, notes)
+        stage_s["calibrate"] = time.perf_counter() - t
+    table = load_table(table_path)
+    protocol = cfg.measure_protocol or Protocol.from_dict(table.meta.get("protocol", {}), f"{table_path} protocol")
+    if cfg.quick and cfg.measure_protocol is None:
+        notes.append("--quick: whole models measured with the table's fast protocol")
+
+    t = time.perf_counter()
+    _stage_search(cfg, space, table_path, out / "search", on_event, notes)
+    stage_s["search"] = time.perf_counter() - t
+    t = time.perf_counter()
+    paths = _stage_derive(cfg, out / "search", out / "family", on_event, notes)
+    stage_s["derive"] = time.perf_counter() - t
+
+    tcfg = TrainConfig(data=cfg.data, epochs=cfg.retrain_epochs, batch_size=cfg.batch_size, seed=cfg.seed,
+                       max_train_batches=cfg.max_train_batches)
+    archs = [load_arch(p) for p in paths]
+    splits = load_splits(archs[0], tcfg) if archs else None
+    rows: list[dict[str, Any]] = []
+    interrupted = False
+    t = time.perf_counter()
+    try:
+        for i, (p, arch) in enumerate(zip(paths, archs)):
+            name = p.stem
+            on_event(Event("member", i, len(paths), f"{name}: retrain, export, measure"))
+
+            def on_epoch(rec: dict[str, Any], i: int = i, name: str = name) -> None:
+                on_event(Event("member", i, len(paths), f"{name}: epoch {rec['epoch']}/{tcfg.epochs} "
+                                                         f"val {rec['val_acc'] * 100:.1f} %"))
+
+            raw = sum(table.latency_ms(k) for k in arch.keys())
+            rows.append(run_member(arch, name, out / "members" / name, device, protocol, tcfg, splits, on_epoch,
+                                   {"predicted_raw_ms": raw, "calibrated": bool(table.calibration)}))
+            write_family(out, rows)
+            on_event(Event("member", i + 1, len(paths), f"{name} done"))
+    except KeyboardInterrupt:
+        interrupted = True
+        notes.append(f"interrupted: {len(rows)} of {len(paths)} members finished and kept; rerun the same "
+                     f"command to continue")
+    stage_s["members"] = time.perf_counter() - t
+    write_family(out, rows)
+    title = f"{space.spec} on {device.name} ({cfg.data})"
+    pareto, curves = make_plots(out, rows, title)
+    res = RunResult(out, rows, table_path, notes, pareto, curves, interrupted, time.perf_counter() - t0, stage_s)
+    atomic_write_text(out / "summary.txt", "\n".join(notes) + "\n\n" + format_table(rows) + "\n")
+    return res
+
+
+def report_run(out: Path) -> tuple[list[dict[str, Any]], Path | None, Path | None]:
+    """Rebuild the family table and plots of an ``hwnas run`` directory (or just the curves of a search run)."""
+    out = Path(out)
+    rows = []
+    if (out / "members").is_dir():
+        for p in sorted((out / "members").glob("*/result.json")):
+            rows.append(json.loads(p.read_text()))
+    elif not (out / "metrics.jsonl").is_file():
+        raise PipelineError(f"{out}: neither an hwnas run directory (members/) nor a search run (metrics.jsonl)")
+    if rows:
+        write_family(out, rows)
+        pareto, curves = make_plots(out, rows, out.name)
+        return rows, pareto, curves
+    curves = plot_curves(read_jsonl(out / "metrics.jsonl"), {}, out / "curves.png", out.name)
+    return rows, None, curves

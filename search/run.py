@@ -1,0 +1,114 @@
+"""Reading a run directory back: the trained control, its space, table and cost tensors.
+
+``load_run(RUN)`` rebuilds the control module from ``config.json`` and loads ``control.pt`` (or, for a run that was
+interrupted, the control part of ``checkpoint.pt``), all with ``torch.load(weights_only=True)``. A control value is
+a plain dict: ``{}`` (static), ``{"lambda": 0.3}``, ``{"kappa": 5.0, "S": [0.5, 0.5]}``, ``{"S": [...one per op]}``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from profiler.ops import get_op
+from profiler.spaces import Space
+from profiler.tables import LatencyTable
+
+from .config import SearchConfig, config_from_dict
+from .control import Control, Value
+from .costs import CostModel
+from .train import SearchError, build, read_metrics
+
+
+@dataclass
+class Run:
+    path: Path
+    config: SearchConfig
+    space: Space
+    tables: list[LatencyTable]
+    costs: CostModel
+    control: Control
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def table(self) -> LatencyTable | None:
+        return self.tables[0] if self.tables else None
+
+    @property
+    def control_kind(self) -> str:
+        return self.control.kind
+
+    def control_range(self) -> dict[str, Any]:
+        return self.control.control_range()
+
+    def value(self, control: dict[str, Any]) -> Value:
+        return self.control.value(dict(control))
+
+    @torch.no_grad()
+    def logits(self, control: dict[str, Any]) -> torch.Tensor:
+        """Architecture logits [layers, ops] at a control value."""
+        return self.control(self.value(control)).detach().clone()
+
+    def probs(self, control: dict[str, Any]) -> torch.Tensor:
+        return torch.softmax(self.logits(control), dim=-1)
+
+    def choices(self, control: dict[str, Any]) -> list[str]:
+        """Argmax op per layer. With a zero op ('none') in a cell space: DARTS' derivation -- every node keeps its
+        two strongest incoming edges (by their best non-zero op) and the other edges become the zero op."""
+        return derive_choices(self.space, self.probs(control))
+
+    def expected(self, control: dict[str, Any]) -> dict[str, float]:
+        """Expected cost per available term (params, flops, latency, ...) at a control value."""
+        p = self.probs(control)
+        return {t: float(self.costs.expected(t, p)) for t in self.costs.names}
+
+
+def derive_choices(space: Space, probs: torch.Tensor) -> list[str]:
+    ops = space.ops
+    zero = [k for k, op in enumerate(ops) if get_op(op).kind == "zero"]
+    if not zero or space.family != "cell":
+        return [layer.choices[int(i)] for layer, i in zip(space.layers, probs.argmax(dim=-1))]
+    masked = probs.clone()
+    masked[:, zero] = -1.0
+    best = masked.max(dim=-1)
+    row = {layer.name: i for i, layer in enumerate(space.layers)}
+    choices = [ops[zero[0]]] * len(space.layers)
+    nodes = space.topology["nodes"]
+    for kind in ("normal", "reduce"):
+        e = 0
+        for node in range(nodes):
+            rows = [row[f"{kind}.e{e + j}"] for j in range(2 + node) if f"{kind}.e{e + j}" in row]
+            e += 2 + node
+            for r in sorted(rows, key=lambda r: -float(best.values[r]))[:2]:
+                choices[r] = ops[int(best.indices[r])]
+    return choices
+
+
+def load_run(run_dir: str | Path) -> Run:
+    path = Path(run_dir)
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        raise SearchError(f"{path}: not a run directory (no config.json); create one with hwnas search")
+    try:
+        cfg = config_from_dict(json.loads(cfg_path.read_text()), str(cfg_path))
+    except json.JSONDecodeError as e:
+        raise SearchError(f"{cfg_path}: corrupt ({e.msg} at line {e.lineno})") from None
+    missing = [t for t in cfg.tables if not Path(t).is_file()]
+    if missing:
+        raise SearchError(f"{path}: latency table {missing[0]} of this run is gone; restore it or measure it again")
+    setup = build(cfg, check_terms=False, with_model=False)
+    control = setup.control
+    if (path / "control.pt").is_file():
+        state = torch.load(path / "control.pt", map_location="cpu", weights_only=True)
+    elif (path / "checkpoint.pt").is_file():
+        ck = torch.load(path / "checkpoint.pt", map_location="cpu", weights_only=True)
+        state = {k[len("control."):]: v for k, v in ck["model"].items() if k.startswith("control.")}
+    else:
+        raise SearchError(f"{path}: no control.pt or checkpoint.pt; the search has not finished an epoch")
+    control.load_state_dict(state)
+    control.eval()
+    return Run(path, setup.cfg, setup.space, setup.tables, setup.costs, control, read_metrics(path / "metrics.jsonl"))

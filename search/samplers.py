@@ -1,0 +1,63 @@
+"""Samplers turn architecture logits into the op weights the supernet runs with, and temperature schedules.
+
+* ``softmax`` -- DARTS' continuous relaxation, softmax(alpha / tau).
+* ``gumbel`` -- Gumbel-Softmax, soft: softmax((alpha + g) / tau).
+* ``gumbel-hard`` -- one-hot of the Gumbel sample in the forward pass, the soft sample's gradient (straight-through);
+  every op still runs (the one-hot multiplies them).
+* ``lean`` -- GDAS-style: the same straight-through one-hot, but the supernet runs only the sampled op per layer and
+  its gate (value 1, gradient of the soft sample) carries the gradient to alpha. This is what makes FBNet-space
+  search affordable on a CPU.
+
+Noise comes from an explicit ``torch.Generator`` so a resumed run draws the same samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .config import TemperatureConfig
+
+
+@dataclass(frozen=True)
+class Sampler:
+    mode: str = "gumbel"  # softmax | gumbel | gumbel-hard | lean
+    per_sample: bool = False
+
+    @property
+    def lean(self) -> bool:
+        return self.mode == "lean"
+
+    def __call__(self, logits: torch.Tensor, tau: float, g: torch.Generator | None = None,
+                 n: int = 1) -> torch.Tensor:
+        """Op weights: [layers, ops], or [n, layers, ops] with ``per_sample``."""
+        shape = (n, *logits.shape) if self.per_sample else logits.shape
+        if self.mode == "softmax":
+            y = torch.softmax(logits / tau, dim=-1)
+            return y.expand(shape) if self.per_sample else y
+        u = torch.rand(shape, generator=g).clamp(1e-10, 1.0 - 1e-7).to(logits.device)
+        gumbel = -torch.log(-torch.log(u))
+        soft = torch.softmax((logits + gumbel) / tau, dim=-1)
+        if self.mode == "gumbel":
+            return soft
+        hard = torch.nn.functional.one_hot(soft.argmax(dim=-1), soft.shape[-1]).to(soft.dtype)
+        return hard - soft.detach() + soft
+
+    def deterministic(self, logits: torch.Tensor, tau: float) -> torch.Tensor:
+        """Noise-free weights for evaluation: softmax, or the argmax one-hot for the lean sampler."""
+        if self.lean:
+            return torch.nn.functional.one_hot(logits.argmax(dim=-1), logits.shape[-1]).to(logits.dtype)
+        return torch.softmax(logits / tau, dim=-1)
+
+
+def temperature(cfg: TemperatureConfig, epoch: int, epochs: int) -> float:
+    """Temperature at ``epoch`` (0-based); always >= cfg.floor > 0."""
+    if cfg.schedule == "exponential":
+        t = cfg.t0 * cfg.decay ** epoch
+    elif cfg.schedule == "linear":
+        slope = cfg.slope if cfg.slope is not None else (cfg.t0 - cfg.floor) / max(1, epochs - 1)
+        t = cfg.t0 - slope * epoch
+    else:
+        t = cfg.t0
+    return max(cfg.floor, float(t))

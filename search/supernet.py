@@ -1,0 +1,88 @@
+"""The supernet: the space's topology (``profiler.network.SpaceNet``) with a mixed op at every searchable site.
+
+:class:`SearchModel` bundles the supernet, the control module, the sampler and the cost tensors -- each passed in,
+none built inside -- and computes, for one control value, the op weights, the expected costs and the penalty.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from profiler.network import SpaceNet
+from profiler.ops import build_op
+from profiler.spaces import Site, Space
+
+from .control import Control, Value
+from .costs import CostModel
+from .samplers import Sampler
+
+
+class MixedOp(nn.Module):
+    """All candidate ops of one site. ``forward(x, w)``: ``w`` [ops] or per-sample [N, ops].
+
+    With ``lean`` set, only the op with the largest weight runs and is scaled by that weight (value 1 under the
+    straight-through sampler), so its gradient still reaches the logits.
+    """
+
+    def __init__(self, site: Site, choices: tuple[str, ...]):
+        super().__init__()
+        self.ops = nn.ModuleList(build_op(op, site.c_in, site.c_out, site.stride, **dict(site.params))
+                                 for op in choices)
+        self.lean = False
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        if w.dim() == 2:  # per-sample weights
+            return sum(w[:, k].view(-1, 1, 1, 1) * op(x) for k, op in enumerate(self.ops))
+        if self.lean:
+            k = int(w.detach().argmax())
+            return self.ops[k](x) * w[k]
+        return sum(w[k] * op(x) for k, op in enumerate(self.ops))
+
+
+def build_supernet(space: Space) -> SpaceNet:
+    return SpaceNet(space, lambda row, site: MixedOp(site, space.layers[row].choices))
+
+
+@dataclass
+class StepOut:
+    out: torch.Tensor
+    logits: torch.Tensor
+    probs: torch.Tensor
+    penalty: torch.Tensor
+    expected: dict[str, torch.Tensor]
+
+
+class SearchModel(nn.Module):
+    def __init__(self, space: Space, control: Control, sampler: Sampler, costs: CostModel,
+                 metric_terms: tuple[str, ...] = ()):
+        super().__init__()
+        self.space = space
+        self.net = build_supernet(space)
+        self.control = control
+        self.costs = costs
+        self.sampler = sampler
+        self.metric_terms = tuple(dict.fromkeys((*control.cost_terms, *metric_terms)))
+        for m in self.net.modules():
+            if isinstance(m, MixedOp):
+                m.lean = sampler.lean
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        return list(self.net.parameters())
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return list(self.control.parameters())
+
+    def run(self, x: torch.Tensor, c: Value, tau: float, g: torch.Generator | None,
+            deterministic: bool = False) -> StepOut:
+        logits = self.control(c)
+        if deterministic:
+            w = self.sampler.deterministic(logits, tau)
+        else:
+            w = self.sampler(logits, tau, g, n=x.shape[0])
+        out = self.net(x, w.transpose(0, 1) if w.dim() == 3 else w)
+        probs = torch.softmax(logits, dim=-1)
+        expected = {t: self.costs.expected(t, probs) for t in self.metric_terms}
+        return StepOut(out, logits, probs, self.control.penalty(c, probs, expected), expected)

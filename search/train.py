@@ -1,0 +1,437 @@
+"""Training: the one weights step loop (:func:`fit_epoch`, :func:`evaluate`) and the search loop (:func:`search`).
+
+``fit_epoch`` is shared by the search (both single-level and bilevel) and by retraining derived networks: the search
+passes a ``forward`` that samples a control value and op weights and returns the search loss, and, for bilevel
+optimisation, a ``before_step`` hook that takes the architecture step on the other split.
+
+The search loop writes, in the run directory: ``config.json`` (the resolved config), ``metrics.jsonl`` (one line per
+epoch), ``checkpoint.pt`` (atomic, every epoch: weights, control, optimisers and every RNG state, so a resumed run
+ends exactly where an uninterrupted one would) and ``control.pt`` (the final control state_dict).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from profiler.spaces import Space, get_space
+from profiler.tables import atomic_write_text
+
+from .config import SearchConfig, config_from_dict, config_to_dict
+from .control import Control, Value, build_control
+from .costs import CostModel, open_table
+from .data import Splits, load_data
+from .losses import search_loss
+from .samplers import Sampler, temperature
+from .supernet import SearchModel
+
+Forward = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]
+
+
+class SearchError(RuntimeError):
+    """A search that cannot start or go on; the message is the one line shown to the user."""
+
+
+class NonFiniteLoss(RuntimeError):
+    def __init__(self, step: int, value: float, last: dict[str, float]):
+        super().__init__(f"loss {value} at step {step}")
+        self.step, self.value, self.last = step, value, last
+
+
+def _device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return float(v.detach()) if v.numel() == 1 else [float(x) for x in v.detach().reshape(-1)]
+    return v
+
+
+def fit_epoch(model: nn.Module, loader, optimizer, *, forward: Forward | None = None, grad_clip: float | None = None,
+              before_step: Callable[[int], None] | None = None,
+              on_step: Callable[[int, dict[str, float]], None] | None = None,
+              max_steps: int | None = None) -> dict[str, float]:
+    """One pass over ``loader``: zero grads, forward, backward, clip, step every optimiser.
+
+    ``optimizer`` is one optimiser or a sequence (single-level search steps weights and architecture together);
+    ``grad_clip`` clips the gradient norm of the first optimiser's parameters. ``forward(model, x, y)`` returns
+    ``(loss, outputs, info)``; by default it is cross-entropy of ``model(x)``. A non-finite loss raises
+    :class:`NonFiniteLoss` before anything is stepped. Returns mean loss, accuracy, steps, samples and the mean of
+    every numeric ``info`` entry.
+    """
+    opts = list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
+    clip_params = [p for grp in opts[0].param_groups for p in grp["params"]] if grad_clip else []
+    model.train()
+    dev = _device(model)
+    n = correct = 0
+    loss_sum = 0.0
+    sums: dict[str, float] = {}
+    last: dict[str, float] = {}
+    step = -1
+    for step, (x, y) in enumerate(loader):
+        if max_steps is not None and step >= max_steps:
+            step -= 1
+            break
+        x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+        if before_step is not None:
+            before_step(step)
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        if forward is None:
+            out = model(x)
+            loss, info = F.cross_entropy(out, y), {}
+        else:
+            loss, out, info = forward(model, x, y)
+        lv = float(loss.detach())
+        if not math.isfinite(lv):
+            raise NonFiniteLoss(step, lv, last)
+        loss.backward()
+        if grad_clip:
+            nn.utils.clip_grad_norm_(clip_params, grad_clip)
+        for o in opts:
+            o.step()
+        b = int(y.shape[0])
+        n += b
+        loss_sum += lv * b
+        correct += int((out.detach().argmax(dim=1) == y).sum())
+        last = {"loss": lv}
+        for k, v in info.items():
+            v = _plain(v)
+            if isinstance(v, (int, float)):
+                sums[k] = sums.get(k, 0.0) + float(v) * b
+                last[k] = float(v)
+        if on_step is not None:
+            on_step(step, last)
+    n = max(n, 1)
+    return {"loss": loss_sum / n, "acc": correct / n, "steps": step + 1, "samples": n,
+            **{k: v / n for k, v in sums.items()}}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, forward: Forward | None = None) -> dict[str, float]:
+    """Mean loss and accuracy over ``loader`` in eval mode (``forward`` as in :func:`fit_epoch`)."""
+    model.eval()
+    dev = _device(model)
+    n = correct = 0
+    loss_sum = 0.0
+    for x, y in loader:
+        x, y = x.to(dev), y.to(dev)
+        if forward is None:
+            out = model(x)
+            loss = F.cross_entropy(out, y)
+        else:
+            loss, out, _ = forward(model, x, y)
+        n += int(y.shape[0])
+        loss_sum += float(loss) * int(y.shape[0])
+        correct += int((out.argmax(dim=1) == y).sum())
+    n = max(n, 1)
+    return {"loss": loss_sum / n, "acc": correct / n}
+
+
+def cosine_lr(lr: float, lr_min: float | None, epoch: int, epochs: int) -> float:
+    if lr_min is None:
+        return lr
+    return lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * epoch / max(1, epochs)))
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr
+
+
+# ------------------------------------------------------------------------------------------------ the search
+
+
+@dataclass
+class Setup:
+    """Everything a search (or a loaded run) is built from."""
+
+    cfg: SearchConfig
+    space: Space
+    tables: list
+    costs: CostModel
+    control: Control
+    model: SearchModel | None
+
+
+def resolve_terms(cfg: SearchConfig, costs: CostModel) -> SearchConfig:
+    """Drop zero-weight static terms that need a missing table (darts without --table); check the others."""
+    c = cfg.control
+    if c.kind == "static" and cfg.loss == "additive" and not any(c.weights):
+        keep = tuple(t for t in c.cost_terms if t in costs.info)
+        if keep != tuple(c.cost_terms):
+            w = tuple(w for t, w in zip(c.cost_terms, c.weights or (0.0,) * len(c.cost_terms)) if t in costs.info)
+            cfg.control.cost_terms, cfg.control.weights = keep, w
+    for t in c.cost_terms:
+        if t not in costs.info:
+            raise SearchError(f"preset {cfg.preset} uses cost term {t!r}, which needs a latency table: pass --table "
+                              f"(measure one with `hwprof measure --device cpu --space {cfg.space}`)")
+    if cfg.loss != "additive" and "latency" not in costs.info:
+        raise SearchError(f"loss {cfg.loss!r} needs a latency table: pass --table (measure one with "
+                          f"`hwprof measure --device cpu --space {cfg.space}`)")
+    return cfg
+
+
+def build(cfg: SearchConfig, *, check_terms: bool = True, with_model: bool = True) -> Setup:
+    """Space, tables, cost tensors, control and supernet of ``cfg`` (weights initialised from ``cfg.seed``)."""
+    try:
+        space = get_space(cfg.space)
+    except ValueError as e:
+        raise SearchError(str(e)) from None
+    tables = [open_table(t, space) for t in cfg.tables]
+    costs = CostModel(space, tables)
+    if check_terms:
+        cfg = resolve_terms(cfg, costs)
+    torch.manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed)
+    control = build_control(cfg.control, len(space.layers), space.ops, costs, generator=g)
+    metric = tuple(t for t in ("params", "latency") if t in costs.info)
+    model = SearchModel(space, control, Sampler(cfg.sampler, cfg.per_sample), costs, metric) if with_model else None
+    return Setup(cfg, space, tables, costs, control, model)
+
+
+def default_control(control: Control, cfg: SearchConfig) -> Value:
+    """The control used for validation metrics: ``control.eval_control`` or the middle of the trained range."""
+    plain = dict(cfg.control.eval_control)
+    if not plain:
+        rng = control.control_range()
+        for name in ("kappa", "lambda"):
+            if name in rng and isinstance(rng[name], list):
+                plain[name] = math.sqrt(rng[name][0] * rng[name][1])
+    return control.value(plain)
+
+
+def _subset(ds: TensorDataset, limit: int | None) -> TensorDataset:
+    if limit is None or limit >= len(ds):
+        return ds
+    return TensorDataset(*(t[:limit] for t in ds.tensors))
+
+
+def _loader(ds: TensorDataset, batch: int, g: torch.Generator | None, shuffle: bool) -> DataLoader:
+    return DataLoader(ds, batch_size=batch, shuffle=shuffle, generator=g if shuffle else None, drop_last=False)
+
+
+def _rng_state(gens: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state(), **{k: g.get_state() for k, g in gens.items()}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor], gens: dict[str, torch.Generator]) -> None:
+    torch.set_rng_state(state["torch"])
+    for k, g in gens.items():
+        g.set_state(state[k])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a torn last line from a kill
+    return out
+
+
+RESUME_FIELDS = ("preset", "space", "tables", "data", "seed", "batch_size")
+
+
+def _check_resume(out: Path, cfg: SearchConfig) -> SearchConfig:
+    """The stored config of run ``out``; the identifying fields given again must match. ``epochs`` may change."""
+    stored = config_from_dict(json.loads((out / "config.json").read_text()), str(out / "config.json"))
+    for k in RESUME_FIELDS:
+        a, b = getattr(stored, k), getattr(cfg, k)
+        if a != b:
+            raise SearchError(f"{out}: run was started with {k}={a!r}, not {b!r}; resume with the same "
+                              f"options or start a new --out")
+    stored.epochs, stored.torch_device = cfg.epochs, cfg.torch_device
+    return stored
+
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+def search(cfg: SearchConfig, out: str | Path, *, resume: bool = False, splits: Splits | None = None,
+           on_progress: ProgressFn | None = None, stop_after: int | None = None) -> list[dict[str, Any]]:
+    """Run (or resume) a search into run directory ``out``; returns the metrics of every epoch.
+
+    ``stop_after`` ends the call after that many epochs of this call (as a kill would, but cleanly); ``splits``
+    passes already loaded data (tests).
+    """
+    out = Path(out)
+    cfg.tables = tuple(str(Path(t).resolve()) for t in cfg.tables)
+    cfg.validate()
+    ckpt_path = out / "checkpoint.pt"
+    if resume:
+        if not (out / "config.json").is_file():
+            raise SearchError(f"{out}: nothing to resume (no config.json); start it without --resume")
+        cfg = _check_resume(out, cfg)
+    elif (out / "config.json").exists() or ckpt_path.exists():
+        raise SearchError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if cfg.torch_device.startswith("cuda") and not torch.cuda.is_available():
+        raise SearchError("--torch-device cuda: no CUDA device is available to this torch build; use cpu")
+
+    setup = build(cfg)
+    cfg, space, model, control = setup.cfg, setup.space, setup.model, setup.control
+    dev = torch.device(cfg.torch_device)
+    if splits is None:
+        splits = load_data(cfg.data, space.input_shape[1], space.input_shape[0], cfg.seed, cfg.data_dir)
+    if splits.num_classes > space.num_classes:
+        raise SearchError(f"data {splits.name} has {splits.num_classes} classes but space {space.spec} has "
+                          f"num_classes={space.num_classes}; use --space {space.name}:num_classes="
+                          f"{splits.num_classes}")
+    model.to(dev)
+
+    train = _subset(splits.train, cfg.train_limit)
+    val = _subset(splits.val, cfg.eval_limit)
+    if cfg.optimisation == "bilevel":
+        n_arch = max(1, int(round(len(train) * cfg.arch_fraction)))
+        w_ds = TensorDataset(*(t[: len(train) - n_arch] for t in train.tensors))
+        a_ds = TensorDataset(*(t[len(train) - n_arch:] for t in train.tensors))
+    else:
+        w_ds, a_ds = train, None
+    gens = {k: torch.Generator().manual_seed(cfg.seed * 1000 + i) for i, k in enumerate(("data", "arch", "adata"))}
+    w_loader = _loader(w_ds, cfg.batch_size, gens["data"], True)
+    a_loader = _loader(a_ds, cfg.batch_size, gens["adata"], True) if a_ds is not None else None
+    val_loader = _loader(val, 256, None, False)
+
+    wo, ao = cfg.weights_opt, cfg.arch_opt
+    w_opt = torch.optim.SGD(model.weight_parameters(), lr=wo.lr, momentum=wo.momentum, weight_decay=wo.weight_decay)
+    a_opt = torch.optim.Adam(model.arch_parameters(), lr=ao.lr, betas=tuple(ao.betas), weight_decay=ao.weight_decay)
+
+    start = 0
+    last_finite: dict[str, float] = {}
+    if resume and ckpt_path.is_file():
+        ck = torch.load(ckpt_path, map_location=dev, weights_only=True)
+        model.load_state_dict(ck["model"])
+        w_opt.load_state_dict(ck["w_opt"])
+        a_opt.load_state_dict(ck["a_opt"])
+        _set_rng_state(ck["rng"], gens)
+        start = int(ck["epoch"])
+        last_finite = dict(ck.get("last_finite", {}))
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.json", json.dumps(config_to_dict(cfg), indent=2))
+    metrics_path = out / "metrics.jsonl"
+    history = [m for m in read_metrics(metrics_path) if m.get("epoch", 1 << 30) < start]
+    atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in history))
+
+    eval_c = default_control(control, cfg)
+    ref_lat = cfg.ref_latency_ms
+    if cfg.loss == "proxyless" and ref_lat is None:
+        ref_lat = setup.costs.uniform("latency")
+    state = {"epoch": start, "tau": 1.0}
+
+    def forward(m: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        c = control.sample(gens["arch"])
+        r = model.run(x, c, state["tau"], gens["arch"])
+        ce = F.cross_entropy(r.out, y)
+        loss = search_loss(cfg.loss, ce, r.penalty, r.expected.get("latency"), cfg.loss_alpha, cfg.loss_beta,
+                           ref_lat)
+        info = {"ce": ce, "penalty": r.penalty, **{f"E_{k}": v for k, v in r.expected.items()}}
+        return loss, r.out, info
+
+    def eval_forward(m: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        r = model.run(x, eval_c, state["tau"], None, deterministic=True)
+        return F.cross_entropy(r.out, y), r.out, {}
+
+    t_start = time.perf_counter()
+    done_this_call = 0
+    for epoch in range(start, cfg.epochs):
+        if stop_after is not None and done_this_call >= stop_after:
+            break
+        t0 = time.perf_counter()
+        tau = temperature(cfg.temperature, epoch, cfg.epochs)
+        state.update(epoch=epoch, tau=tau)
+        lr = cosine_lr(wo.lr, wo.lr_min, epoch, cfg.epochs)
+        set_lr(w_opt, lr)
+        arch_on = epoch >= cfg.warmup_epochs
+        steps = len(w_loader)
+
+        before = None
+        if cfg.optimisation == "bilevel" and arch_on:
+            it = {"it": iter(a_loader)}
+
+            def before(step: int) -> None:
+                try:
+                    x, y = next(it["it"])
+                except StopIteration:
+                    it["it"] = iter(a_loader)
+                    x, y = next(it["it"])
+                x, y = x.to(dev), y.to(dev)
+                a_opt.zero_grad(set_to_none=True)
+                loss, _, _ = forward(model, x, y)
+                if not math.isfinite(float(loss.detach())):
+                    raise NonFiniteLoss(step, float(loss.detach()), last_finite)
+                loss.backward()
+                a_opt.step()
+
+        opts = [w_opt, a_opt] if (cfg.optimisation == "single" and arch_on) else [w_opt]
+
+        def on_step(step: int, info: dict[str, float]) -> None:
+            last_finite.update(info)
+            if on_progress is not None:
+                on_progress({"event": "step", "epoch": epoch, "epochs": cfg.epochs, "step": step + 1,
+                             "steps": steps, "tau": tau, **info})
+
+        try:
+            tr = fit_epoch(model, w_loader, opts, forward=forward, grad_clip=wo.grad_clip, before_step=before,
+                           on_step=on_step)
+        except NonFiniteLoss as e:
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in e.last.items()) or "none (first step)"
+            kept = f"checkpoint of epoch {start + done_this_call} kept in {ckpt_path}" if ckpt_path.exists() \
+                else "no checkpoint yet"
+            raise SearchError(f"loss became {e.value} at epoch {epoch} step {e.step + 1}; last finite values: "
+                              f"{shown}; {kept} (lower the learning rates or check the data)") from None
+        va = evaluate(model, val_loader, eval_forward)
+        with torch.no_grad():
+            logits = control(eval_c)
+            probs = torch.softmax(logits, dim=-1)
+            exp = {k: float(setup.costs.expected(k, probs)) for k in model.metric_terms}
+            arch = [layer.choices[int(i)] for layer, i in zip(space.layers, logits.argmax(dim=-1))]
+        rec = {"epoch": epoch, "tau": tau, "lr": lr, "arch_trained": arch_on,
+               **{f"train_{k}": v for k, v in tr.items()}, "val_loss": va["loss"], "val_acc": va["acc"],
+               "eval_control": control.plain(eval_c), **{f"eval_E_{k}": v for k, v in exp.items()},
+               "eval_arch": arch, "wall_s": time.perf_counter() - t0,
+               "elapsed_s": time.perf_counter() - t_start}
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        history.append(rec)
+        atomic_torch_save({"epoch": epoch + 1, "model": model.state_dict(), "w_opt": w_opt.state_dict(),
+                           "a_opt": a_opt.state_dict(), "rng": _rng_state(gens), "last_finite": dict(last_finite)},
+                          ckpt_path)
+        done_this_call += 1
+        if on_progress is not None:
+            on_progress({"event": "epoch", **rec, "epochs": cfg.epochs})
+    if history and history[-1]["epoch"] == cfg.epochs - 1:
+        atomic_torch_save(control.state_dict(), out / "control.pt")
+    return history

@@ -1,0 +1,182 @@
+"""Family: derive from a trained run (at a control, by budget, a family), retrain, export, and the report maths."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from profiler.arch import load_arch, load_weights
+from search.cli import app
+from search.derive import (Budget, DeriveError, Deriver, check_control, derive_budgets, derive_family, pareto,
+                           parse_control, parse_count, to_arch)
+from search.report import hypervolume, pareto_front
+
+SPEC = "fbnet-cifar:input_size=16,width=0.25"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(small_tables, tmp_path_factory):
+    """A short real hwnas-preset (tradeoff control) search on digits with the small measured table."""
+    from search.config import preset
+    from search.train import search
+
+    root = tmp_path_factory.mktemp("family")
+    table = root / "table.csv"  # a private copy: nothing here may touch the session's shared table
+    shutil.copy(small_tables[SPEC], table)
+    shutil.copy(small_tables[SPEC].with_suffix(".meta.json"), table.with_suffix(".meta.json"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = preset("hwnas", space=SPEC, tables=(str(table),), epochs=2, train_limit=384, eval_limit=128)
+        search(cfg, root / "run")
+    finally:
+        torch.set_num_threads(threads)
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def run(tiny_run):
+    from search.run import load_run
+
+    return load_run(tiny_run)
+
+
+def test_derive_at_control_is_deterministic(run):
+    d = Deriver(run)
+    c = check_control(run, parse_control("kappa=0.5,S=1:1"))
+    assert c["S"] == [0.5, 0.5]
+    a, b = d.evaluate(c), d.evaluate(dict(c))
+    assert a.choices == b.choices and a.latency_ms == b.latency_ms
+    arch = to_arch(run, a, "control")
+    assert arch.predicted_ms == pytest.approx(run.table.predict_ms(run.space.arch_keys(list(a.choices))))
+    assert arch.control == {"kappa": 0.5, "S": [0.5, 0.5]}
+
+
+@pytest.mark.parametrize("text, match", [
+    ("kappa=100,S=0.5:0.5", "outside the run's trained range"),
+    ("lambda=0.3", "does not apply"),
+    ("kappa=0.5,S=1:1:1", "must be 2 non-negative"),
+    ("kappa", "is not NAME=VALUE"),
+    ("kappa=abc", "is not a number"),
+])
+def test_bad_controls(run, text, match):
+    with pytest.raises(DeriveError, match=match):
+        check_control(run, parse_control(text))
+
+
+def test_budget_met_with_least_pressure(run):
+    d = Deriver(run)
+    lats = [c.latency_ms for c in d.sweep()]
+    budget = Budget(latency_ms=float(np.median(lats)))
+    (res,) = derive_budgets(d, [budget])
+    assert res.ok and res.found.latency_ms <= budget.latency_ms
+    # no evaluated control that meets the budget has less pressure than the one chosen
+    assert all(res.found.pressure <= c.pressure for c in d.evaluated if budget.meets(c))
+    # and a params budget alone works the same way
+    params = sorted(c.params for c in d.evaluated)[len(d.evaluated) // 2]
+    (rp,) = derive_budgets(d, [Budget(params=params)])
+    assert rp.ok and rp.found.params <= params
+
+
+def test_impossible_budget_says_none_and_shows_closest(run):
+    d = Deriver(run)
+    fastest = min(c.latency_ms for c in d.sweep())
+    (res,) = derive_budgets(d, [Budget(latency_ms=fastest * 0.5)])
+    assert not res.ok and res.found is None
+    assert res.closest.latency_ms == pytest.approx(fastest)
+    assert "no control of this run meets it" in res.message() and "% over" in res.message()
+
+
+def test_family_distinct_nondominated_spanning(run):
+    d = Deriver(run)
+    members, stats = derive_family(d, 4)
+    assert 1 <= len(members) <= 4 and stats["distinct"] >= len(members)
+    assert len({m.choices for m in members}) == len(members)
+    lats = [m.latency_ms for m in members]
+    assert lats == sorted(lats)
+    front = pareto(d.evaluated)
+    if len(front) >= 4:  # members come from the front and span it
+        assert {m.choices for m in members} <= {c.choices for c in front}
+        assert lats[0] == pytest.approx(front[0].latency_ms) and lats[-1] == pytest.approx(front[-1].latency_ms)
+
+
+def test_derive_train_export_onnx_equals_torch(run, tiny_run, tmp_path):
+    """derive -> train (1 short epoch) -> export -> onnxruntime output equals PyTorch with the trained weights."""
+    r = CliRunner().invoke(app, ["derive", str(tiny_run), "--control", "kappa=1,S=0.5:0.5", "--out",
+                                 str(tmp_path / "d")])
+    assert r.exit_code == 0, r.output
+    arch_path = tmp_path / "d" / "arch.json"
+    rows = list(csv.DictReader(open(tmp_path / "d" / "summary.csv")))
+    assert rows[0]["file"] == "arch.json" and float(rows[0]["predicted_ms"]) > 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        from search.retrain import TrainConfig, retrain
+
+        res = retrain(load_arch(arch_path), TrainConfig(epochs=1, max_train_batches=4), tmp_path / "t")
+    finally:
+        torch.set_num_threads(threads)
+    assert 0.0 <= res.test_acc <= 1.0 and res.weights.name == "weights.safetensors"
+    assert json.loads((tmp_path / "t" / "train.json").read_text())["test_acc"] == res.test_acc
+    r = CliRunner().invoke(app, ["export", str(arch_path), "--weights", str(res.weights), "--out",
+                                 str(tmp_path / "m.onnx")])
+    assert r.exit_code == 0, r.output
+    arch = load_arch(arch_path)
+    net = load_weights(arch.build(), res.weights).eval()
+    x = torch.randn(1, *arch.space.input_shape)
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, net(x).numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_cli_budgets_and_family(tiny_run, run, tmp_path):
+    d = Deriver(run)
+    lats = sorted(c.latency_ms for c in d.sweep())
+    ok_budget, bad_budget = lats[-1] * 1.01, lats[0] * 0.5
+    r = CliRunner().invoke(app, ["derive", str(tiny_run), "--latency-ms", f"{ok_budget},{bad_budget}", "--out",
+                                 str(tmp_path / "b")])
+    assert r.exit_code == 1  # one budget cannot be met: said, and the exit status shows it
+    assert "no control of this run meets it" in r.output
+    rows = list(csv.DictReader(open(tmp_path / "b" / "summary.csv")))
+    assert [x["meets"] for x in rows] == ["yes", "no"]
+    assert float(rows[0]["predicted_ms"]) <= ok_budget
+    r = CliRunner().invoke(app, ["derive", str(tiny_run), "--family", "3", "--out", str(tmp_path / "f")])
+    assert r.exit_code == 0, r.output
+    files = sorted((tmp_path / "f").glob("member-*.json"))
+    assert 1 <= len(files) <= 3
+    assert len({load_arch(f).digest() for f in files}) == len(files)
+    r = CliRunner().invoke(app, ["derive", str(tiny_run), "--family", "3", "--control", "kappa=1"])
+    assert r.exit_code == 2 and "exactly one of" in r.output
+    r = CliRunner().invoke(app, ["derive", str(tmp_path / "nope"), "--family", "2"])
+    assert r.exit_code == 2 and "not a run directory" in r.output
+
+
+def test_train_cli_bad_arch(tmp_path):
+    p = tmp_path / "a.json"
+    p.write_text("[]")
+    r = CliRunner().invoke(app, ["train", str(p), "--epochs", "1", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "not an architecture" in r.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_parse_count():
+    assert parse_count("100k") == 100_000 and parse_count("1.5M") == 1_500_000 and parse_count("250") == 250
+    with pytest.raises(DeriveError):
+        parse_count("lots")
+
+
+def test_pareto_front_and_hypervolume():
+    pts = [(1.0, 0.5), (2.0, 0.8), (1.5, 0.4), (3.0, 0.9), (2.5, 0.7)]
+    assert pareto_front(pts) == [0, 1, 3]
+    # front (1,0.5) (2,0.8) (3,0.9) against reference latency 4, accuracy 0:
+    assert hypervolume(pts, 4.0) == pytest.approx(1 * 0.5 + 1 * 0.8 + 1 * 0.9)
+    assert hypervolume(pts, 4.0) >= hypervolume(pts[:1], 4.0)
+    assert hypervolume([(5.0, 0.9)], 4.0) == 0.0

@@ -1,0 +1,134 @@
+"""Control modules, samplers, temperature schedules and loss forms (unit tests on synthetic tensors)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from profiler.spaces import get_space
+from profiler.tables import load_table
+from search.config import TemperatureConfig
+from search.control import (ControlError, LambdaControl, SimplexOpsControl, StaticControl, TradeoffControl)
+from search.costs import CostModel
+from search.losses import search_loss
+from search.samplers import Sampler, temperature
+from search.supernet import MixedOp
+
+SPEC = "darts-3ops:C=8,cells=5"
+
+
+@pytest.fixture(scope="module")
+def costs(small_tables):
+    space = get_space(SPEC)
+    return CostModel(space, [load_table(small_tables[SPEC])])
+
+
+@pytest.mark.parametrize("hypernet", ["pwl", "mlp"])
+def test_gradient_reaches_hypernetwork_through_latency_term(costs, hypernet):
+    L, K = len(costs.space.layers), len(costs.space.ops)
+    terms = ("params", "latency")
+    ctl = TradeoffControl(L, costs.space.ops, terms, [costs.uniform(t) for t in terms], 0.01, 10.0, hypernet)
+    c = ctl.value({"kappa": 3.0, "S": [0.0, 1.0]})  # latency direction only
+    probs = torch.softmax(ctl(c), dim=-1)
+    expected = {t: costs.expected(t, probs) for t in terms}
+    pen = ctl.penalty(c, probs, expected)
+    assert float(pen.detach()) == pytest.approx(3.0 * float(expected["latency"].detach()) / costs.uniform("latency"),
+                                                rel=1e-5)
+    pen.backward()
+    grads = {n: p.grad for n, p in ctl.named_parameters()}
+    assert all(g is not None for g in grads.values())
+    main = "anchors" if hypernet == "pwl" else "fc2.weight"
+    assert grads[main].abs().sum() > 0
+    # a descent step on the penalty lowers the expected latency
+    with torch.no_grad():
+        for p in ctl.parameters():
+            p -= 1.0 * p.grad
+    after = costs.expected("latency", torch.softmax(ctl(c), dim=-1))
+    assert float(after.detach()) < float(expected["latency"].detach())
+
+
+def test_lambda_control_interpolates_anchors_and_reaches_pivots(costs):
+    L, K = len(costs.space.layers), len(costs.space.ops)
+    ctl = LambdaControl(L, costs.space.ops, ("params",), [costs.uniform("params")], 0.01, 1.0, anchors=3)
+    with torch.no_grad():
+        ctl.anchors.copy_(torch.arange(3.0).view(3, 1, 1).expand(3, L, K))
+    assert float(ctl(ctl.value({"lambda": 0.01}))[0, 0].detach()) == pytest.approx(0.0)
+    assert float(ctl(ctl.value({"lambda": 1.0}))[0, 0].detach()) == pytest.approx(2.0)
+    mid = ctl(ctl.value({"lambda": 0.1}))  # normalised 0.5 = the middle pivot with equal gaps
+    assert float(mid[0, 0].detach()) == pytest.approx(1.0, abs=1e-5)
+    ctl(ctl.value({"lambda": 0.05})).sum().backward()
+    assert ctl.gaps.grad is not None and ctl.gaps.grad.abs().sum() > 0
+    with pytest.raises(ControlError, match="lambda"):
+        ctl.value({"lambda": -1})
+
+
+def test_simplex_ops_weights_nearest_pivot_most():
+    ctl = SimplexOpsControl(4, ("a", "b", "c"), kappa=50.0, sigma=0.25)
+    w = ctl.mixing(torch.tensor([0.8, 0.1, 0.1]))
+    assert int(w.argmax()) == 0  # the public code's +sign would pick the farthest pivot
+    probs = torch.full((4, 3), 1 / 3)
+    c = ctl.value({"S": [1, 0, 0]})
+    assert float(ctl.penalty(c, probs, {})) == pytest.approx(50.0 * 4 / 3, rel=1e-6)
+
+
+def test_static_control_is_a_registered_parameter():
+    ctl = StaticControl(5, ("a", "b"))
+    assert [n for n, _ in ctl.named_parameters()] == ["alpha"]
+    assert "alpha" in ctl.state_dict()
+    with pytest.raises(ControlError):
+        ctl.value({"kappa": 1.0})
+
+
+@pytest.mark.parametrize("cfg", [TemperatureConfig("exponential", 5.0, 0.956),
+                                 TemperatureConfig("linear", 1.0, slope=0.08, floor=0.1),
+                                 TemperatureConfig("linear", 1.0, floor=0.2),
+                                 TemperatureConfig("constant", 1.0)])
+def test_temperature_stays_positive(cfg):
+    taus = [temperature(cfg, e, 200) for e in range(200)]
+    assert all(t >= cfg.floor > 0 for t in taus)
+    assert all(a >= b for a, b in zip(taus, taus[1:]))
+    if cfg.schedule == "exponential":
+        assert taus[10] == pytest.approx(5.0 * 0.956 ** 10)
+    if cfg.slope == 0.08:
+        assert taus[13] == pytest.approx(0.1)  # 1 - 0.08*13 < 0 without the floor
+
+
+def test_lean_sampler_runs_only_the_sampled_op_and_carries_gradient():
+    space = get_space(SPEC)
+    site = space.layers[3].sites[0]
+    mixed = MixedOp(site, space.ops)
+    mixed.lean = True
+    calls = []
+    for k, op in enumerate(mixed.ops):
+        op.register_forward_hook(lambda m, i, o, k=k: calls.append(k))
+    logits = torch.zeros(len(space.ops), requires_grad=True)
+    w = Sampler("lean")(logits, 1.0, torch.Generator().manual_seed(0))
+    assert sorted(w.detach().tolist()) == [0.0, 0.0, 1.0]
+    y = mixed(torch.randn(2, site.c_in, *site.input_hw), w)
+    assert calls == [int(w.argmax())]
+    y.square().mean().backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+
+
+def test_gumbel_samplers_are_seeded_and_shaped():
+    logits = torch.zeros(4, 3)
+    a = Sampler("gumbel")(logits, 1.0, torch.Generator().manual_seed(3))
+    b = Sampler("gumbel")(logits, 1.0, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and torch.allclose(a.sum(-1), torch.ones(4))
+    h = Sampler("gumbel-hard")(logits, 1.0, torch.Generator().manual_seed(3))
+    assert torch.equal(h.detach().sum(-1), torch.ones(4)) and set(h.detach().unique().tolist()) <= {0.0, 1.0}
+    ps = Sampler("gumbel", per_sample=True)(logits, 1.0, torch.Generator().manual_seed(3), n=5)
+    assert ps.shape == (5, 4, 3) and not torch.allclose(ps[0], ps[1])
+
+
+def test_fbnet_loss_is_log_to_the_beta_not_log_of_power():
+    ce = torch.tensor(2.0)
+    lat_ms = torch.tensor(3.0)
+    got = search_loss("fbnet", ce, torch.tensor(0.0), lat_ms, alpha=0.2, beta=0.6)
+    assert float(got) == pytest.approx(2.0 * 0.2 * math.log(3000.0) ** 0.6)
+    assert float(got) != pytest.approx(2.0 * 0.2 * math.log(3000.0 ** 0.6))
+    prox = search_loss("proxyless", ce, torch.tensor(0.0), lat_ms, alpha=0.2, beta=0.3, ref_latency_ms=3.0)
+    assert float(prox) == pytest.approx(2.0 * 0.2)
+    assert float(search_loss("additive", ce, torch.tensor(0.5), None)) == pytest.approx(2.5)

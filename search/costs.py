@@ -17,6 +17,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from profiler.arch import count_flops
 from profiler.ops import build_op, count_params
 from profiler.spaces import Site, Space
 from profiler.tables import LatencyTable, TableError, load_table
@@ -52,38 +53,11 @@ def open_table(path: str | Path, space: Space) -> LatencyTable:
     return table
 
 
-def _count_flops(module: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Multiply-accumulates of convolutions and linear layers for one input (batch 1)."""
-    total = 0
-
-    def conv_hook(m: nn.Conv2d, inp, out) -> None:
-        nonlocal total
-        k = m.kernel_size[0] * m.kernel_size[1] * (m.in_channels // m.groups)
-        total += int(out.numel() * k)
-
-    def linear_hook(m: nn.Linear, inp, out) -> None:
-        nonlocal total
-        total += int(out.numel() * m.in_features)
-
-    hooks = []
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            hooks.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            hooks.append(m.register_forward_hook(linear_hook))
-    module.eval()
-    with torch.no_grad():
-        module(torch.zeros(1, *input_shape))
-    for h in hooks:
-        h.remove()
-    return total
-
-
 @lru_cache(maxsize=4096)
 def _site_costs(op: str, c_in: int, c_out: int, stride: int, hw: tuple[int, int],
                 params: tuple[tuple[str, object], ...]) -> tuple[int, int]:
     m = build_op(op, c_in, c_out, stride, **dict(params))
-    return count_params(m), _count_flops(m, (c_in, *hw))
+    return count_params(m), count_flops(m, (c_in, *hw))
 
 
 def site_costs(site: Site, op: str | None = None) -> tuple[int, int]:

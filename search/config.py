@@ -172,7 +172,7 @@ def _preset_hwnas() -> SearchConfig:
                                               range_max=10.0, anchors=4, hypernet="pwl",
                                               eval_control={"kappa": 0.1}),
                         # soft Gumbel at FBNet's 5.0*0.956^epoch: on small data the single-path ("lean") supernet
-                        # barely learns in a few epochs, the soft mixture does (see docs/search.md)
+                        # barely learns in a few epochs, the soft mixture does (see README, Search)
                         sampler="gumbel", temperature=TemperatureConfig("exponential", 5.0, 0.956, floor=0.1),
                         loss="additive", optimisation="single",
                         weights_opt=OptimConfig(lr=0.05, momentum=0.9, weight_decay=1e-4, lr_min=0.001, grad_clip=5.0),

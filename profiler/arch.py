@@ -80,16 +80,7 @@ class Arch:
 
     def short(self) -> str:
         """A compact op string, e.g. ``k3_e1 k3_e6 skip ...``, runs collapsed (``skip*3``)."""
-        out: list[str] = []
-        prev, n = None, 0
-        for op in [*self.choices, None]:
-            if op == prev:
-                n += 1
-                continue
-            if prev is not None:
-                out.append(prev if n == 1 else f"{prev}*{n}")
-            prev, n = op, 1
-        return " ".join(out)
+        return collapse_runs(self.choices)
 
     def digest(self) -> str:
         """A short hash of (space, choices): equal for the same network whatever control it came from."""
@@ -123,6 +114,20 @@ class Arch:
     @classmethod
     def from_json(cls, data: Any, where: str = "architecture") -> "Arch":
         return _parse(data, where)
+
+
+def collapse_runs(ops: Any) -> str:
+    """``a a a b`` -> ``a*3 b``: a compact string of an op sequence."""
+    out: list[str] = []
+    prev, n = None, 0
+    for op in [*ops, None]:
+        if op == prev:
+            n += 1
+            continue
+        if prev is not None:
+            out.append(prev if n == 1 else f"{prev}*{n}")
+        prev, n = op, 1
+    return " ".join(out)
 
 
 # ------------------------------------------------------------------------------------------------ building

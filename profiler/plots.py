@@ -13,7 +13,8 @@ from .spaces import Space
 from .tables import LatencyTable
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -22,7 +23,7 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     """Save atomically (a temporary file in the same folder, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".png")
@@ -54,7 +55,7 @@ def plot_table(table: LatencyTable, space: Space, path: Path) -> Path:
     """Layer x op heat-map of a table's raw latencies (log colour scale, values written in the cells)."""
     from matplotlib.colors import LogNorm
 
-    plt = _pyplot()
+    plt = pyplot()
     grid, rows, ops = latency_grid(table, space)
     fixed = []
     for s in space.fixed:
@@ -89,7 +90,7 @@ def plot_table(table: LatencyTable, space: Space, path: Path) -> Path:
     ax.set_title(f"{table.space} on {table.device}: raw table latency (ms)\n"
                  + "\n".join(textwrap.wrap("fixed layers (ms): " + ", ".join(fixed), width=int(w * 11))), fontsize=9)
     try:
-        return _save(fig, path)
+        return save_figure(fig, path)
     finally:
         plt.close(fig)
 
@@ -99,7 +100,7 @@ def plot_verify(pred_raw_ms: Sequence[float], measured_ms: Sequence[float], pred
     """Predicted vs measured whole-network latency with the y = x line and a +-10 % band."""
     from .calibrate import metrics
 
-    plt = _pyplot()
+    plt = pyplot()
     m = np.asarray(measured_ms, dtype=float)
     series = [("table sum (raw)", np.asarray(pred_raw_ms, dtype=float), "tab:orange", "o")]
     if pred_cal_ms is not None:
@@ -131,6 +132,6 @@ def plot_verify(pred_raw_ms: Sequence[float], measured_ms: Sequence[float], pred
     ax.legend(fontsize=8, loc="upper left")
     ax.grid(alpha=0.3)
     try:
-        return _save(fig, path)
+        return save_figure(fig, path)
     finally:
         plt.close(fig)

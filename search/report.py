@@ -9,6 +9,9 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from profiler.arch import collapse_runs
+from profiler.plots import pyplot, save_figure
+
 FAMILY_COLUMNS = ["member", "ops", "params", "flops", "predicted_ms", "measured_ms", "error_pct", "test_acc",
                   "predicted_raw_ms", "control", "status"]
 
@@ -66,26 +69,13 @@ def _num(v: Any, digits: int, suffix: str = "") -> str:
 
 
 def _short_ops(ops: str, width: int = 48) -> str:
-    out: list[str] = []
-    prev, n = None, 0
-    for op in [*ops.split(), None]:
-        if op == prev:
-            n += 1
-            continue
-        if prev is not None:
-            out.append(prev if n == 1 else f"{prev}*{n}")
-        prev, n = op, 1
-    s = " ".join(out)
+    s = collapse_runs(ops.split())
     return s if len(s) <= width else s[: width - 3] + "..."
 
 
 def plot_pareto(rows: Sequence[dict[str, Any]], path: Path, title: str = "family") -> Path | None:
     """Test accuracy vs latency: measured (filled, Pareto front drawn) and predicted (hollow) for every member."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     pts = [r for r in rows if r.get("test_acc") is not None and (r.get("measured_ms") or r.get("predicted_ms"))]
     if not pts:
         return None
@@ -111,11 +101,8 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: Path, title: str = "family
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
+    save_figure(fig, path)
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 
@@ -140,11 +127,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 def plot_curves(metrics: Sequence[dict[str, Any]], members: dict[str, Sequence[dict[str, Any]]], path: Path,
                 title: str = "training curves") -> Path | None:
     """Search curves (accuracy, loss, expected latency by epoch) and each member's retraining validation accuracy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     if not metrics and not members:
         return None
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), dpi=110)
@@ -179,9 +162,6 @@ def plot_curves(metrics: Sequence[dict[str, Any]], members: dict[str, Sequence[d
             ax.legend(fontsize=6)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
+    save_figure(fig, path)
     plt.close(fig)
-    tmp.replace(path)
     return path

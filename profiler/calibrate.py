@@ -270,17 +270,24 @@ def fit_calibration(table: LatencyTable, space: Space, fit_archs: Sequence[Seque
             cv[name] = cross_validate(c["model"], d_fit, y_fit, ridge=c.get("ridge", 0.0), **kw)
         except ValueError:
             cv[name] = float("inf")
-    best = min(cv, key=lambda n: cv[n])
     held_out = {}
-    chosen = {}
+    fitted: dict[str, dict[str, Any]] = {}
     for name, c in candidates.items():
         try:
             params = fit_model(c["model"], d_fit, y_fit, ridge=c.get("ridge", 0.0), **kw)
         except ValueError:
+            cv[name] = float("inf")
             continue
         held_out[name] = metrics(predict(d_test, params), y_test) if len(y_test) else {}
-        if name == best:
-            chosen = params
+        fitted[name] = params
+        # a model that predicts a non-positive latency for some architecture of the space is never chosen
+        trial = calibrated(table, {"version": CALIB_VERSION, "stat": stat, **_to_file_params(params, space)})
+        if not lowest_prediction_ms(trial, space) > 0:
+            cv[name] = float("inf")
+    best = min(cv, key=lambda n: cv[n])
+    chosen = fitted.get(best, {"offset_ms": 0.0}) if np.isfinite(cv[best]) else {"offset_ms": 0.0}
+    if not np.isfinite(cv[best]):
+        best = "raw"
     before = held_out.get("raw") or (metrics(d_test.raw_ms, y_test) if len(y_test) else {})
     fp = _to_file_params(chosen, space)
     calib = {
@@ -328,6 +335,14 @@ def check_calibration(c: Any, where: str) -> None:
     sb = c.get("scale_by_op", {})
     if not isinstance(sb, dict) or any(not isinstance(v, (int, float)) or v < 0 for v in sb.values()):
         raise ValueError(f"{where}: scale_by_op must map op names to non-negative numbers")
+
+
+def lowest_prediction_ms(table: LatencyTable, space: Space) -> float:
+    """The least prediction over every architecture of ``space`` (the model is linear in the entries, so the
+    per-layer minima add up)."""
+    return (table.offset_ms + sum(table.entry_ms(site.key()) for site in space.fixed)
+            + sum(min(sum(table.entry_ms(site.key(op)) for site in layer.sites) for op in layer.choices)
+                  for layer in space.layers))
 
 
 def calibrated(table: LatencyTable, calibration: dict[str, Any] | None) -> LatencyTable:

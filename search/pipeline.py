@@ -142,7 +142,7 @@ def ensure_calibration(cfg: RunConfig, device: Device, space: Space, table_path:
 
     The fit is stored only when it is sane: every architecture of the space keeps a positive prediction, and the held-out networks are predicted better than by the raw
     sum. Otherwise the raw table stays in use and the output says why."""
-    from profiler.calibrate import calibrated, write_calibration
+    from profiler.calibrate import calibrated, lowest_prediction_ms, write_calibration
     from profiler.runners import make_runner
     from profiler.verify import run_verify
 
@@ -167,10 +167,7 @@ def ensure_calibration(cfg: RunConfig, device: Device, space: Space, table_path:
         return
     msg += f", calibrated ({cal.get('model')}) {cal.get('mape_pct', float('nan')):.1f} %"
     ct = calibrated(table, rep.calibration)
-    # the least prediction over the whole space (the model is linear in the entries: per-layer minima add up)
-    lowest = (ct.offset_ms + sum(ct.entry_ms(site.key()) for site in space.fixed)
-              + sum(min(sum(ct.entry_ms(site.key(op)) for site in layer.sites) for op in layer.choices)
-                    for layer in space.layers))
+    lowest = lowest_prediction_ms(ct, space)
     if not lowest > 0:
         notes.append(msg + f"; REJECTED: it predicts {lowest:.4f} ms for the cheapest architecture (too few or too "
                            f"noisy networks); raw table sums used")

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from profiler.calibrate import (GOALS, check_calibration, cross_validate, design, fit_calibration, fit_model, metrics,
-                                predict, write_calibration)
+from profiler.calibrate import (CALIB_VERSION, GOALS, calibrated, check_calibration, cross_validate, design,
+                                fit_calibration, fit_model, lowest_prediction_ms, metrics, predict, write_calibration)
 from profiler.spaces import get_space
 from profiler.tables import calib_path, load_table
 
@@ -71,6 +71,37 @@ def test_per_op_model_recovers_a_linear_truth_and_the_table_applies_it(setup):
     # linear in the entries: prediction = offset + sum(entry_ms)
     keys = space.arch_keys(list(test_a[0]))
     assert t2.predict_ms(keys) == pytest.approx(t2.offset_ms + sum(t2.entry_ms(k) for k in keys))
+
+
+def test_a_model_predicting_non_positive_latency_anywhere_in_the_space_is_never_chosen(setup):
+    _, table, space = setup
+    truth = {op: s for op, s in zip(space.ops, np.linspace(0.3, 1.2, len(space.ops)))}
+    truth_cal = calibrated(table, {"version": CALIB_VERSION, "scale": 1.0, "scale_by_op": truth, "offset_ms": 0.0})
+    # an offset that fits every sampled network but drives the cheapest architecture of the space below zero
+    offset = -(lowest_prediction_ms(truth_cal, space) + 0.05)
+    fit_a, test_a = _archs(space, 40, 5), _archs(space, 20, 6)
+
+    def measured(archs):
+        d = design(table, space, archs)
+        return d.by_op @ np.array([truth[op] for op in d.ops]) + d.fixed_ms + offset
+
+    y_fit, y_test = measured(fit_a), measured(test_a)
+    assert (y_fit > 0).all() and (y_test > 0).all()
+    fit = fit_calibration(table, space, fit_a, y_fit, test_a, y_test, models=("raw", "per-op"))
+    # the unshrunk per-op model fits the sampled networks exactly, yet it is not eligible
+    assert fit.held_out["per-op(ridge=0)"]["max_err_pct"] < 1e-3
+    assert fit.cv_mape_pct["per-op(ridge=0)"] == float("inf")
+    assert fit.calibration["model"] != "per-op(ridge=0)"
+    assert lowest_prediction_ms(calibrated(table, fit.calibration), space) > 0
+
+
+def test_lowest_prediction_is_the_brute_force_minimum(tmp_path):
+    import itertools
+
+    space = get_space("darts-3ops:C=8,cells=3,nodes=1")
+    table = load_table(synthetic_table(space.spec, tmp_path / "t.csv"))
+    brute = min(table.predict_ms(space.arch_keys(list(c))) for c in itertools.product(*(l.choices for l in space.layers)))
+    assert lowest_prediction_ms(table, space) == pytest.approx(brute)
 
 
 def test_offset_model_is_chosen_for_a_constant_overhead(setup):

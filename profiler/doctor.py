@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from .devices import Device
 from .protocol import Protocol
@@ -60,16 +60,18 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())[:300]
 
 
-def tiny_op_check(device: Device, measure: Callable[[str, object], object]) -> Check:
-    """Export the tiny op and time it with ``measure(key, export_result) -> MeasureResult``."""
+def tiny_op_check(device: Device, runner: Any) -> Check:
+    """Export the tiny op and time it with ``runner`` under the short doctor protocol."""
     from .export import export_key
     from .keys import op_key
+    from .runners.base import MeasureRequest
     from .stats import summarize
 
     op, shape, c_out, stride = TINY_OP
     key = op_key(op, shape, c_out, stride, {}, "float32")
     t0 = time.perf_counter()
-    res = measure(key, export_key(key))
+    exp = export_key(key)
+    res = runner.measure(MeasureRequest(key, exp.path, exp.input_shape), TINY_PROTOCOL)
     wall = time.perf_counter() - t0
     if not res.ok:  # type: ignore[attr-defined]
         return Check("tiny op", False, f"{key}: {res.error}",  # type: ignore[attr-defined]
@@ -146,10 +148,7 @@ def tvm_checks(device: Device) -> list[Check]:
         if want and got is not None:
             out.append(Check("threads", int(got) == want, f"device.threads {want}, server runs {got}",
                              f"restart the rpc_server with TVM_NUM_THREADS={want} in its environment"))
-        from .runners.base import MeasureRequest
-
-        out.append(tiny_op_check(device, lambda key, exp: runner.measure(
-            MeasureRequest(key, exp.path, exp.input_shape), TINY_PROTOCOL)))  # type: ignore[attr-defined]
+        out.append(tiny_op_check(device, runner))
     finally:
         runner.close()
     return out
@@ -192,10 +191,7 @@ def ssh_checks(device: Device) -> list[Check]:
             out.append(Check("threads", device.threads <= cores, f"device.threads {device.threads}, board has "
                                                                  f"{cores} cores",
                              f"set threads: {cores} (or fewer) in devices.yaml"))
-        from .runners.base import MeasureRequest
-
-        out.append(tiny_op_check(device, lambda key, exp: runner.measure(
-            MeasureRequest(key, exp.path, exp.input_shape), TINY_PROTOCOL)))  # type: ignore[attr-defined]
+        out.append(tiny_op_check(device, runner))
     finally:
         runner.close()
     return out

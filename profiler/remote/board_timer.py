@@ -134,23 +134,16 @@ def main(argv):
         return 0
     runtime, why = load_runtime()
     if argv[1] == "--serve":
-        for line in sys.stdin:
-            if not line.strip():
-                continue
-            job = json.loads(line)
-            bad = check_job(job)
-            if bad:
-                sys.stderr.write("board_timer.py: %s\n" % bad)
-                return 2
-            run_job(job, runtime, why)
-        return 0
-    with open(argv[1]) as f:
-        job = json.load(f)
-    bad = check_job(job)
-    if bad:
-        sys.stderr.write("board_timer.py: %s\n" % bad)
-        return 2
-    run_job(job, runtime, why)
+        jobs = (json.loads(line) for line in sys.stdin if line.strip())
+    else:
+        with open(argv[1]) as f:
+            jobs = iter([json.load(f)])
+    for job in jobs:
+        bad = check_job(job)
+        if bad:
+            sys.stderr.write("board_timer.py: %s\n" % bad)
+            return 2
+        run_job(job, runtime, why)
     return 0
 
 

@@ -283,3 +283,38 @@ def test_remeasure_while_a_job_is_suspended_and_a_crashing_board_process(sshd, t
     assert not rest[0].ok and "board process was killed by a signal" in rest[0].error
     assert rest[1].ok  # measured by a fresh board process
     assert leftovers(sshd) == []
+
+
+@needs_sshd
+def test_board_sweeps_folders_of_killed_runs_and_keeps_live_or_fresh_ones(sshd, board_python, tmp_path):
+    """A host killed mid-run leaves its hwprof-* folder on the board: the next run's board process removes it, but
+    never a folder whose owner still runs or one a starting run is filling (no owner yet, recently changed)."""
+    from profiler.export import export_key
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    old = os.path.getmtime(sshd.root) - 2 * 3600
+    made = {}
+    for name, owner, age in (("hwprof-deadowner000", dead.stdout.strip(), old), ("hwprof-noowner00000", None, old),
+                             ("hwprof-liveowner000", str(os.getpid()), old), ("hwprof-fresh0000000", None, None)):
+        d = sshd.root / name
+        d.mkdir()
+        (d / "m0000.onnx").write_bytes(b"left over")
+        if owner is not None:
+            (d / "owner.pid").write_text(owner + "\n")
+        if age is not None:
+            for p in (*d.iterdir(), d):
+                os.utime(p, (age, age))
+        made[name] = d
+    other = sshd.root / "not-ours-keep"  # anything not named hwprof-* is never touched
+    other.mkdir()
+    os.utime(other, (old, old))
+    try:
+        good = export_key("v1|avg_pool_3x3|1x8x32x32|c8|s1|float32")
+        dev = loop_device(sshd, board_python)
+        with SshRunner(dev) as runner:
+            assert runner.measure(MeasureRequest(good.key, good.path, good.input_shape), dev.protocol).ok
+        assert leftovers(sshd) == ["hwprof-fresh0000000", "hwprof-liveowner000"]
+        assert other.is_dir()
+    finally:
+        for d in (*made.values(), other):
+            shutil.rmtree(d, ignore_errors=True)

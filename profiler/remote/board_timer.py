@@ -3,7 +3,8 @@
 Needs only python3 (3.7+), numpy and onnxruntime on the board. Usage::
 
     python3 board_timer.py --serve      print the board description, then run one job per line read from stdin
-                                        (what hwprof runs: one process, imports once, for the whole sweep)
+                                        (what hwprof runs: one process, imports once, for the whole sweep;
+                                        it first removes hwprof-* folders that killed runs left, see sweep_stale)
     python3 board_timer.py JOB.json     print the board description, then time the models the job lists
     python3 board_timer.py --info       print the board description only
 
@@ -22,7 +23,9 @@ job), then ``{"done": N}``.
 import json
 import os
 import platform
+import shutil
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -118,6 +121,65 @@ def run_job(job, runtime, why):
     emit({"done": len(models)})
 
 
+OWNER_FILE = "owner.pid"
+STALE_AFTER_S = 3600.0
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: a process of another user holds that pid
+        return True
+    return True
+
+
+def _last_touched(d):
+    t = os.stat(d).st_mtime
+    for name in os.listdir(d):
+        try:
+            t = max(t, os.stat(os.path.join(d, name)).st_mtime)
+        except OSError:
+            pass
+    return t
+
+
+def sweep_stale(here=HERE, now=None, stale_after_s=STALE_AFTER_S):
+    """Claim this run's folder (its pid in ``owner.pid``) and remove sibling ``hwprof-*`` folders that earlier runs
+    left behind (the host was killed before it could clean up): a folder goes only when no live process owns it AND
+    nothing in it changed for ``stale_after_s`` (a folder still being filled by a starting run has no owner yet).
+    Returns the names removed."""
+    with open(os.path.join(here, OWNER_FILE), "w") as f:
+        f.write("%d\n" % os.getpid())
+    now = time.time() if now is None else now
+    parent, mine = os.path.split(os.path.abspath(here))
+    removed = []
+    try:
+        names = sorted(os.listdir(parent))
+    except OSError:
+        return removed
+    for name in names:
+        d = os.path.join(parent, name)
+        if name == mine or not name.startswith("hwprof-") or os.path.islink(d) or not os.path.isdir(d):
+            continue
+        try:
+            with open(os.path.join(d, OWNER_FILE)) as f:
+                if _alive(int(f.read().strip())):
+                    continue
+        except (OSError, ValueError):
+            pass  # no owner recorded (or unreadable): age decides
+        try:
+            if now - _last_touched(d) < stale_after_s:
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        if not os.path.exists(d):
+            removed.append(name)
+    return removed
+
+
 def check_job(job):
     if not isinstance(job, dict) or job.get("version") != 1:
         return "job version %r is not supported (this script reads 1)" % (
@@ -134,6 +196,7 @@ def main(argv):
         return 0
     runtime, why = load_runtime()
     if argv[1] == "--serve":
+        sweep_stale()
         jobs = (json.loads(line) for line in sys.stdin if line.strip())
     else:
         with open(argv[1]) as f:

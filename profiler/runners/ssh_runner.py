@@ -383,7 +383,7 @@ class SshRunner:
                     self._sftp.remove(path)
             self._sftp.rmdir(d)
         except Exception:
-            pass  # best effort: a leftover directory under workdir, named hwprof-*, is harmless
+            pass  # best effort: the next board process sweeps a leftover hwprof-* (board_timer.sweep_stale)
 
     def _command(self) -> str:
         """The only command run on the board. SSH hands a string to the login shell: quote every part."""

@@ -9,8 +9,10 @@ from typing import NoReturn, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+
+from .progress import progress
 
 app = typer.Typer(help="hwprof: build latency lookup tables (LUTs) of NAS search-space ops on real devices.",
                   no_args_is_help=True, add_completion=False)
@@ -130,7 +132,7 @@ def measure(
                TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[noisy]} noisy {task.fields[err]} "
                                                                     "err  [dim]{task.fields[op]}")]
     try:
-        with Progress(*columns, console=console, transient=False) as bar:
+        with progress(*columns, console=console, transient=False) as bar:
             task = bar.add_task(f"{dev.name} {sp.spec}", total=None, noisy=0, err=0, op="")
 
             def on_progress(p) -> None:
@@ -295,7 +297,7 @@ def verify(
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[err]} err [dim]{task.fields[cur]}")]
     try:
-        with Progress(*columns, console=console) as bar:
+        with progress(*columns, console=console) as bar:
             task = bar.add_task(f"verify {dev.name} {sp.spec}", total=None, err=0, cur="")
 
             def on_progress(p) -> None:

@@ -35,7 +35,9 @@ def search_cmd(
     import math
 
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+    from profiler.progress import progress
 
     from .config import ConfigError, apply_overrides, preset
     from .control import ControlError
@@ -60,7 +62,7 @@ def search_cmd(
         cols = [TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                 TimeElapsedColumn(), TextColumn("loss {task.fields[loss]}  E\\[lat] {task.fields[lat]} ms  "
                                                 "tau {task.fields[tau]}  [dim]{task.fields[note]}")]
-        with Progress(*cols, console=con) as bar:
+        with progress(*cols, console=con) as bar:
             task = bar.add_task("search", total=None, epoch="-", loss="-", lat="-", tau="-", note="")
 
             def fmt(v: object) -> str:
@@ -114,6 +116,8 @@ def derive_cmd(
     latency_ms: _Opt[str] = typer.Option(None, "--latency-ms", help="Latency budgets, e.g. 3,5,8."),
     params: _Opt[str] = typer.Option(None, "--params", help="Params budget, e.g. 100k (alone or with --latency-ms)."),
     family: _Opt[int] = typer.Option(None, "--family", help="N distinct Pareto-optimal architectures."),
+    fill: bool = typer.Option(True, "--fill/--no-fill", help="Budgets: let layers take the next (less-pressured) "
+                                                             "architecture's op while the budget holds."),
     out: _Opt[_Path] = typer.Option(None, "--out", "-o", help="Output directory (default RUN/derived)."),
 ) -> None:
     """Architectures from a trained run, no retraining: at a control, by budgets, or a family of N."""
@@ -148,7 +152,7 @@ def derive_cmd(
         else:
             p = parse_count(params) if params is not None else None
             lats = parse_floats(latency_ms) if latency_ms is not None else [None]
-            results = derive_budgets(d, [Budget(lat, p) for lat in lats])
+            results = derive_budgets(d, [Budget(lat, p) for lat in lats], fill=fill)
             for i, r in enumerate(results):
                 con.print(("[green]" if r.ok else "[yellow]") + r.message(), highlight=False)
                 items.append(Derived(f"budget-{i:02d}", to_arch(run, r.closest, "budget", str(run_dir)),
@@ -184,9 +188,11 @@ def train_cmd(
     try:
         arch = load_arch(arch_path)
         cfg = TrainConfig(data=data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, data_dir=data_dir)
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-        with Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        from profiler.progress import progress
+
+        with progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       TextColumn("{task.fields[note]}"), console=_fam_console()) as bar:
             task = bar.add_task("train", total=epochs, note="")
             res = retrain(arch, cfg, out, on_epoch=lambda r: bar.update(
@@ -233,7 +239,9 @@ def run_cmd(
                                    help="Fit the table's calibration on random whole networks first (if it has none)."),
 ) -> None:
     """The main job: table -> search -> family -> retrain -> ONNX -> measure on DEVICE -> table + Pareto PNG."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+    from profiler.progress import progress
 
     from profiler.arch import ArchError
     from profiler.tables import TableError
@@ -249,7 +257,7 @@ def run_cmd(
     con.print(f"hwnas run: space {cfg.space}, device {cfg.device}, data {cfg.data}, search {cfg.search_epochs} "
               f"epochs, family {cfg.family}, retrain {cfg.retrain_epochs} epochs -> {out}", highlight=False)
     try:
-        with Progress(TextColumn("[bold]{task.description:<7}"), BarColumn(), MofNCompleteColumn(),
+        with progress(TextColumn("[bold]{task.description:<7}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), TextColumn("[dim]{task.fields[note]}"), console=con) as bar:
             tasks: dict[str, int] = {}
 

@@ -7,8 +7,10 @@ direction S on the simplex of cost terms). Three ways to pick controls:
 * :func:`derive_budgets` — for each (latency, params) budget, the control with the *least penalty pressure* whose
   architecture meets it: a log-spaced grid over the magnitude, refined by bisection between the last failing and
   the first meeting grid point, for every direction of a small simplex grid; the least magnitude wins (ties: the
-  slower, more accuracy-leaning architecture). When no control meets a budget the result says so and carries the
-  closest architecture;
+  slower, more accuracy-leaning architecture). Its architecture then uses the budget's slack: layers where it
+  differs from the less-pressured architectures on its ray (nearest first) take their ops while the budget holds
+  (:func:`fill_budget`; ``fill=False`` / ``--no-fill`` turns it off). When no control meets a budget the result
+  says so and carries the closest architecture;
 * :func:`derive_family` — N distinct architectures spanning the control range, Pareto-filtered on (predicted
   latency, params, penalty pressure — the accuracy proxy) and spread evenly over predicted latency.
 
@@ -88,6 +90,7 @@ class Candidate:
     choices: tuple[str, ...]
     latency_ms: float
     params: int
+    filled: int = 0  # layers that took a less-pressured architecture's op to use a budget's slack (fill_budget)
 
     @property
     def key(self) -> tuple[str, ...]:
@@ -217,52 +220,94 @@ class BudgetResult:
 
     def message(self) -> str:
         if self.found is not None:
-            return (f"budget {self.budget.label()}: met at {_fmt_control(self.found.control)} "
-                    f"({self.found.latency_ms:.3f} ms, {self.found.params:,} params)")
+            f = self.found
+            fill = f" + {f.filled} layer(s) from less-pressured architectures on the ray" if f.filled else ""
+            return (f"budget {self.budget.label()}: met at {_fmt_control(f.control)}{fill} "
+                    f"({f.latency_ms:.3f} ms, {f.params:,} params)")
         c = self.closest
         return (f"budget {self.budget.label()}: no control of this run meets it; closest is "
                 f"{_fmt_control(c.control)} ({c.latency_ms:.3f} ms, {c.params:,} params, "
                 f"{(self.budget.excess(c) - 1) * 100:.1f} % over)")
 
 
-def _least_meeting_on_ray(d: Deriver, direction: list[float] | None, budget: Budget) -> Candidate | None:
-    """The smallest magnitude along one direction whose architecture meets ``budget`` (grid, then bisection)."""
+def _least_meeting_on_ray(d: Deriver, direction: list[float] | None,
+                          budget: Budget) -> tuple[Candidate, list[Candidate]] | None:
+    """The smallest magnitude along one direction whose architecture meets ``budget`` (grid, then bisection), with
+    the failing architectures evaluated below it on the ray, nearest (most pressure) first."""
     mags = d.magnitudes()
-    prev_fail: float | None = None
+    fails: list[Candidate] = []
     for m in mags:
         c = d.evaluate(d.control(m, direction))
         if budget.meets(c):
             best = c
-            if prev_fail is None:
-                return best
-            lo, hi = math.log(prev_fail), math.log(m)
+            if not fails:
+                return best, []
+            lo, hi = math.log(fails[-1].pressure), math.log(m)
             for _ in range(d.bisect_steps):
                 mid = 0.5 * (lo + hi)
                 cm = d.evaluate(d.control(math.exp(mid), direction))
                 if budget.meets(cm):
                     best, hi = cm, mid
                 else:
+                    fails.append(cm)
                     lo = mid
-            return best
-        prev_fail = m
+            return best, sorted(fails, key=lambda f: -f.pressure)
+        fails.append(c)
     return None
 
 
-def derive_budgets(d: Deriver, budgets: Sequence[Budget]) -> list[BudgetResult]:
+def fill_budget(d: Deriver, meet: Candidate, towards: Sequence[Candidate], budget: Budget) -> Candidate:
+    """Use the slack a budget leaves. The family is discrete: the least-pressure architecture that meets a budget can
+    sit well under it while every architecture with less pressure on its ray (``towards``, nearest first) is over.
+    Layers where ``meet`` differs from the nearest of those take its op one at a time -- the cheapest step first --
+    while the budget holds; then the next one's, and so on. The result keeps ``meet``'s control and counts the
+    layers it changed in ``filled``; it is ``meet`` itself when no step fits."""
+    cur = list(meet.choices)
+    lat, params = meet.latency_ms, meet.params
+    seen: set[tuple[str, ...]] = set()
+    for target in towards:
+        if target.choices in seen:
+            continue
+        seen.add(target.choices)
+        todo = [i for i, (a, b) in enumerate(zip(cur, target.choices)) if a != b]
+        while todo:
+            best: tuple[float, int, float, int] | None = None
+            for i in todo:
+                trial = cur[:i] + [target.choices[i]] + cur[i + 1:]
+                t_lat, t_params = d.costs.latency_ms(trial), d.costs.params(trial)
+                if budget.meets(Candidate(meet.control, meet.pressure, tuple(trial), t_lat, t_params)) and (
+                        best is None or t_lat - lat < best[0]):
+                    best = (t_lat - lat, i, t_lat, t_params)
+            if best is None:
+                break
+            _, i, lat, params = best
+            cur[i] = target.choices[i]
+            todo.remove(i)
+    filled = sum(a != b for a, b in zip(cur, meet.choices))
+    if not filled or lat < meet.latency_ms:  # only ever closer to the budget
+        return meet
+    return Candidate(meet.control, meet.pressure, tuple(cur), lat, params, filled=filled)
+
+
+def derive_budgets(d: Deriver, budgets: Sequence[Budget], fill: bool = True) -> list[BudgetResult]:
+    """Per budget, the least-pressure control that meets it; with ``fill`` its architecture then takes ops of the
+    less-pressured architectures on the same ray while the budget holds (:func:`fill_budget`)."""
     out = []
     for budget in budgets:
         if budget.latency_ms is not None and d.run.table is None:
             raise DeriveError("a latency budget needs a run with a latency table")
-        meeting: list[Candidate] = []
+        meeting: list[tuple[Candidate, list[Candidate]]] = []
         if d.magnitude_name is None:
-            meeting = [c for c in d.sweep() if budget.meets(c)]
+            meeting = [(c, []) for c in d.sweep() if budget.meets(c)]
         else:
             for direction in d.directions():
-                c = _least_meeting_on_ray(d, direction, budget)
-                if c is not None:
-                    meeting.append(c)
+                hit = _least_meeting_on_ray(d, direction, budget)
+                if hit is not None:
+                    meeting.append(hit)
         if meeting:
-            best = min(meeting, key=lambda c: (c.pressure, -c.latency_ms, -c.params))
+            best, below = min(meeting, key=lambda m: (m[0].pressure, -m[0].latency_ms, -m[0].params))
+            if fill:
+                best = fill_budget(d, best, below, budget)
             out.append(BudgetResult(budget, best, best))
         else:
             closest = min(d.evaluated, key=lambda c: (budget.excess(c), c.pressure))
@@ -323,9 +368,9 @@ def derive_family(d: Deriver, n: int) -> tuple[list[Candidate], dict[str, int]]:
     """``n`` distinct architectures spanning the run's control range, fastest first.
 
     Every grid control is derived; duplicates keep their least-pressure control. Members come from the Pareto front
-    on (predicted latency, params, pressure) (see :func:`pareto`), spread evenly over its latency range; when the front holds fewer than ``n``
-    architectures, the next non-dominated ranks fill in (so the family still spans the range), and the stats say
-    how many members are on the front itself.
+    on (predicted latency, params, pressure) (see :func:`pareto`), spread evenly over its latency range; when the
+    front holds fewer than ``n`` architectures, the next non-dominated ranks fill in (so the family still spans the
+    range), and the stats say how many members are on the front itself.
     """
     if n < 1:
         raise DeriveError(f"--family {n}: need at least 1 member")
@@ -464,8 +509,10 @@ SUMMARY_COLUMNS = ["name", "file", "digest", "control", "predicted_ms", "params"
 
 
 def to_arch(run: RunLike, cand: Candidate, how: str, run_dir: str | None = None) -> Arch:
-    return make_arch(run.space, list(cand.choices), run.table, cand.control,
-                     {"derived": how, **({"run": str(run_dir)} if run_dir else {})})
+    meta = {"derived": how, **({"run": str(run_dir)} if run_dir else {})}
+    if cand.filled:
+        meta["filled_layers"] = cand.filled  # ops taken from less-pressured architectures on the ray
+    return make_arch(run.space, list(cand.choices), run.table, cand.control, meta)
 
 
 def write_derived(items: Sequence[Derived], out_dir: Path) -> Path:

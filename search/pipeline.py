@@ -140,8 +140,9 @@ def ensure_calibration(cfg: RunConfig, device: Device, space: Space, table_path:
     """Whole networks vs the table's sum: fit ``<table>.calib.json`` on random networks (``hwprof verify``), so
     predictions include what per-op entries miss (session overhead, fusion across blocks).
 
-    The fit is stored only when it is sane: every architecture of the space keeps a positive prediction, and the held-out networks are predicted better than by the raw
-    sum. Otherwise the raw table stays in use and the output says why."""
+    The fit is stored only when it is sane: every architecture of the space keeps a positive prediction, and the
+    held-out networks are predicted better than by the raw sum. Otherwise the raw table stays in use and the output
+    says why."""
     from profiler.calibrate import calibrated, lowest_prediction_ms, write_calibration
     from profiler.runners import make_runner
     from profiler.verify import run_verify

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from profiler.arch import load_arch, load_weights
 from search.cli import app
-from search.derive import (Budget, DeriveError, Deriver, check_control, derive_budgets, derive_family, pareto,
-                           parse_control, parse_count, to_arch)
+from search.derive import (Budget, BudgetResult, DeriveError, Deriver, check_control, derive_budgets, derive_family,
+                           pareto, parse_control, parse_count, to_arch)
 from search.report import hypervolume, pareto_front
 
 SPEC = "fbnet-cifar:input_size=16,width=0.25"
@@ -180,3 +180,55 @@ def test_pareto_front_and_hypervolume():
     assert hypervolume(pts, 4.0) == pytest.approx(1 * 0.5 + 1 * 0.8 + 1 * 0.9)
     assert hypervolume(pts, 4.0) >= hypervolume(pts[:1], 4.0)
     assert hypervolume([(5.0, 0.9)], 4.0) == 0.0
+
+
+def test_budget_fill_uses_the_slack_and_never_breaks_the_budget(run):
+    d = Deriver(run)
+    lats = sorted({c.latency_ms for c in d.sweep()})
+    budgets = [Budget(latency_ms=float(b)) for b in np.linspace(lats[0], lats[-1], 14)[1:-1]]
+    plain = derive_budgets(d, budgets, fill=False)
+    filled = derive_budgets(d, budgets)
+    assert all(p.ok and f.ok for p, f in zip(plain, filled))
+    for p, f in zip(plain, filled):
+        assert f.found.latency_ms <= f.budget.latency_ms  # never over the budget
+        assert f.found.latency_ms >= p.found.latency_ms  # never further from it
+        assert f.found.control == p.found.control and f.found.pressure == p.found.pressure
+        assert f.found.filled == sum(a != b for a, b in zip(p.found.choices, f.found.choices))
+        assert f.found.latency_ms == pytest.approx(run.table.predict_ms(run.space.arch_keys(list(f.found.choices))))
+
+
+def test_fill_takes_the_cheapest_steps_that_fit(run):
+    from search.derive import fill_budget
+
+    d = Deriver(run)
+    sweep = list({c.choices: c for c in d.sweep()}.values())  # one candidate per distinct architecture
+
+    def steps(meet, fail):
+        """Latency added by taking ``fail``'s op in one layer where the two differ, per such layer."""
+        out = []
+        for i, (a, b) in enumerate(zip(meet.choices, fail.choices)):
+            if a != b:
+                out.append(d.costs.latency_ms(meet.choices[:i] + (b,) + meet.choices[i + 1:]) - meet.latency_ms)
+        return sorted(out)
+
+    # a cheaper architecture and a slower one with less pressure that differ in two or more layers, each step costing
+    # latency (in a real derivation: the answer to a budget and the architectures below it on its ray)
+    pair = next(((m, f) for m in sweep for f in sweep
+                 if f.pressure < m.pressure and f.latency_ms > m.latency_ms and len(steps(m, f)) >= 2
+                 and steps(m, f)[0] > 0), None)
+    assert pair is not None, "no two architectures of the sweep differ in two layers"
+    meet, fail = pair
+    first = steps(meet, fail)[0]
+    budget = Budget(latency_ms=meet.latency_ms + first + 1e-9)  # room for the cheapest single step only
+    f = fill_budget(d, meet, [fail], budget)
+    assert f.filled == 1 and f.latency_ms <= budget.latency_ms
+    assert f.latency_ms == pytest.approx(meet.latency_ms + first)
+    assert f.control == meet.control and f.pressure == meet.pressure
+    assert f.latency_ms == pytest.approx(run.table.predict_ms(run.space.arch_keys(list(f.choices))))
+    assert all(c in (a, b) for c, a, b in zip(f.choices, meet.choices, fail.choices))
+    res = BudgetResult(budget, f, f)
+    assert "layer(s) from less-pressured architectures on the ray" in res.message()
+    assert to_arch(run, f, "budget").source["filled_layers"] == f.filled
+    # no slack: nothing taken; no neighbour: nothing to take from
+    assert fill_budget(d, meet, [fail], Budget(latency_ms=meet.latency_ms)) is meet
+    assert fill_budget(d, meet, [], budget) is meet

@@ -83,8 +83,11 @@ def plan_archs(table: LatencyTable, space: Space, n: int, calib_n: int, seed: in
                ) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
     """Test set (smallest, largest, then uniform; ``n`` in all) and a disjoint calibration set.
 
-    Half the calibration networks are uniform, half are drawn with a per-network random preference over the ops
-    (Dirichlet(0.5)), so the fit also sees skip-heavy and conv-heavy networks far from the uniform average.
+    The calibration networks take turns among three draws, so the fit sees every kind of network a search derives,
+    not only the uniform average: uniform; a per-network random preference over the ops (Dirichlet(0.5): conv- or
+    skip-leaning); and a cheap mix (per network w ~ U(0, 1): each layer takes its cheapest op by the table with
+    probability w, else a uniform op) -- the shape of a latency-pressured architecture, cheap layers around a few
+    convolutions, which the other two draws almost never produce.
     """
     total = math.prod(len(layer.choices) for layer in space.layers)
     if n + calib_n > total:
@@ -97,9 +100,13 @@ def plan_archs(table: LatencyTable, space: Space, n: int, calib_n: int, seed: in
     calib: list[tuple[str, ...]] = []
     budget = 1000 * (n + calib_n) + 1000  # bounded: in tiny spaces random draws repeat often
 
-    def draw(skewed: bool) -> tuple[str, ...]:
-        if not skewed:
+    def draw(kind: int) -> tuple[str, ...]:
+        if kind == 0:
             return tuple(layer.choices[int(rng.integers(len(layer.choices)))] for layer in space.layers)
+        if kind == 2:
+            w = rng.random()
+            return tuple(cheap if rng.random() < w else layer.choices[int(rng.integers(len(layer.choices)))]
+                         for layer, cheap in zip(space.layers, small))
         pref = rng.dirichlet(np.full(len(space.ops), 0.5))
         weight = dict(zip(space.ops, pref))
         out = []
@@ -111,7 +118,7 @@ def plan_archs(table: LatencyTable, space: Space, n: int, calib_n: int, seed: in
     for target, want in ((test, n), (calib, calib_n)):
         while len(target) < want and budget > 0:
             budget -= 1
-            a = draw(skewed=target is calib and len(target) % 2 == 1)
+            a = draw(len(target) % 3 if target is calib else 0)
             if a not in seen:
                 seen.add(a)
                 target.append(a)

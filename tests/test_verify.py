@@ -4,6 +4,7 @@ import csv
 import json
 import shutil
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -41,6 +42,21 @@ def test_plan_has_extremes_first_and_disjoint_deterministic_sets(table_copy):
     assert plan_archs(table, space, 8, 6, seed=4)[1] != calib
     with pytest.raises(VerifyError, match="too few distinct"):
         plan_archs(table, space, 9 ** 22 + 1, 0, 0)  # more networks than the space holds
+
+
+def test_calibration_set_covers_cheap_heavy_networks(table_copy):
+    """A latency-pressured search derives networks mostly made of each layer's cheapest op: the calibration set must
+    hold such networks too (uniform draws average 1 in 9 cheapest layers), not only the test set's uniform ones."""
+    table, space = load_table(table_copy), get_space(SPEC)
+    test, calib = plan_archs(table, space, 10, 30, seed=0)
+    small, _ = extreme_archs(table, space)
+
+    def cheap_share(arch):
+        return np.mean([op == s for op, s in zip(arch, small)])
+
+    shares = sorted(cheap_share(a) for a in calib)
+    assert sum(s >= 0.5 for s in shares) >= 3, shares
+    assert max(cheap_share(a) for a in test[2:]) < 0.5  # the held-out networks stay uniform draws
 
 
 def test_verify_writes_results_resumes_and_calibrates(table_copy, tmp_path):

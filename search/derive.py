@@ -21,6 +21,7 @@ params from the op registry; no network is trained or timed here.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import itertools
 import math
@@ -259,34 +260,31 @@ def _least_meeting_on_ray(d: Deriver, direction: list[float] | None,
 def fill_budget(d: Deriver, meet: Candidate, towards: Sequence[Candidate], budget: Budget) -> Candidate:
     """Use the slack a budget leaves. The family is discrete: the least-pressure architecture that meets a budget can
     sit well under it while every architecture with less pressure on its ray (``towards``, nearest first) is over.
-    Layers where ``meet`` differs from the nearest of those take its op one at a time -- the cheapest step first --
-    while the budget holds; then the next one's, and so on. The result keeps ``meet``'s control and counts the
-    layers it changed in ``filled``; it is ``meet`` itself when no step fits."""
-    cur = list(meet.choices)
-    lat, params = meet.latency_ms, meet.params
+    Layers where ``meet`` differs from the nearest of those take its op one at a time -- the step that uses the least
+    of the budget (:meth:`Budget.excess`) first -- while the budget holds; then the next one's, and so on. The result
+    keeps ``meet``'s control and counts the layers it changed in ``filled``; it is ``meet`` itself when no step fits."""
+    cur = meet
     seen: set[tuple[str, ...]] = set()
     for target in towards:
         if target.choices in seen:
             continue
         seen.add(target.choices)
-        todo = [i for i, (a, b) in enumerate(zip(cur, target.choices)) if a != b]
+        todo = [i for i, (a, b) in enumerate(zip(cur.choices, target.choices)) if a != b]
         while todo:
-            best: tuple[float, int, float, int] | None = None
+            steps = []
             for i in todo:
-                trial = cur[:i] + [target.choices[i]] + cur[i + 1:]
-                t_lat, t_params = d.costs.latency_ms(trial), d.costs.params(trial)
-                if budget.meets(Candidate(meet.control, meet.pressure, tuple(trial), t_lat, t_params)) and (
-                        best is None or t_lat - lat < best[0]):
-                    best = (t_lat - lat, i, t_lat, t_params)
-            if best is None:
+                trial = cur.choices[:i] + (target.choices[i],) + cur.choices[i + 1:]
+                c = Candidate(meet.control, meet.pressure, trial, d.costs.latency_ms(trial), d.costs.params(trial))
+                if budget.meets(c):
+                    steps.append((budget.excess(c), i, c))  # the step that uses the least of the budget first
+            if not steps:
                 break
-            _, i, lat, params = best
-            cur[i] = target.choices[i]
+            _, i, cur = min(steps, key=lambda s: (s[0], s[1]))
             todo.remove(i)
-    filled = sum(a != b for a, b in zip(cur, meet.choices))
-    if not filled or lat < meet.latency_ms:  # only ever closer to the budget
+    filled = sum(a != b for a, b in zip(cur.choices, meet.choices))
+    if not filled or budget.excess(cur) < budget.excess(meet):  # only ever closer to the budget
         return meet
-    return Candidate(meet.control, meet.pressure, tuple(cur), lat, params, filled=filled)
+    return dataclasses.replace(cur, filled=filled)
 
 
 def derive_budgets(d: Deriver, budgets: Sequence[Budget], fill: bool = True) -> list[BudgetResult]:

@@ -195,6 +195,11 @@ def test_budget_fill_uses_the_slack_and_never_breaks_the_budget(run):
         assert f.found.control == p.found.control and f.found.pressure == p.found.pressure
         assert f.found.filled == sum(a != b for a, b in zip(p.found.choices, f.found.choices))
         assert f.found.latency_ms == pytest.approx(run.table.predict_ms(run.space.arch_keys(list(f.found.choices))))
+    # a params budget fills the same way, by params
+    params = sorted({c.params for c in d.evaluated})
+    pb = [Budget(params=int(p)) for p in np.linspace(params[0], params[-1], 8)[1:-1]]
+    for p, f in zip(derive_budgets(d, pb, fill=False), derive_budgets(d, pb)):
+        assert p.ok and f.ok and p.found.params <= f.found.params <= f.budget.params
 
 
 def test_fill_takes_the_cheapest_steps_that_fit(run):

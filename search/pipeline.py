@@ -135,6 +135,9 @@ def ensure_table(cfg: RunConfig, device: Device, space: Space, out: Path, on_eve
     return path
 
 
+POOR_CALIBRATION_PCT = 10.0  # held-out mean abs error above which hwnas run warns that predictions are rough
+
+
 def ensure_calibration(cfg: RunConfig, device: Device, space: Space, table_path: Path, out: Path, on_event: OnEvent,
                        notes: list[str]) -> None:
     """Whole networks vs the table's sum: fit ``<table>.calib.json`` on random networks (``hwprof verify``), so
@@ -178,6 +181,12 @@ def ensure_calibration(cfg: RunConfig, device: Device, space: Space, table_path:
         return
     write_calibration(table_path, rep.calibration)
     notes.append(msg + f"; stored in {table_path.with_suffix('.calib.json').name}")
+    if cal.get("mape_pct", 0.0) > POOR_CALIBRATION_PCT:
+        notes.append(f"WARNING: on device {device.name} even the calibrated table misses held-out whole networks by "
+                     f"{cal['mape_pct']:.1f} % (mean abs): predicted latencies and budgets are rough here. Usual "
+                     f"causes: other jobs on the machine, or several intra-op threads on a small CPU (tiny per-op graphs "
+                     f"pay thread-pool costs a whole network does not) - a 1-thread device (cpu-1t) on a quiet machine "
+                     f"predicts within a few %")
 
 
 def _fmt_protocol(p: Protocol) -> str:

@@ -58,3 +58,25 @@ def test_run_quick_end_to_end(small_tables, tmp_path):
     r4 = CliRunner().invoke(app, ["report", str(out)])
     assert r4.exit_code == 0, r4.output
     assert (out / "pareto.png").is_file() and rows[0]["member"] in r4.stdout
+
+
+@pytest.mark.parametrize("threshold", [-1.0, 1e9])
+def test_a_poor_calibration_is_stored_with_a_warning(small_tables, tmp_path, monkeypatch, threshold):
+    """Real verify networks on cpu; the warning threshold moved below / above any held-out error."""
+    import search.pipeline as pl
+    from profiler.devices import get_device
+    from profiler.spaces import get_space
+
+    table = tmp_path / "table.csv"
+    shutil.copy(small_tables[SPEC], table)
+    shutil.copy(small_tables[SPEC].with_suffix(".meta.json"), table.with_suffix(".meta.json"))
+    monkeypatch.setattr(pl, "POOR_CALIBRATION_PCT", threshold)
+    notes: list[str] = []
+    cfg = pl.RunConfig.quick_defaults(verify_n=3, calib_n=9)
+    pl.ensure_calibration(cfg, get_device("cpu"), get_space(SPEC), table, tmp_path, lambda e: None, notes)
+    stored = table.with_suffix(".calib.json").is_file()
+    assert stored != any("REJECTED" in n or "no calibration fitted" in n for n in notes), notes
+    warned = [n for n in notes if n.startswith("WARNING")]
+    assert len(warned) == (1 if stored and threshold < 0 else 0), notes
+    if warned:
+        assert "on device cpu " in warned[0] and "held-out whole networks by" in warned[0]

@@ -47,6 +47,14 @@ def calib_path(table: Path) -> Path:
     return table.with_suffix(".calib.json")
 
 
+def read_json_or_none(path: Path) -> Any:
+    """The JSON stored in ``path``, or None when the file is missing or not valid JSON (a torn or foreign file)."""
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")

@@ -33,7 +33,7 @@ from .protocol import Protocol
 from .runners import MeasureRequest, Runner
 from .spaces import Space
 from .stats import summarize
-from .tables import LatencyTable, atomic_write_text
+from .tables import LatencyTable, atomic_write_text, read_json_or_none
 
 PLAN_VERSION = 1
 CSV_COLUMNS = ["split", "idx", "arch", "pred_raw_ms", "measured_ms", "p10_ms", "p90_ms", "cv", "n", "attempts",
@@ -226,11 +226,7 @@ def run_verify(device: Device, space: Space, table: LatencyTable, runner: Runner
     out_dir.mkdir(parents=True, exist_ok=True)
     plan_file = out_dir / "plan.json"
     if plan_file.exists():
-        try:
-            old = json.loads(plan_file.read_text())
-        except json.JSONDecodeError:
-            old = None
-        if old != plan:
+        if read_json_or_none(plan_file) != plan:
             raise VerifyError(f"{out_dir}: holds a verification with other settings (device, space, table, seed, "
                               f"n or calib-n differ); use another --out or delete {plan_file}")
     else:

@@ -29,7 +29,7 @@ from profiler.arch import Arch, export_arch, load_arch
 from profiler.devices import Device, get_device
 from profiler.protocol import Protocol
 from profiler.spaces import Space, get_space
-from profiler.tables import atomic_write_text, default_table_path, load_table
+from profiler.tables import atomic_write_text, default_table_path, load_table, read_json_or_none
 
 from .report import FAMILY_COLUMNS, error_pct, format_table, plot_curves, plot_pareto, read_jsonl
 from .retrain import TrainConfig, retrain
@@ -311,10 +311,7 @@ def _run_pipeline(cfg: RunConfig, out: Path, on_event: OnEvent) -> RunResult:
         raise PipelineError(str(e)) from None
     prev = out / "run.json"
     if prev.is_file():
-        try:
-            old = json.loads(prev.read_text())
-        except json.JSONDecodeError:
-            old = None
+        old = read_json_or_none(prev)
         if old != cfg.to_dict():
             diff = sorted(k for k in cfg.to_dict() if not isinstance(old, dict) or old.get(k) != cfg.to_dict()[k])
             raise PipelineError(f"{out} holds a run with other settings ({', '.join(diff[:4])}); rerun it with the "

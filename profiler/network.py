@@ -72,10 +72,16 @@ class SpaceNet(nn.Module):
         self.space = space
         fixed = {s.name: s for s in space.fixed}
         if space.family == "chain":
-            self.stem = _fixed(fixed["stem"])
+            # fixed sites run in order: the first `pre` before the searchable layers, the rest after. Each is an
+            # attribute named after its site (stem, head, classifier, ...), so state_dict names follow the space.
+            n_pre = int(space.topology.get("pre", 1))
+            self._pre = [s.name for s in space.fixed[:n_pre]]
+            self._post = [s.name for s in space.fixed[n_pre:]]
+            for s in space.fixed[:n_pre]:
+                self.add_module(s.name, _fixed(s))
             self.blocks = nn.ModuleList(make_block(i, layer.sites[0]) for i, layer in enumerate(space.layers))
-            self.head = _fixed(fixed["head"])
-            self.classifier = _fixed(fixed["classifier"])
+            for s in space.fixed[n_pre:]:
+                self.add_module(s.name, _fixed(s))
         elif space.family == "cell":
             self.stem = _fixed(fixed["stem"])
             site_row: dict[str, tuple[int, Site]] = {}
@@ -100,10 +106,13 @@ class SpaceNet(nn.Module):
 
     def forward(self, x: torch.Tensor, layer_weights: torch.Tensor | None = None) -> torch.Tensor:
         if self.space.family == "chain":
-            x = self.stem(x)
+            for name in self._pre:
+                x = getattr(self, name)(x)
             for i, block in enumerate(self.blocks):
                 x = _call(block, x, None if layer_weights is None else layer_weights[i])
-            return self.classifier(self.head(x))
+            for name in self._post:
+                x = getattr(self, name)(x)
+            return x
         s0 = s1 = self.stem(x)
         for cell in self.cells:
             s0, s1 = s1, cell(s0, s1, layer_weights)

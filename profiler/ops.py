@@ -7,6 +7,7 @@ have weights, which family) live on :class:`OpSpec`, never in substring checks o
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -20,26 +21,59 @@ Factory = Callable[..., nn.Module]
 class OpSpec:
     name: str
     factory: Factory
-    family: str  # "fbnet" | "darts" | "fixed"
+    family: str  # "fbnet" | "darts" | "mbconv" | "fixed"
     defaults: dict[str, Any] = field(default_factory=dict)
     kind: str = "conv"  # "conv" | "pool" | "identity" | "zero" | "fixed"
     doc: str = ""
+    output: str = "same"  # "same": N x c_out x H/s x W/s | "pooled": N x c_out x 1 x 1 | "flat": N x c_out
+    same_shape_only: bool = False  # exists only where stride == 1 and c_in == c_out (e.g. ProxylessNAS' zero)
+
+    def accepts(self, param: str) -> bool:
+        """Whether the factory takes ``param`` (a registered default or a keyword of its signature)."""
+        if param in self.defaults:
+            return True
+        sig = inspect.signature(self.factory)
+        return param in sig.parameters or any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+
+    def own_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` without the site style params (:data:`STYLE_PARAMS`) this op does not use; the key and the
+        factory both see exactly this."""
+        return {k: v for k, v in params.items() if k not in STYLE_PARAMS or self.accepts(k)}
 
     def build(self, c_in: int, c_out: int, stride: int, **params: Any) -> nn.Module:
-        merged = {**self.defaults, **params}
+        if self.same_shape_only and (stride != 1 or c_in != c_out):
+            raise ValueError(f"op {self.name!r} exists only where stride is 1 and c_in == c_out, got {c_in} -> "
+                             f"{c_out}, stride {stride}")
+        merged = {**self.defaults, **self.own_params(params)}
         return self.factory(c_in, c_out, stride, **merged)
+
+    def output_shape(self, input_shape: tuple[int, ...], c_out: int, stride: int) -> tuple[int, ...]:
+        """Shape of the op's output for an N x C x H x W input (all spatial ops pad 'same')."""
+        n, _, h, w = input_shape
+        if self.output == "flat":
+            return (n, c_out)
+        if self.output == "pooled":
+            return (n, c_out, 1, 1)
+        return (n, c_out, (h + stride - 1) // stride, (w + stride - 1) // stride)
 
 
 OPS: dict[str, OpSpec] = {}
 
+# Site style params: a space may set them on every site of a stage (OFA chooses squeeze-excite and the activation
+# per stage). An op that does not use one (an identity skip) ignores it, in its key and in its factory alike; any
+# other unknown param is an error.
+STYLE_PARAMS = ("act", "se")
 
-def register_op(name: str, family: str, kind: str = "conv", **defaults: Any) -> Callable[[Factory], Factory]:
+
+def register_op(name: str, family: str, kind: str = "conv", *, output: str = "same", same_shape_only: bool = False,
+                **defaults: Any) -> Callable[[Factory], Factory]:
     """Decorator: register ``factory`` under ``name``. Registering a name twice raises ``ValueError``."""
 
     def deco(factory: Factory) -> Factory:
         if name in OPS:
             raise ValueError(f"op {name!r} is already registered (by {OPS[name].factory.__qualname__})")
-        OPS[name] = OpSpec(name, factory, family, dict(defaults), kind, (factory.__doc__ or "").strip())
+        OPS[name] = OpSpec(name, factory, family, dict(defaults), kind, (factory.__doc__ or "").strip(), output,
+                           same_shape_only)
         return factory
 
     return deco
@@ -290,10 +324,138 @@ class Classifier(nn.Module):
         return self.fc(self.pool(x).flatten(1))
 
 
-@register_op("classifier", "fixed", kind="fixed")
+@register_op("classifier", "fixed", kind="fixed", output="flat")
 def fixed_classifier(c_in, c_out, stride):
     """global average pool + linear classifier (c_out = number of classes)"""
     return Classifier(c_in, c_out)
+
+# ------------------------------------------------------------------------------- MBConv (ProxylessNAS / OFA)
+
+ACTIVATIONS = ("relu", "relu6", "hswish")
+
+
+def activation(name: str) -> nn.Module:
+    """ReLU, ReLU6 (MobileNetV2 / ProxylessNAS) or h-swish, x * relu6(x + 3) / 6 (MobileNetV3 / OFA)."""
+    if name == "relu":
+        return nn.ReLU(inplace=False)
+    if name == "relu6":
+        return nn.ReLU6(inplace=False)
+    if name == "hswish":
+        return nn.Hardswish(inplace=False)
+    raise ValueError(f"activation {name!r} is not one of {', '.join(ACTIVATIONS)}")
+
+
+def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """The MobileNet channel rounding: nearest multiple of ``divisor``, never more than 10 % below ``v``."""
+    min_value = min_value or divisor
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < 0.9 * v:
+        new_v += divisor
+    return new_v
+
+
+def mbconv_mid(c_in: int, expansion: float) -> int:
+    """Middle (expanded) width of an MBConv block: round(c_in * expansion), as ProxylessNAS and OFA compute it."""
+    return int(round(c_in * expansion))
+
+
+class SqueezeExcite(nn.Module):
+    """OFA's SE module: global mean -> 1x1 conv (C -> C/4, rounded to 8) -> ReLU -> 1x1 conv -> h-sigmoid -> scale."""
+
+    def __init__(self, channels: int, reduction: int = 4):
+        super().__init__()
+        mid = make_divisible(channels // reduction, 8)
+        self.reduce = nn.Conv2d(channels, mid, 1, bias=True)
+        self.relu = nn.ReLU(inplace=False)
+        self.expand = nn.Conv2d(mid, channels, 1, bias=True)
+        self.gate = nn.Hardsigmoid(inplace=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.mean(dim=(2, 3), keepdim=True)
+        return x * self.gate(self.expand(self.relu(self.reduce(y))))
+
+
+class MBConv(nn.Module):
+    """Mobile inverted bottleneck (ProxylessNAS, OFA): [1x1 expand -> BN -> act] (absent at expansion 1) -> dw kxk
+    -> BN -> act -> [SE] -> 1x1 -> BN, plus the identity shortcut where stride is 1 and c_in == c_out."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, kernel: int, expansion: int, se: int = 0,
+                 act: str = "relu6"):
+        super().__init__()
+        mid = mbconv_mid(c_in, expansion)
+        parts: list[nn.Module] = []
+        if expansion != 1:
+            parts += [nn.Conv2d(c_in, mid, 1, bias=False), nn.BatchNorm2d(mid), activation(act)]
+        parts += [nn.Conv2d(mid, mid, kernel, stride, kernel // 2, groups=mid, bias=False), nn.BatchNorm2d(mid),
+                  activation(act)]
+        if se:
+            parts.append(SqueezeExcite(mid))
+        parts += [nn.Conv2d(mid, c_out, 1, bias=False), nn.BatchNorm2d(c_out)]
+        self.body = nn.Sequential(*parts)
+        self.residual = stride == 1 and c_in == c_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        return x + y if self.residual else y
+
+
+MBCONV_KERNELS = (3, 5, 7)
+MBCONV_EXPANSIONS = (1, 3, 4, 6)
+
+
+def _register_mbconv() -> None:
+    for k in MBCONV_KERNELS:
+        for e in MBCONV_EXPANSIONS:
+            name = f"mb_k{k}_e{e}"
+
+            def factory(c_in, c_out, stride, kernel=k, expansion=e, se=0, act="relu6"):
+                return MBConv(c_in, c_out, stride, kernel, expansion, int(se), act)
+
+            factory.__doc__ = f"MBConv, kernel {k}, expansion {e} (params: se 0/1, act relu|relu6|hswish)"
+            factory.__qualname__ = f"mbconv_{name}"
+            register_op(name, "mbconv", kernel=k, expansion=e, se=0, act="relu6")(factory)
+
+
+_register_mbconv()
+
+
+@register_op("zero", "mbconv", kind="identity", same_shape_only=True)
+def mbconv_zero(c_in: int, c_out: int, stride: int) -> nn.Module:
+    """ProxylessNAS' Zero candidate: the block's branch outputs zero, so the residual block is the identity"""
+    return nn.Identity()
+
+
+@register_op("conv", "fixed", kind="fixed", kernel=1, act="relu", bn=1)
+def fixed_conv(c_in, c_out, stride, kernel=1, act="relu", bn=1):
+    """kxk conv (stride) + [BN] + act: MobileNet stems, final-expand and feature-mix layers"""
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=False)]
+    if bn:
+        layers.append(nn.BatchNorm2d(c_out))
+    layers.append(activation(act))
+    return nn.Sequential(*layers)
+
+
+@register_op("global_pool", "fixed", kind="fixed", output="pooled")
+def fixed_global_pool(c_in, c_out, stride):
+    """global average pool to 1x1, channels kept (c_out == c_in)"""
+    if c_in != c_out:
+        raise ValueError(f"global_pool keeps the channels: c_out {c_out} must equal c_in {c_in}")
+    return nn.AdaptiveAvgPool2d(1)
+
+
+class Linear4d(nn.Module):
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.fc = nn.Linear(c_in, c_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1))
+
+
+@register_op("linear", "fixed", kind="fixed", output="flat")
+def fixed_linear(c_in, c_out, stride):
+    """linear classifier of an already pooled N x C x 1 x 1 input (c_out = number of classes)"""
+    return Linear4d(c_in, c_out)
 
 
 def count_params(module: nn.Module) -> int:

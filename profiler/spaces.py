@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .keys import op_key, output_hw
+from .ops import get_op, make_divisible
 
 FBNET_OPS = ("k3_e1", "k3_e1_g2", "k3_e3", "k3_e6", "k5_e1", "k5_e1_g2", "k5_e3", "k5_e6", "skip")
 DARTS_OPS = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5",
@@ -40,15 +41,22 @@ class Site:
         name = op or self.op
         if name is None:
             raise ValueError(f"site {self.name} is searchable: name the op")
-        return op_key(name, (batch, self.c_in, *self.input_hw), self.c_out, self.stride, dict(self.params))
+        return op_key(name, (batch, self.c_in, *self.input_hw), self.c_out, self.stride,
+                      get_op(name).own_params(dict(self.params)))
 
     @property
     def output_hw(self) -> tuple[int, int]:
+        if self.op is not None and get_op(self.op).output != "same":
+            return (1, 1)
         return output_hw(*self.input_hw, self.stride)
 
 
 @dataclass(frozen=True)
 class SearchLayer:
+    """One row of architecture logits. ``choices[k]`` is the op of column ``k`` (``Space.ops[k]``) at this layer:
+    the same op everywhere, except where a space substitutes a legal op for a column the layer cannot take
+    (ProxylessNAS has no zero, OFA no skip, at a stage's leading blocks)."""
+
     name: str
     choices: tuple[str, ...]
     sites: tuple[Site, ...]
@@ -63,18 +71,20 @@ class Space:
     num_classes: int
     layers: tuple[SearchLayer, ...]
     fixed: tuple[Site, ...]
-    # cell spaces: topology needed by the network builder (cells, nodes, reduction flags)
+    # cell spaces: topology needed by the network builder (cells, nodes, reduction flags); chain spaces: "pre", the
+    # number of fixed sites before the searchable layers (default 1, the stem)
     topology: dict[str, Any] = field(default_factory=dict)
+    columns: tuple[str, ...] = ()  # op of each logit column; default: the first layer's choices
+
+    @property
+    def ops(self) -> tuple[str, ...]:
+        return self.columns or self.layers[0].choices
 
     @property
     def spec(self) -> str:
         defaults = SPACES[self.name].defaults
         extra = {k: v for k, v in self.params.items() if defaults.get(k) != v}
         return self.name + (":" + ",".join(f"{k}={v}" for k, v in sorted(extra.items())) if extra else "")
-
-    @property
-    def ops(self) -> tuple[str, ...]:
-        return self.layers[0].choices
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "params": dict(self.params)}
@@ -275,3 +285,80 @@ def darts3_space(**p: Any) -> Space:
 @register_space("darts-5ops", "DARTS cell space with the 3 ops + {max_pool_3x3, sep_conv_5x5}", **_DARTS_DEFAULTS)
 def darts5_space(**p: Any) -> Space:
     return _darts("darts-5ops", DARTS_5OPS, **p)
+
+
+# ------------------------------------------------------------------------------------------ MBConv spaces
+# Both spaces run every MBConv candidate as one whole block (our key level) and keep one logit column per op. A
+# column a layer cannot take -- ProxylessNAS offers Zero only where the block has its residual, OFA skips only a
+# stage's third and fourth block (depth 2..4) -- holds that layer's smallest block (mb_k3_e3) instead, so every
+# column is a legal op, every architecture is a subnet of the published space and the columns stay uniform.
+
+PROXYLESS_OPS = ("mb_k3_e3", "mb_k3_e6", "mb_k5_e3", "mb_k5_e6", "mb_k7_e3", "mb_k7_e6", "zero")
+PROXYLESS_STAGES = ((24, 4, 2), (40, 4, 2), (80, 4, 2), (96, 4, 1), (192, 4, 2), (320, 1, 1))  # width, blocks, stride
+SMALLEST_BLOCK = "mb_k3_e3"
+
+
+def _choices(ops: tuple[str, ...], absent: str, allowed: bool) -> tuple[str, ...]:
+    return ops if allowed else tuple(SMALLEST_BLOCK if op == absent else op for op in ops)
+
+
+@register_space("proxyless", "ProxylessNAS mobile space: 21 layers x {MBConv k3/5/7 x e3/6, zero}, input 224",
+                input_size=224, width=1.0, num_classes=1000, in_channels=3)
+def proxyless_space(*, input_size: int, width: float, num_classes: int, in_channels: int) -> Space:
+    def w(c: int) -> int:
+        return make_divisible(c * width, 8)
+
+    hw = (input_size, input_size)
+    stem = Site("stem", in_channels, w(32), 2, hw, op="conv", params=(("act", "relu6"), ("bn", 1), ("kernel", 3)))
+    hw = stem.output_hw
+    first = Site("first_block", w(32), w(16), 1, hw, op="mb_k3_e1")  # MBConv1 3x3, act relu6 (the op's default)
+    c_in, layers, idx = w(16), [], 0
+    for c, n, s in PROXYLESS_STAGES:
+        for r in range(n):
+            stride = s if r == 0 else 1
+            site = Site(f"L{idx:02d}", c_in, w(c), stride, hw)
+            residual = stride == 1 and c_in == w(c)
+            layers.append(SearchLayer(site.name, _choices(PROXYLESS_OPS, "zero", residual), (site,)))
+            hw, c_in, idx = site.output_hw, w(c), idx + 1
+    last = 1280 if width <= 1.0 else make_divisible(1280 * width, 8)
+    fixed = (stem, first,
+             Site("feature_mix", c_in, last, 1, hw, op="conv", params=(("act", "relu6"), ("bn", 1), ("kernel", 1))),
+             Site("classifier", last, num_classes, 1, hw, op="classifier"))
+    params = dict(input_size=input_size, width=width, num_classes=num_classes, in_channels=in_channels)
+    return Space("proxyless", "chain", params, (in_channels, input_size, input_size), num_classes, tuple(layers),
+                 fixed, {"pre": 2}, PROXYLESS_OPS)
+
+
+OFA_OPS = tuple(f"mb_k{k}_e{e}" for k in (3, 5, 7) for e in (3, 4, 6)) + ("skip",)
+# OFA MobileNetV3: base widths (stem, first block, 5 stages, final expand, feature mix) scaled by `width`
+OFA_BASE_WIDTHS = (16, 16, 24, 40, 80, 112, 160, 960, 1280)
+OFA_STAGES = ((2, "relu", 0), (2, "relu", 1), (2, "hswish", 0), (1, "hswish", 1), (2, "hswish", 1))  # stride, act, se
+OFA_MAX_DEPTH, OFA_MIN_DEPTH = 4, 2
+
+
+@register_space("ofa-mbv3", "OFA MobileNetV3 space: 20 layers x {MBConv k3/5/7 x e3/4/6, skip (depth 2-4)}, SE and "
+                "h-swish per stage, input 224, width 1.2 (the Note10 table's network)",
+                input_size=224, width=1.2, num_classes=1000, in_channels=3)
+def ofa_mbv3_space(*, input_size: int, width: float, num_classes: int, in_channels: int) -> Space:
+    widths = [make_divisible(c * width, 8) for c in OFA_BASE_WIDTHS]
+    hw = (input_size, input_size)
+    stem = Site("stem", in_channels, widths[0], 2, hw, op="conv",
+                params=(("act", "hswish"), ("bn", 1), ("kernel", 3)))
+    hw = stem.output_hw
+    first = Site("first_block", widths[0], widths[1], 1, hw, op="mb_k3_e1", params=(("act", "relu"), ("se", 0)))
+    c_in, layers, idx = widths[1], [], 0
+    for (s, act, se), c in zip(OFA_STAGES, widths[2:7]):
+        for r in range(OFA_MAX_DEPTH):
+            site = Site(f"L{idx:02d}", c_in, c, s if r == 0 else 1, hw, params=(("act", act), ("se", se)))
+            layers.append(SearchLayer(site.name, _choices(OFA_OPS, "skip", r >= OFA_MIN_DEPTH), (site,)))
+            hw, c_in, idx = site.output_hw, c, idx + 1
+    expand, mix = widths[7], widths[8]
+    fixed = (stem, first,
+             Site("final_expand", c_in, expand, 1, hw, op="conv", params=(("act", "hswish"), ("bn", 1), ("kernel", 1))),
+             Site("pool", expand, expand, 1, hw, op="global_pool"),
+             Site("feature_mix", expand, mix, 1, (1, 1), op="conv", params=(("act", "hswish"), ("bn", 0),
+                                                                              ("kernel", 1))),
+             Site("classifier", mix, num_classes, 1, (1, 1), op="linear"))
+    params = dict(input_size=input_size, width=width, num_classes=num_classes, in_channels=in_channels)
+    return Space("ofa-mbv3", "chain", params, (in_channels, input_size, input_size), num_classes, tuple(layers),
+                 fixed, {"pre": 2}, OFA_OPS)

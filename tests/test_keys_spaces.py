@@ -55,7 +55,8 @@ def test_darts_spaces_and_subsets():
 
 @pytest.mark.parametrize("name", sorted(SPACES))
 def test_space_json_round_trip_and_network(name):
-    small = {"fbnet": "fbnet:input_size=64,width=0.25", "fbnet-cifar": "fbnet-cifar:width=0.25"}
+    small = {"fbnet": "fbnet:input_size=64,width=0.25", "fbnet-cifar": "fbnet-cifar:width=0.25",
+             "proxyless": "proxyless:input_size=32,width=0.25", "ofa-mbv3": "ofa-mbv3:input_size=32,width=0.25"}
     s = get_space(small.get(name, name + ":C=8,cells=3"))
     assert space_from_json(s.to_json()) == s
     assert get_space(s.spec) == s

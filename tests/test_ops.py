@@ -12,8 +12,10 @@ from profiler.ops import OPS, build_op, count_params, register_op
 
 def _case(name: str):
     spec = OPS[name]
-    if name == "classifier":
-        return [((1, 32, 4, 4), 10, 1)]
+    if spec.output == "flat":
+        return [((1, 32, 1, 1), 10, 1)]  # classifiers of a pooled (or 1x1) feature map
+    if spec.same_shape_only or spec.output == "pooled":
+        return [((1, 8, 8, 8), 8, 1)]
     if spec.family == "darts" or name in ("preprocess",):
         return [((1, 8, 8, 8), 8, 1), ((1, 8, 8, 8), 8, 2)]
     return [((1, 8, 8, 8), 8, 1), ((1, 8, 8, 8), 16, 2)]
@@ -23,8 +25,10 @@ CASES = [(n, shape, c_out, s) for n in sorted(OPS) for shape, c_out, s in _case(
 
 
 def _expected_shape(name, shape, c_out, stride):
-    if name == "classifier":
+    if OPS[name].output == "flat":
         return (shape[0], c_out)
+    if OPS[name].output == "pooled":
+        return (shape[0], c_out, 1, 1)
     h = (shape[2] + stride - 1) // stride
     return (shape[0], c_out, h, h)
 
@@ -72,3 +76,37 @@ def test_grouped_block_shuffles_channels():
     kinds = [type(x).__name__ for x in m.body]
     assert "ChannelShuffle" in kinds
     assert m.body[0][0].groups == 2
+
+
+def test_op_output_shape_property_matches_the_module():
+    for name, shape, c_out, stride in CASES:
+        assert OPS[name].output_shape(shape, c_out, stride) == _expected_shape(name, shape, c_out, stride)
+
+
+def test_mbconv_blocks_follow_proxyless_and_ofa():
+    from profiler.ops import MBConv, SqueezeExcite
+
+    e1 = build_op("mb_k3_e1", 16, 16, 1)  # expansion 1: no inverted bottleneck, residual kept
+    assert e1.residual and sum(isinstance(m, torch.nn.Conv2d) for m in e1.body) == 2
+    b = build_op("mb_k7_e6", 24, 40, 2, se=1, act="hswish")
+    assert isinstance(b, MBConv) and not b.residual
+    dw = [m for m in b.body if isinstance(m, torch.nn.Conv2d) and m.groups > 1][0]
+    assert dw.kernel_size == (7, 7) and dw.in_channels == 24 * 6 and dw.stride == (2, 2)
+    se = [m for m in b.body if isinstance(m, SqueezeExcite)][0]
+    assert se.reduce.out_channels == 40  # make_divisible(144 // 4, 8)
+    assert any(isinstance(m, torch.nn.Hardswish) for m in b.body)
+    assert any(isinstance(m, torch.nn.ReLU6) for m in build_op("mb_k3_e3", 8, 8, 1).body)  # ProxylessNAS default
+
+
+def test_style_params_reach_only_the_ops_that_take_them():
+    from profiler.ops import get_op
+
+    assert get_op("skip").own_params({"act": "hswish", "se": 1}) == {}
+    assert get_op("mb_k3_e3").own_params({"act": "hswish", "se": 1}) == {"act": "hswish", "se": 1}
+    assert isinstance(build_op("skip", 8, 8, 1, act="relu", se=1), torch.nn.Identity)
+    with pytest.raises(TypeError):
+        build_op("skip", 8, 8, 1, kernel=3)  # any other unknown param is still an error
+    with pytest.raises(ValueError, match="exists only where stride is 1"):
+        build_op("zero", 8, 16, 2)
+    with pytest.raises(ValueError, match="activation 'gelu'"):
+        build_op("mb_k3_e3", 8, 8, 1, act="gelu")

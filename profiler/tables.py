@@ -28,6 +28,9 @@ COLUMNS = ["key", "op", "input_shape", "c_out", "stride", "params", "median_ms",
            "std_ms", "cv", "mad_outliers", "n", "calls_per_sample", "attempts", "status", "variant", "error",
            "max_abs_err", "samples_ms"]
 STATUSES = ("ok", "noisy", "error")
+# variant of a row that costs 0 ms by construction: an identity block (a skipped layer) that a peer LUT has no entry
+# for because its estimator counts it as free (written by hwprof import only)
+ZERO_COST = "zero-cost"
 
 
 class TableError(ValueError):
@@ -184,7 +187,7 @@ def _read_rows(path: Path) -> tuple[dict[str, dict[str, Any]], int]:
                 r[c] = int(r[c]) if r[c] != "" else 0
         except ValueError as e:
             raise TableError(f"{path}: line {lineno}: {e} (corrupt; fix the line or re-measure with --fresh)") from None
-        if r["status"] != "error" and not (r["median_ms"] > 0):
+        if r["status"] != "error" and not (r["median_ms"] > 0 or (r["median_ms"] == 0 and r["variant"] == ZERO_COST)):
             raise TableError(f"{path}: line {lineno}: status {r['status']} but median_ms {r['median_ms']!r}")
         rows[r["key"]] = r
     return rows, complete

@@ -158,10 +158,12 @@ def measure(
 
 
 @app.command()
-def show(table: Path = typer.Argument(..., help="Table CSV written by hwprof measure."),
+def show(table: Path = typer.Argument(..., help="Table CSV written by hwprof measure or hwprof import."),
          as_json: bool = typer.Option(False, "--json", help="Print header, counts and slowest entries as JSON."),
          top: int = typer.Option(10, help="How many of the slowest entries to list.")) -> None:
-    """Show a table: fingerprint, protocol, counts by status, slowest entries."""
+    """Show a table: where it came from (machine and versions, or the imported file), protocol, counts, slowest."""
+    import math
+
     from .tables import TableError, load_table
 
     try:
@@ -170,36 +172,73 @@ def show(table: Path = typer.Argument(..., help="Table CSV written by hwprof mea
         fail(str(e))
     usable = [r for r in t.rows.values() if r["status"] != "error"]
     slowest = sorted(usable, key=lambda r: -r["median_ms"])[:top]
-    cvs = sorted(r["cv"] for r in usable)
+    cvs = sorted(r["cv"] for r in usable if not math.isnan(r["cv"]))
+    imported = t.meta.get("imported")
     info = {
         "table": str(table), "device": t.device, "space": t.space, "created": t.meta.get("created"),
         "counts": t.counts(), "median_cv": cvs[len(cvs) // 2] if cvs else None,
         "calibrated": bool(t.calibration), "calibration": (t.calibration or {}).get("fit"),
-        "fingerprint": t.meta.get("fingerprint"), "protocol": t.meta.get("protocol"),
+        "fingerprint": t.meta.get("fingerprint"), "protocol": t.meta.get("protocol"), "imported": imported,
         "slowest": [{"key": r["key"], "median_ms": r["median_ms"], "cv": r["cv"], "status": r["status"]}
                     for r in slowest],
     }
     if as_json:
         out.print_json(json.dumps(info, default=str))
         return
+    p = lambda line: out.print(line, highlight=False, soft_wrap=True)  # noqa: E731
+    p(f"[bold]{table}[/]  device [cyan]{t.device}[/]  space [cyan]{t.space}[/]  created {info['created']}")
     fp = info["fingerprint"] or {}
-    out.print(f"[bold]{table}[/]  device [cyan]{t.device}[/]  space [cyan]{t.space}[/]  created {info['created']}")
-    out.print(f"machine: {fp.get('cpu_model')} ({fp.get('cores')} cores, governor {fp.get('governor')}), "
-              f"{fp.get('os')}, python {fp.get('python')}")
-    out.print("versions: " + ", ".join(f"{k} {v}" for k, v in (fp.get("versions") or {}).items()))
-    out.print("runtime: " + ", ".join(f"{k}={fp[k]}" for k in ("runtime", "provider", "threads",
-                                                               "graph_optimization", "target") if k in fp))
-    out.print("protocol: " + ", ".join(f"{k}={v}" for k, v in (info["protocol"] or {}).items()))
+    machine = [f"{fp['cpu_model']}" if fp.get("cpu_model") else "",
+               f"{fp['cores']} cores" if fp.get("cores") else "", f"governor {fp['governor']}" if fp.get("governor")
+               else "", fp.get("os") or "", f"python {fp['python']}" if fp.get("python") else ""]
+    if any(machine):
+        p("machine: " + ", ".join(m for m in machine if m))
+    if fp.get("versions"):
+        p("versions: " + ", ".join(f"{k} {v}" for k, v in fp["versions"].items()))
+    runtime = [f"{k}={fp[k]}" for k in ("runtime", "provider", "threads", "graph_optimization", "target") if k in fp]
+    if runtime:
+        p("runtime: " + ", ".join(runtime))
+    if info["protocol"]:
+        p("protocol: " + ", ".join(f"{k}={v}" for k, v in info["protocol"].items()))
+    if imported:
+        for line in import_provenance(imported):
+            p(line)
     c = info["counts"]
     med = f"{info['median_cv'] * 100:.2f} %" if info["median_cv"] is not None else "-"
-    out.print(f"entries: {sum(c.values())}  ok {c['ok']}  noisy {c['noisy']}  error {c['error']}  median CV {med}")
-    out.print("calibrated: " + ("yes " + json.dumps(info["calibration"]) if info["calibrated"] else "no"))
+    p(f"entries: {sum(c.values())}  ok {c['ok']}  noisy {c['noisy']}  error {c['error']}  median CV {med}")
+    p("calibrated: " + ("yes " + json.dumps(info["calibration"]) if info["calibrated"] else "no"))
     tt = Table(title=f"slowest {len(slowest)} entries")
     for col in ("key", "median ms", "CV %", "status"):
         tt.add_column(col)
     for r in slowest:
-        tt.add_row(r["key"], f"{r['median_ms']:.4f}", f"{r['cv'] * 100:.1f}", r["status"])
+        cv = "-" if math.isnan(r["cv"]) else f"{r['cv'] * 100:.1f}"
+        tt.add_row(r["key"], f"{r['median_ms']:.4f}", cv, r["status"])
     out.print(tt)
+
+
+def import_provenance(imp: dict) -> list[str]:
+    """The lines `hwprof show` prints about an imported table's source."""
+    lines = [f"imported: {imp.get('format')} file {imp.get('source')} (sha256 {str(imp.get('sha256'))[:16]}...)"]
+    if imp.get("unit"):
+        lines.append(f"  unit {imp['unit']} ({imp.get('unit_source') or 'not stated'})")
+    counts = []
+    if "entries" in imp:
+        counts.append(f"{imp.get('matched')} of {imp['entries']} file entries matched")
+    if imp.get("block_entries"):
+        counts.append(f"blocks {imp['block_matched']}/{imp['block_entries']}")
+    counts += [f"{len(imp.get('missing') or [])} key(s) missing", f"{imp.get('n_unused', 0)} unused",
+               f"{imp.get('n_ambiguous', len(imp.get('ambiguous') or []))} ambiguous",
+               f"{imp.get('n_conflicts', 0)} conflicting"]
+    lines.append("  " + ", ".join(counts))
+    conflicts = imp.get("conflicts") or []
+    if conflicts:
+        worst = max(conflicts, key=lambda c: c["spread"])
+        lines.append(f"  conflicts {imp.get('conflict_mode', 'mean')}-ed; widest spread {worst['spread']:.2f}x at "
+                     f"{worst['key']}")
+    if imp.get("zero_cost"):
+        lines.append(f"  {len(imp['zero_cost'])} identity key(s) at 0 ms (skipped blocks; the peer counts them free)")
+    lines += [f"  note: {n}" for n in imp.get("notes") or []]
+    return lines
 
 
 @app.command("measure-model")
@@ -208,11 +247,22 @@ def measure_model_cmd(
     device: str = typer.Option("cpu", "--device", "-d", help="Device name from devices.yaml."),
     table: Optional[Path] = typer.Option(None, "--table", help="Use this table's protocol and compare with its "
                                                               "prediction (default: the device's protocol)."),
+    threads: Optional[int] = typer.Option(None, "--threads", "-x", min=0,
+                                          help="Intra-op threads (0 = all cores; default: the device's)."),
+    shape: list[str] = typer.Option([], "--shape", help="Input shape for dynamic axes: 1x3x224x224, "
+                                                        "input:1x3x224x224, or AXIS=SIZE per dynamic axis "
+                                                        "(repeatable)."),
+    repeats: Optional[int] = typer.Option(None, "--repeats", "-r", help="Time exactly this many runs (one run per "
+                                                                        "sample; no re-measuring)."),
+    seconds: Optional[float] = typer.Option(None, "--seconds", "-t", help="Time runs for this many seconds (one run "
+                                                                          "per sample; no re-measuring)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     devices: Optional[Path] = DevicesOpt,
 ) -> None:
-    """End-to-end latency of one ONNX model on DEVICE, with the same protocol as the tables."""
-    from .model_measure import measure_model
+    """End-to-end latency of one ONNX model on DEVICE: p50/p90/p99/min, CV and a noisy flag (protocol as tables)."""
+    import dataclasses
+
+    from .model_measure import measure_model, model_timing, onnx_input_shape, run_protocol
     from .protocol import Protocol
     from .stats import summarize
     from .tables import TableError, load_table
@@ -220,13 +270,22 @@ def measure_model_cmd(
     dev = _device(device, devices)
     if not model.is_file():
         fail(f"{model}: no such ONNX model; write one with hwnas export")
-    protocol, predicted, tab = None, None, None
+    protocol, predicted, tab = dev.protocol, None, None
     if table is not None:
         try:
             tab = load_table(table, device=dev.name)
             protocol = Protocol.from_dict(tab.meta.get("protocol", {}), f"{table} protocol")
         except (TableError, ValueError) as e:
             fail(str(e))
+    if threads is not None:
+        if dev.runtime not in ("onnxruntime", "torch", "tvm", "onnxruntime-ssh"):
+            fail(f"--threads: device {dev.name!r} (runtime {dev.runtime}) has no thread setting")
+        dev = dataclasses.replace(dev, threads=threads)
+    try:
+        protocol = run_protocol(protocol, repeats, seconds)
+        input_shape = onnx_input_shape(model, shape)
+    except ValueError as e:
+        fail(str(e))
     try:
         from .arch import ArchError, onnx_arch
 
@@ -237,21 +296,72 @@ def measure_model_cmd(
             predicted = arch.predicted_ms
     except (ArchError, ValueError):
         arch = None  # a model not written by hwnas export: time it all the same
-    res = measure_model(model, dev, protocol)
+    res = measure_model(model, dev, protocol, input_shape)
     if not res.ok:
         fail(f"{model} on {dev.name}: {res.error}", 1)
     s = summarize(res.samples_ms)
-    info = {"model": str(model), "device": dev.name, **s.to_dict(), "calls_per_sample": res.calls_per_sample,
+    tm = model_timing(res.samples_ms, protocol.cv_threshold)
+    info = {"model": str(model), "device": dev.name, "threads": dev.threads, "input_shape": list(input_shape),
+            **s.to_dict(), **tm.to_dict(), "cv_threshold": protocol.cv_threshold,
+            "calls_per_sample": res.calls_per_sample, "attempts": res.info.get("attempts", 1),
             "predicted_ms": predicted,
             "error_pct": None if predicted is None else (predicted - s.median_ms) / s.median_ms * 100}
     if as_json:
         out.print_json(json.dumps(info))
         return
-    line = (f"{model} on {dev.name}: median {s.median_ms:.4f} ms (p10 {s.p10_ms:.4f}, p90 {s.p90_ms:.4f}, "
-            f"CV {s.cv * 100:.1f} %, n {s.n})")
+    shape_s = "x".join(map(str, input_shape))
+    line = (f"{model} on {dev.name} (threads {dev.threads or 'all'}, input {shape_s}): p50 {tm.p50_ms:.4f} ms, "
+            f"p90 {tm.p90_ms:.4f}, p99 {tm.p99_ms:.4f}, min {tm.min_ms:.4f}, max {tm.max_ms:.4f}, mean "
+            f"{tm.mean_ms:.4f}, CV {tm.cv * 100:.1f} %, n {tm.n}")
+    if res.calls_per_sample > 1:
+        line += f" samples of {res.calls_per_sample} calls each (--repeats/--seconds: one run per sample)"
+    out.print(line, highlight=False, soft_wrap=True)
+    if tm.noisy:
+        out.print(f"noisy: CV {tm.cv * 100:.1f} % is above the protocol's {protocol.cv_threshold * 100:.0f} % "
+                  f"threshold; close other programs or use fewer --threads", highlight=False, soft_wrap=True)
     if predicted is not None:
-        line += f"; table predicts {predicted:.4f} ms ({info['error_pct']:+.1f} %)"
-    out.print(line, highlight=False)
+        out.print(f"table predicts {predicted:.4f} ms ({info['error_pct']:+.1f} % vs the median)", highlight=False)
+
+
+@app.command()
+def predict(
+    target: Path = typer.Argument(..., help="Architecture JSON (hwnas derive) or ONNX model written by hwnas export."),
+    table: list[Path] = typer.Option(..., "--table", "-t", help="Latency table (repeat for several devices)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the predictions as JSON."),
+) -> None:
+    """Predicted latency of an architecture without measuring it: raw table sum and calibrated, per table."""
+    from .arch import ArchError
+    from .predict import describe, load_target, predict_with
+
+    try:
+        arch = load_target(target)
+    except ArchError as e:
+        fail(str(e))
+    tabs = [_load_table(t) for t in table]
+    preds = [predict_with(arch, t) for t in tabs]
+    if as_json:
+        out.print_json(json.dumps({"target": str(target), **describe(arch), "predictions": [p.to_json()
+                                                                                            for p in preds]}))
+    else:
+        out.print(f"{target}: {arch.space_spec}, {arch.short()} ({arch.params} params, {arch.flops / 1e6:.1f} M MACs)",
+                  highlight=False, soft_wrap=True)
+        for p in preds:
+            where = f"{p.table} ({p.device}{', imported ' + p.imported if p.imported else ''})"
+            if p.error:
+                out.print(f"  {where}: cannot predict: {p.error}", highlight=False, soft_wrap=True)
+                continue
+            line = f"  {where}: raw {p.raw_ms:.4f} ms"
+            if p.calibrated_ms is None:
+                line += "; calibrated: none (fit one with hwprof verify --table ...)"
+            else:
+                after, before = p.held_out.get("after") or {}, p.held_out.get("before") or {}
+                err = (f"held-out MAPE {after['mape_pct']:.1f} % on {p.held_out.get('n_test')} networks (raw "
+                       f"{before.get('mape_pct', float('nan')):.1f} %)" if "mape_pct" in after else
+                       "no held-out error recorded")
+                line += f"; calibrated {p.calibrated_ms:.4f} ms (model {p.calibration_model}, {err})"
+            out.print(line, highlight=False, soft_wrap=True)
+    if all(p.error for p in preds):
+        raise typer.Exit(2)
 
 
 def _load_table(path: Path, **kw):
@@ -334,47 +444,65 @@ def verify(
 
 @app.command("import")
 def import_cmd(
-    src: Path = typer.Argument(..., help="Peer LUT file (OFA YAML, NNI lut.txt or FBNet grid)."),
-    fmt: str = typer.Option(..., "--format", "-f", help="ofa | nni | fbnet-grid"),
-    space: str = typer.Option(..., "--space", "-s", help="Space the LUT belongs to."),
+    src: Path = typer.Argument(..., help="Peer LUT file (OFA / ProxylessNAS YAML, NNI LUT, FBNet grid, hwprof-jsonl)."),
+    fmt: str = typer.Option(..., "--format", "-f", help="ofa | proxyless | nni | fbnet-grid | hwprof-jsonl"),
+    space: str = typer.Option(..., "--space", "-s", help="Space the LUT belongs to (e.g. ofa-mbv3, proxyless)."),
     device: str = typer.Option(..., "--device", "-d", help="Device label the imported table is for."),
     out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="Table path (default tables/DEVICE/SPACE.csv)."),
+    unit: Optional[str] = typer.Option(None, "--unit", help="us | ms: the file's latency unit (default: what the "
+                                                           "file or its format says; the import states it)."),
+    conflicts: str = typer.Option("mean", "--conflicts", help="Several entries for one key: mean (average, report "
+                                                              "the spread) or error (refuse)."),
 ) -> None:
-    """Import a peer LUT as a normal hwprof table (marked imported; entries it lacks are listed)."""
+    """Import a peer LUT as a normal hwprof table (marked imported; matched, missing, unused and conflicting listed)."""
     from .formats import FormatError, import_table
     from .tables import TableError, default_table_path
 
     sp = _space(space)
     path = out_path or default_table_path(device, sp.spec)
     try:
-        rep = import_table(src, fmt, sp, device, path)
+        rep = import_table(src, fmt, sp, device, path, unit=unit, on_conflict=conflicts)
     except (FormatError, TableError) as e:
         fail(str(e))
-    out.print(f"{path}: imported {rep.imported} entries from {src} ({fmt}); {len(rep.missing)} key(s) of "
-              f"{sp.spec} missing, {len(rep.unused)} file entries unused, {len(rep.ambiguous)} ambiguous",
-              highlight=False, soft_wrap=True)
-    for k in rep.missing[:10]:
-        out.print(f"  missing {k}", highlight=False, soft_wrap=True)
-    if len(rep.missing) > 10:
-        out.print(f"  ... {len(rep.missing) - 10} more (all listed in {path.with_suffix('.meta.json')})")
+    p = lambda line: out.print(line, highlight=False, soft_wrap=True)  # noqa: E731
+    p(f"{path}: imported {rep.imported} key(s) of {sp.spec} from {src} ({fmt}; unit {rep.unit}: {rep.unit_source})")
+    p(f"  {rep.summary()}")
+    more = f" (all listed in {path.with_suffix('.meta.json')})"
+    for title, items in (("missing", rep.missing), ("unused", rep.unused), ("ambiguous", rep.ambiguous)):
+        for k in items[:5]:
+            p(f"  {title} {k}")
+        if len(items) > 5:
+            p(f"  ... {len(items) - 5} more {title}{more}")
+    for c in sorted(rep.conflicts, key=lambda c: -c.spread)[:5]:
+        p(f"  conflict {c.key}: {len(c.values_ms)} entries, {min(c.values_ms):.4g}-{max(c.values_ms):.4g} ms "
+          f"({c.spread:.2f}x), averaged")
+    if len(rep.conflicts) > 5:
+        p(f"  ... {len(rep.conflicts) - 5} more conflicts{more}")
+    if rep.zero_cost:
+        p(f"  {len(rep.zero_cost)} identity key(s) (skipped blocks) written as 0 ms: the peer's estimator counts them "
+          f"free and its file has no entry for them")
+    for n in rep.notes:
+        p(f"  note: {n}")
 
 
 @app.command("export")
 def export_cmd(
     table: Path = typer.Argument(..., help="hwprof table CSV."),
-    fmt: str = typer.Option(..., "--format", "-f", help="ofa | nni | fbnet-grid"),
+    fmt: str = typer.Option(..., "--format", "-f", help="ofa | proxyless | nni | fbnet-grid | hwprof-jsonl"),
     out_path: Path = typer.Option(..., "--out", "-o", help="File to write."),
+    unit: Optional[str] = typer.Option(None, "--unit", help="nni only: us (default, as NNI writes) or ms."),
 ) -> None:
     """Write a table in a peer LUT format (keys the format cannot name are listed)."""
     from .formats import FormatError, export_table
 
     tab = _load_table(table)
     try:
-        rep = export_table(tab, fmt, out_path)
+        rep = export_table(tab, fmt, out_path, unit=unit)
     except (FormatError, ValueError) as e:
         fail(str(e))
     out.print(f"{out_path}: wrote {rep.written} entries ({fmt}); {len(rep.unexpressible)} key(s) not expressible "
-              f"in this format", highlight=False, soft_wrap=True)
+              f"in this format" + (f", {len(rep.free)} identity key(s) left out (the format counts them free)"
+                                   if rep.free else ""), highlight=False, soft_wrap=True)
     for k in rep.unexpressible[:10]:
         out.print(f"  not written {k}", highlight=False, soft_wrap=True)
     if len(rep.unexpressible) > 10:

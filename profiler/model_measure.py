@@ -8,9 +8,11 @@ compares like with like. :func:`measure_model` times any ONNX file (``hwprof mea
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import onnx
 
 from .devices import Device
@@ -22,8 +24,7 @@ from .spaces import Space
 from .stats import summarize
 
 
-def onnx_input_shape(onnx_path: Path) -> tuple[int, ...]:
-    """The static shape of a model's first input; a one-line error when it is missing or symbolic."""
+def _graph_inputs(onnx_path: Path) -> list[Any]:
     try:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as e:
@@ -32,13 +33,103 @@ def onnx_input_shape(onnx_path: Path) -> tuple[int, ...]:
     inputs = [i for i in model.graph.input if i.name not in inits]
     if not inputs:
         raise ValueError(f"{onnx_path}: the model has no graph input")
-    dims = inputs[0].type.tensor_type.shape.dim
-    shape = tuple(d.dim_value for d in dims)
-    if not shape or any(d <= 0 for d in shape):
-        named = ["?" if d.dim_value <= 0 else str(d.dim_value) for d in dims]
-        raise ValueError(f"{onnx_path}: input {inputs[0].name!r} has a dynamic shape {'x'.join(named)}; "
-                         f"export it with a fixed shape")
-    return shape
+    if len(inputs) > 1:
+        raise ValueError(f"{onnx_path}: the model has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); "
+                         f"measure-model feeds one input tensor")
+    return inputs
+
+
+def onnx_input_shape(onnx_path: Path, overrides: Sequence[str] = ()) -> tuple[int, ...]:
+    """The shape fed to a model's (one) input: its static shape, with dynamic axes set by ``overrides``.
+
+    An override is a whole shape (``1x3x224x224``, optionally ``NAME:1x3x224x224``) or a named dynamic axis
+    (``batch=1``, as onnxruntime_perf_test's ``-f``). A one-line ``ValueError`` names what is missing or wrong.
+    """
+    inp = _graph_inputs(onnx_path)[0]
+    dims = list(inp.type.tensor_type.shape.dim)
+    shape: list[int | None] = [d.dim_value if d.dim_value > 0 else None for d in dims]
+    names = [d.dim_param or "?" for d in dims]
+    for o in overrides:
+        o = o.strip()
+        if "=" in o:
+            name, _, v = o.partition("=")
+            if not v.strip().isdigit() or int(v) <= 0:
+                raise ValueError(f"--shape {o!r}: the size of axis {name!r} must be a positive integer")
+            hits = [i for i, n in enumerate(names) if n == name.strip() and shape[i] is None]
+            if not hits:
+                dyn = [n for n, d in zip(names, shape) if d is None]
+                raise ValueError(f"--shape {o!r}: input {inp.name!r} has no dynamic axis {name.strip()!r} (dynamic "
+                                 f"axes: {', '.join(dyn) or 'none'}); pass the whole shape, e.g. --shape 1x3x224x224")
+            for i in hits:
+                shape[i] = int(v)
+            continue
+        label, colon, dims_s = o.rpartition(":")
+        if colon and label != inp.name:
+            raise ValueError(f"--shape {o!r}: the model's input is {inp.name!r}, not {label!r}")
+        try:
+            given = [int(d) for d in dims_s.lower().split("x")]
+        except ValueError:
+            given = []
+        if not given or any(d <= 0 for d in given):
+            raise ValueError(f"--shape {o!r}: expected a shape like 1x3x224x224 (or AXIS=SIZE for a dynamic axis)")
+        if len(given) != len(dims):
+            raise ValueError(f"--shape {o!r}: input {inp.name!r} has {len(dims)} axes, the shape gives {len(given)}")
+        for i, (g, d) in enumerate(zip(given, dims)):
+            if d.dim_value > 0 and d.dim_value != g:
+                raise ValueError(f"--shape {o!r}: axis {i} of input {inp.name!r} is fixed at {d.dim_value}, not {g}")
+        shape = list(given)
+    if not shape or any(d is None for d in shape):
+        named = ["x".join(str(d) if d is not None else n for d, n in zip(shape, names))]
+        dyn = [n for n, d in zip(names, shape) if d is None]
+        raise ValueError(f"{onnx_path}: input {inp.name!r} has a dynamic shape {named[0]}; pass --shape "
+                         f"{dyn[0]}=SIZE for each dynamic axis, or the whole shape (--shape 1x3x224x224)")
+    return tuple(int(d) for d in shape)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class ModelTiming:
+    """Per-run statistics of a whole model, as onnxruntime_perf_test reports them (ms)."""
+
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    min_ms: float
+    max_ms: float
+    mean_ms: float
+    std_ms: float
+    cv: float
+    n: int
+    noisy: bool  # CV above the protocol's threshold
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def model_timing(samples_ms: Sequence[float], cv_threshold: float) -> ModelTiming:
+    x = np.asarray(samples_ms, dtype=float)
+    if x.size == 0:
+        raise ValueError("no samples")
+    s = summarize(x)
+    p50, p90, p99 = (float(v) for v in np.percentile(x, [50, 90, 99]))
+    return ModelTiming(p50, p90, p99, float(x.min()), float(x.max()), s.mean_ms, s.std_ms, s.cv, s.n,
+                       bool(s.cv > cv_threshold))
+
+
+def run_protocol(base: Protocol, repeats: int | None = None, seconds: float | None = None) -> Protocol:
+    """``base`` with onnxruntime_perf_test's controls: ``repeats`` runs (``-r``) or ``seconds`` of runs (``-t``);
+    either way one call per sample (percentiles of single runs) and no re-measuring (the user chose the runs)."""
+    if repeats is not None and seconds is not None:
+        raise ValueError("give --repeats or --seconds, not both")
+    if repeats is not None:
+        if repeats < 1:
+            raise ValueError(f"--repeats {repeats}: must be >= 1")
+        return replace(base, min_samples=repeats, min_seconds=0.0, max_seconds=86400.0, calls_per_sample=1,
+                       retries=0)
+    if seconds is not None:
+        if not seconds > 0:
+            raise ValueError(f"--seconds {seconds}: must be > 0")
+        return replace(base, min_samples=1, min_seconds=seconds, max_seconds=seconds, calls_per_sample=1, retries=0)
+    return base
 
 
 def measure_with_retries(runner: Runner, request: MeasureRequest, protocol: Protocol) -> MeasureResult:
@@ -55,11 +146,13 @@ def measure_with_retries(runner: Runner, request: MeasureRequest, protocol: Prot
     return MeasureResult(best.key, best.samples_ms, best.calls_per_sample, best.error, best.variant, info)
 
 
-def measure_model(onnx_path: Path, device: Device, protocol: Protocol | None = None) -> MeasureResult:
-    """Time one ONNX model end to end on ``device`` (protocol: ``protocol`` or the device's). Failures are values."""
+def measure_model(onnx_path: Path, device: Device, protocol: Protocol | None = None,
+                  input_shape: tuple[int, ...] | None = None) -> MeasureResult:
+    """Time one ONNX model end to end on ``device`` (protocol: ``protocol`` or the device's; input: ``input_shape``
+    or the model's static shape). Failures are values."""
     onnx_path = Path(onnx_path)
     try:
-        shape = onnx_input_shape(onnx_path)
+        shape = input_shape or onnx_input_shape(onnx_path)
     except ValueError as e:
         return MeasureResult.failed(str(onnx_path), str(e))
     runner = make_runner(device)

@@ -285,8 +285,8 @@ def _yaml_value(src: Path, line: int, key: Any, v: Any, ignored: set[str]) -> tu
         got = v.get("mean") if isinstance(v, dict) else v
         raise FormatError(f"{src}: line {line}: entry {key!r}: field 'mean' = {got!r} must be a number (the "
                           f"latency); fix the entry or delete it")
-    if not v["mean"] > 0:
-        raise FormatError(f"{src}: line {line}: entry {key!r}: field 'mean' = {v['mean']!r} must be > 0; fix the "
+    if v["mean"] < 0:
+        raise FormatError(f"{src}: line {line}: entry {key!r}: field 'mean' = {v['mean']!r} must be >= 0; fix the "
                           f"entry or delete it")
     std = math.nan
     if _number(v.get("std")):
@@ -413,8 +413,8 @@ def _read_nni(src: Path, space: Space, rep: ImportReport) -> list[_Match]:
                 raise FormatError(f"{src}: {where}: field {f!r} is missing; an NNI entry needs op_name, "
                                   f"op_data_shape (w, h, C_in, C_out, stride) and op_latency")
         lat, shape = e["op_latency"], e["op_data_shape"]
-        if not _number(lat) or not lat > 0:
-            raise FormatError(f"{src}: {where}: field 'op_latency' = {lat!r} must be a number > 0; fix the entry")
+        if not _number(lat) or lat < 0:
+            raise FormatError(f"{src}: {where}: field 'op_latency' = {lat!r} must be a number >= 0; fix the entry")
         if (not isinstance(shape, (list, tuple)) or len(shape) != 5
                 or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
             hint = (" (4 values N, C, H, W: hwprof's own JSON lines, use --format hwprof-jsonl)"
@@ -469,8 +469,8 @@ def _read_jsonl(src: Path, space: Space) -> list[_Match]:
                 raise FormatError(f"{src}: line {lineno}: field {f!r} is missing; write the file with hwprof export "
                                   f"--format hwprof-jsonl")
         lat = e["op_latency"]
-        if not _number(lat) or not lat > 0:
-            raise FormatError(f"{src}: line {lineno}: field 'op_latency' = {lat!r} must be a number > 0 (ms)")
+        if not _number(lat) or lat < 0:
+            raise FormatError(f"{src}: line {lineno}: field 'op_latency' = {lat!r} must be a number >= 0 (ms)")
         try:
             key = op_key(str(e["op_name"]), tuple(int(d) for d in e["op_data_shape"]), int(e["c_out"]),
                          int(e["stride"]), e.get("params") or None, str(e.get("op_dtype", "float32")))
@@ -586,7 +586,7 @@ def _read_grid(src: Path, space: Space, rep: ImportReport) -> list[_Match]:
             raise FormatError(f"{src}: line {lineno}: {len(vals)} values, expected {len(columns)} (one per op: "
                               f"{' '.join(space.ops[c] for c in columns)})")
         for col, v in zip(columns, vals):
-            if not (math.isfinite(v) and v > 0):
+            if not (math.isfinite(v) and v >= 0):  # nan (or a negative filler): no entry
                 continue
             column_op, op = space.ops[col], layer.choices[col]
             keys = [layer.sites[0].key(op)] if op == column_op else []
@@ -681,6 +681,8 @@ def import_table(src: Path, fmt: str, space: Space, device: str, out: Path, *, u
     found: dict[str, list[tuple[_Match, float]]] = {}
     fanout = 0
     for m in matches:
+        if m.keys and m.value == 0 and not all(_is_free_identity(k) for k in m.keys):
+            m.keys, m.reason = [], "0 ms for a block that is not an identity"
         if not m.keys:
             rep.unused.append(f"{m.label} ({m.reason})" if m.reason else m.label)
             continue
@@ -716,6 +718,9 @@ def import_table(src: Path, fmt: str, space: Space, device: str, out: Path, *, u
             cv = spread_std / mean
             rows[key] = Row(key, median_ms=mean, mean_ms=mean, std_ms=spread_std, cv=cv, n=len(ms), attempts=0,
                             status="noisy" if cv > threshold else "ok", variant=f"imported-{fmt}-mean")
+        elif ms[0] == 0:  # an identity block written as free (an export of an imported table)
+            rows[key] = Row(key, median_ms=0.0, mean_ms=0.0, std_ms=0.0, cv=math.nan, status="ok", variant=ZERO_COST)
+            rep.zero_cost.append(key)
         else:
             m, v = vals[0]
             std = m.std * scale

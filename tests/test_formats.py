@@ -351,7 +351,7 @@ def test_old_json_lines_point_to_hwprof_jsonl(tmp_path):
     ("nni", "{'op_name': 'stem', 'op_data_shape': (1, 2, 3), 'op_latency': 1}\n",
      r"field 'op_data_shape' = \(1, 2, 3\) must be 5 positive integers \(w, h, C_in, C_out, stride\)"),
     ("nni", "{'op_name': 'stem', 'op_data_shape': (32, 32, 3, 8, 1), 'op_latency': -1}\n",
-     "field 'op_latency' = -1 must be a number > 0"),
+     "field 'op_latency' = -1 must be a number >= 0"),
 ])
 def test_bad_files_are_one_line_errors_naming_the_field(tmp_path, fmt, content, fragment):
     src = tmp_path / "peer.txt"
@@ -398,3 +398,24 @@ def test_cli_import_export_and_show(tmp_path):
         r = runner.invoke(app, args + ["--out", str(tmp_path / "x.csv")])
         assert r.exit_code == 2 and fragment in r.output, r.output
         assert not (tmp_path / "x.csv").exists()
+
+
+@pytest.mark.parametrize("fmt", ["fbnet-grid", "nni", "hwprof-jsonl", "ofa"])
+def test_an_imported_table_exports_and_reimports_with_its_free_identity_rows(tmp_path, fmt):
+    space = get_space("ofa-mbv3")
+    import_table(OFA_LUT, "ofa", space, "note10", tmp_path / "t.csv")
+    export_table(load_table(tmp_path / "t.csv"), fmt, tmp_path / "peer.txt")
+    rep = import_table(tmp_path / "peer.txt", fmt, space, "note10", tmp_path / "back.csv")
+    assert rep.missing == [] and rep.unused == [] and len(rep.zero_cost) == 5
+    assert medians(tmp_path / "back.csv") == pytest.approx(medians(tmp_path / "t.csv"), rel=1e-5)
+
+
+def test_zero_for_a_real_block_is_unused_not_free(tmp_path):
+    space = get_space(CHAIN)
+    site = space.layers[1].sites[0]
+    src = tmp_path / "lut.txt"
+    src.write_text(f"{{'op_name': 'k3_e3', 'op_data_shape': (32, 32, {site.c_in}, {site.c_out}, 2), 'op_latency': 0}}\n"
+                   f"{{'op_name': 'k3_e6', 'op_data_shape': (32, 32, {site.c_in}, {site.c_out}, 2), 'op_latency': 5}}\n")
+    rep = import_table(src, "nni", space, "cpu", tmp_path / "t.csv")
+    assert rep.matched == 1 and rep.unused == ["line 1: k3_e3 (32, 32, 8, 8, 2) (0 ms for a block that is not an "
+                                               "identity)"]

@@ -80,6 +80,17 @@ def test_round_trip(tmp_path, fmt, spec):
         assert exp.unexpressible == [] and set(exp.free) == identity and identity
 
 
+def test_fixtures_are_what_the_generator_writes(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_peer_luts", DATA / "make_peer_luts.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    gen.main(tmp_path)
+    for f in (OFA_LUT, PROXYLESS_LUT):
+        assert (tmp_path / f.name).read_text() == f.read_text()
+
+
 def test_fbnet_blocks_have_no_ofa_or_proxyless_name():
     """FBNet's blocks are not MBConv blocks (ReLU; expansion 1 keeps its 1x1 expand): no peer name is faked. Its
     classifier (global pool + linear) is ProxylessNAS' Logits layer, so that one has a name."""
@@ -110,7 +121,8 @@ def _ofa_reference_ms(lut: dict, spec: dict) -> float:
                    f"{round(in_c * spec['e'][i])}-kernel:{spec['ks'][i]}-stride:{stride}-idskip:{idskip}-se:"
                    f"{int(stage in (1, 3, 4))}-hs:{int(stage >= 2)}")
         in_c, fsize = out_c, out_fz
-    return total + sum(q(k) for k in ("Conv_1-input:7x7x192-output:7x7x1152", "AvgPool2D-input:7x7x1152-output:1x1x1152",
+    return total + sum(q(k) for k in ("Conv_1-input:7x7x192-output:7x7x1152",
+                                      "AvgPool2D-input:7x7x1152-output:1x1x1152",
                                       "Conv_2-input:1x1x1152-output:1x1x1536", "Logits-input:1x1x1536-output:1000"))
 
 
@@ -149,10 +161,11 @@ def _proxyless_reference_ms(lut: dict, choices: list[str]) -> float:
             if op != "zero":
                 k, e = int(op[4]), int(op[-1])
                 total += lut[f"expanded_conv-input:{fsize}x{fsize}x{c_in}-output:{fsize // stride}x{fsize // stride}x"
-                             f"{width}-expand:{e}-kernel:{k}-stride:{stride}-idskip:{int(stride == 1 and c_in == width)}"
-                             ]["mean"]
+                             f"{width}-expand:{e}-kernel:{k}-stride:{stride}-idskip:"
+                             f"{int(stride == 1 and c_in == width)}"]["mean"]
             fsize, c_in, i = fsize // stride, width, i + 1
-    return total + lut["Conv_1-input:7x7x320-output:7x7x1280"]["mean"] + lut["Logits-input:7x7x1280-output:1000"]["mean"]
+    return (total + lut["Conv_1-input:7x7x320-output:7x7x1280"]["mean"]
+            + lut["Logits-input:7x7x1280-output:1000"]["mean"])
 
 
 def test_proxyless_mobile_grammar_imports_fully_and_predicts_like_proxylessnas(tmp_path):
@@ -302,7 +315,8 @@ def test_nni_no_match_error_gives_real_examples(tmp_path):
     space = get_space(CHAIN)
     src = tmp_path / "lut.txt"
     src.write_text("{'op_name': 'k9_e9', 'op_data_shape': (32, 32, 3, 8, 1), 'op_latency': 1.0}\n"
-                   f"{{'op_name': 'stem', 'op_data_shape': (64, 64, 3, {space.fixed[0].c_out}, 1), 'op_latency': 1.0}}\n")
+                   f"{{'op_name': 'stem', 'op_data_shape': (64, 64, 3, {space.fixed[0].c_out}, 1), "
+                   f"'op_latency': 1.0}}\n")
     with pytest.raises(FormatError) as e:
         import_table(src, "nni", space, "cpu", tmp_path / "t.csv")
     msg = str(e.value)
@@ -415,7 +429,8 @@ def test_zero_for_a_real_block_is_unused_not_free(tmp_path):
     site = space.layers[1].sites[0]
     src = tmp_path / "lut.txt"
     src.write_text(f"{{'op_name': 'k3_e3', 'op_data_shape': (32, 32, {site.c_in}, {site.c_out}, 2), 'op_latency': 0}}\n"
-                   f"{{'op_name': 'k3_e6', 'op_data_shape': (32, 32, {site.c_in}, {site.c_out}, 2), 'op_latency': 5}}\n")
+                   f"{{'op_name': 'k3_e6', 'op_data_shape': (32, 32, {site.c_in}, {site.c_out}, 2), "
+                   f"'op_latency': 5}}\n")
     rep = import_table(src, "nni", space, "cpu", tmp_path / "t.csv")
     assert rep.matched == 1 and rep.unused == ["line 1: k3_e3 (32, 32, 8, 8, 2) (0 ms for a block that is not an "
                                                "identity)"]

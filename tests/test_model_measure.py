@@ -2,6 +2,7 @@
 p50/p90/p99/min and a noisy flag."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -26,9 +27,11 @@ def models(tmp_path_factory):
     d = tmp_path_factory.mktemp("models")
     m = _Tiny().eval()
     x = torch.randn(1, 3, 16, 16)
-    torch.onnx.export(m, (x,), str(d / "static.onnx"), input_names=["input"], opset_version=17, dynamo=False)
-    torch.onnx.export(m, (x,), str(d / "dynamic.onnx"), input_names=["input"], opset_version=17, dynamo=False,
-                      dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation chatter
+        torch.onnx.export(m, (x,), str(d / "static.onnx"), input_names=["input"], opset_version=17, dynamo=False)
+        torch.onnx.export(m, (x,), str(d / "dynamic.onnx"), input_names=["input"], opset_version=17, dynamo=False,
+                          dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"}})
     return d
 
 

@@ -99,7 +99,8 @@ def proxyless_entries() -> list[tuple[str, dict[str, float]]]:
             out_fz = fsize // stride
             for k in (3, 5, 7):
                 for e in (3, 6):
-                    add(f"expanded_conv-input:{shape(fsize, fsize, input_channel)}-output:{shape(out_fz, out_fz, width)}"
+                    add(f"expanded_conv-input:{shape(fsize, fsize, input_channel)}-output:"
+                        f"{shape(out_fz, out_fz, width)}"
                         f"-expand:{e}-kernel:{k}-stride:{stride}-idskip:{idskip}",
                         mbconv_macs(fsize, input_channel, input_channel * e, width, k, stride))
             fsize, input_channel = out_fz, width
@@ -108,7 +109,8 @@ def proxyless_entries() -> list[tuple[str, dict[str, float]]]:
     return list(out.items())
 
 
-def write_yaml(path: Path, title: str, entries: list[tuple[str, dict[str, float]]], orders: list[tuple[str, ...]]) -> None:
+def write_yaml(path: Path, title: str, entries: list[tuple[str, dict[str, float]]],
+               orders: list[tuple[str, ...]]) -> None:
     lines = [f"# {title}", "# written to the published grammar by tests/data/make_peer_luts.py; latencies are made up"]
     for i, (key, v) in enumerate(entries):
         order = orders[i % len(orders)]
@@ -117,10 +119,10 @@ def write_yaml(path: Path, title: str, entries: list[tuple[str, dict[str, float]
     path.write_text("\n".join(lines) + "\n")
 
 
-def main() -> None:
-    write_yaml(HERE / "ofa_note10_224_lookup_table.yaml", "OFA MobileNetV3 latency LUT, Note10, resolution 224 (ms)",
+def main(out_dir: Path = HERE) -> None:
+    write_yaml(out_dir / "ofa_note10_224_lookup_table.yaml", "OFA MobileNetV3 latency LUT, Note10, resolution 224 (ms)",
                ofa_entries(), [("count", "mean", "var"), ("mean", "var", "count"), ("var", "count", "mean")])
-    write_yaml(HERE / "proxyless_mobile_lookup_table.yaml", "ProxylessNAS mobile latency LUT (ms)",
+    write_yaml(out_dir / "proxyless_mobile_lookup_table.yaml", "ProxylessNAS mobile latency LUT (ms)",
                proxyless_entries(), [("mean", "var"), ("var", "mean")])
 
 

@@ -89,11 +89,19 @@ def test_nan_loss_stops_with_epoch_and_last_finite_values(small_tables, digits, 
 
 
 def test_fit_epoch_and_evaluate_train_a_plain_network(digits):
+    """fit_epoch and evaluate are generic loops: a small MLP on digits must clearly learn in three epochs.
+
+    Margins checked over seeds 0-9 on x86-64 (loss 1.25-1.36 -> 0.18-0.33, accuracy +0.27 or more, val >= 0.90);
+    the asserted margins are about half of the smallest seen. A deep 22-layer supernet member is not used: at
+    8x8-pixel digits its 3-epoch progress depends on the seed and on the CPU's floating-point path.
+    """
     from profiler.network import build_network
     from profiler.spaces import get_space
 
     torch.manual_seed(0)
-    net = build_network(get_space(FBNET), ["k3_e3"] * 22)
+    x0 = digits[16].train[0][0]
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(x0.numel(), 64), torch.nn.ReLU(),
+                              torch.nn.Linear(64, 10))
     loader = torch.utils.data.DataLoader(digits[16].train, batch_size=64, shuffle=True,
                                          generator=torch.Generator().manual_seed(0))
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
@@ -102,9 +110,14 @@ def test_fit_epoch_and_evaluate_train_a_plain_network(digits):
     third = fit_epoch(net, loader, opt, grad_clip=5.0)
     assert first["steps"] == 12 and first["samples"] == 12 * 64
     assert third["samples"] == len(digits[16].train)
-    assert third["loss"] < first["loss"] - 0.3 and third["acc"] > first["acc"] + 0.2
+    assert third["loss"] < first["loss"] - 0.5 and third["acc"] > first["acc"] + 0.15
     ev = evaluate(net, torch.utils.data.DataLoader(digits[16].val, batch_size=256))
-    assert set(ev) == {"loss", "acc"} and 0.0 <= ev["acc"] <= 1.0 and np.isfinite(ev["loss"])
+    assert set(ev) == {"loss", "acc"} and ev["acc"] > 0.7 and np.isfinite(ev["loss"])
+    # the loops also drive a real supernet member (BatchNorm, residuals): finite loss, a counted pass
+    member = build_network(get_space(FBNET), ["k3_e3"] * 22)
+    one = fit_epoch(member, loader, torch.optim.SGD(member.parameters(), lr=0.01), grad_clip=5.0, max_steps=2)
+    assert one["steps"] == 2 and np.isfinite(one["loss"])
+    assert 0.0 <= evaluate(member, torch.utils.data.DataLoader(digits[16].val, batch_size=256))["acc"] <= 1.0
 
 
 def test_larger_kappa_gives_cheaper_derived_architectures(small_tables, digits, tmp_path):

@@ -1,26 +1,38 @@
 # Two commands do everything on a fresh machine:
-#   make run    set up .venv (CPU torch pin) and run the main job on the default `cpu` device
-#   make test   set up .venv and run the tests
+#   make run    set up .venv with the core only (CPU torch pin, onnxruntime) and run the main job on the `cpu` device
+#   make test   everything the tests use: Debian packages (.ci/apt-packages, installed as root, else listed with the
+#               tests that skip), every Python extra (TVM, SSH, pytest), then the whole suite. CI runs this (.ci/run).
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+SUM := $(shell cksum pyproject.toml | cut -d' ' -f1)
+CORE := $(VENV)/.core-$(SUM)
+FULL := $(VENV)/.full-$(SUM)
 
-.PHONY: setup run test bench clean
+.PHONY: setup setup-core run test deps bench clean
 
-$(STAMP): pyproject.toml
+$(CORE): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch==2.13.0 exactly: the CPU wheel. Any other spec pulls a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e .
+	rm -f $(VENV)/.core-* $(VENV)/.installed-*; touch $@
+
+$(FULL): $(CORE)
 	$(PY) -m pip install -q -e '.[tvm,ssh,test]'
-	rm -f $(VENV)/.installed-*; touch $@
+	rm -f $(VENV)/.full-*; touch $@
 
-setup: $(STAMP)
+setup-core: $(CORE)
 
-run: setup
+setup: $(FULL)
+
+deps:
+	bash .ci/deps.sh
+
+run: setup-core
 	$(VENV)/bin/hwnas run --device cpu
 
-test: setup
+test: deps setup
 	$(PY) -m pytest -q -ra
 
 clean:

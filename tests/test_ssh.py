@@ -25,7 +25,7 @@ SPACE = "darts-3ops:C=8,cells=5"
 SAMPLE = Path(__file__).parent / "data" / "ssh_board_output.jsonl"
 FAST = {"warmup_s": 0.02, "min_samples": 3, "min_seconds": 0.02, "max_seconds": 1.0, "retries": 0}
 
-needs_sshd = pytest.mark.skipif(not sshd_available(), reason="needs openssh-server (apt-get install openssh-server)")
+needs_sshd = pytest.mark.skipif(not sshd_available(), reason="needs openssh-server (make test installs it as root)")
 
 
 # ----------------------------------------------------------------------------------------------- parser (pure)

@@ -114,7 +114,7 @@ def test_project_devices_have_the_tvm_entries():
 
 
 @pytest.mark.skipif(__import__("shutil").which("aarch64-linux-gnu-g++") is None,
-                    reason="needs apt package g++-aarch64-linux-gnu (.ci/run should install it)")
+                    reason="needs apt package g++-aarch64-linux-gnu (make test installs it as root)")
 def test_cross_compile_for_the_rpi4_target(tmp_path):
     from profiler.export import export_key
 

@@ -19,6 +19,14 @@ app = typer.Typer(help="hwprof: build latency lookup tables (LUTs) of NAS search
 console = Console(stderr=True)
 out = Console()
 
+from .version import version_option
+
+
+@app.callback()
+def _main(version: bool = version_option("hwprof")) -> None:
+    """Measure, show, verify and convert latency tables."""
+
+
 DevicesOpt = typer.Option(None, "--devices", envvar="HWNAS_DEVICES",
                           help="devices.yaml to read (default: ./devices.yaml, else the project's).")
 
@@ -47,8 +55,14 @@ def _space(spec: str):
 
 
 def _runner(device):
+    from .rpc import RpcError, preflight
     from .runners import make_runner
 
+    if device.rpc is not None:  # a dead tracker or an unserved key: one line now, not an error row per key
+        try:
+            preflight(device.rpc.tracker, device.rpc.key, device.rpc.request_timeout_s, device.threads)
+        except RpcError as e:
+            fail(f"device {device.name!r}: {e}")
     try:
         return make_runner(device)
     except (RuntimeError, NotImplementedError, ImportError) as e:
@@ -151,10 +165,18 @@ def measure(
                   f"{summary.errors} error, {summary.remeasured} re-measured), {summary.skipped} already there, "
                   f"{summary.wall_s:.1f} s")
     if summary.errors:
-        for r in summary.rows:
-            if r.status == "error":
-                console.print(f"  [red]error[/] {r.key}: {r.error}", highlight=False)
+        print_errors([(r.key, r.error) for r in summary.rows if r.status == "error"])
         raise typer.Exit(1)
+
+
+def print_errors(errors: list[tuple[str, str]], show: int = 3) -> None:
+    """Each distinct error once, with how many keys it hit (a lost board is one line, not one per key)."""
+    by_msg: dict[str, list[str]] = {}
+    for key, msg in errors:
+        by_msg.setdefault(" ".join(str(msg).split()), []).append(key)
+    for msg, keys in by_msg.items():
+        which = keys[0] if len(keys) == 1 else f"{len(keys)} keys (e.g. {', '.join(keys[:show])})"
+        console.print(f"  [red]error[/] {which}: {msg}", highlight=False, soft_wrap=True)
 
 
 @app.command()

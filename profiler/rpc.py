@@ -128,26 +128,30 @@ class TrackerClient:
     def free(self, key: str) -> int:
         return int(self.summary().get("queue_info", {}).get(key, {}).get("free", 0))
 
-    def request(self, key: str, timeout_s: float) -> tuple[str, int, str]:
-        """Ask for a free server of ``key``: ``(host, port, matchkey)``. Never blocks beyond ``timeout_s``.
-
-        The queue is checked first, so a key nobody serves fails at once with the list of keys that are served.
-        """
+    def wait_served(self, key: str, timeout_s: float, threads: int | None = None) -> None:
+        """Return once some rpc_server has registered ``key``; :class:`RpcError` (with the board's command) after
+        ``timeout_s``. Takes no server from the queue."""
         deadline = time.monotonic() + timeout_s
         while True:
             summary = self.summary()
             queue = summary.get("queue_info", {})
             served = sorted({s["key"].split(":", 1)[1] for s in summary.get("server_info", [])
                              if str(s.get("key", "")).startswith("server:")})
-            if key not in served and queue.get(key, {}).get("free", 0) == 0:
-                if time.monotonic() >= deadline:
-                    raise RpcError(
-                        f"tracker {self.addr}: no rpc_server registered with key {key!r} (served keys: "
-                        f"{', '.join(served) or 'none'}); start one on the board: python -m tvm.exec.rpc_server "
-                        f"--tracker {self.addr} --key {key}")
-                time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
-                continue
-            break
+            if key in served or queue.get(key, {}).get("free", 0) > 0:
+                return
+            if time.monotonic() >= deadline:
+                raise RpcError(f"tracker {self.addr}: no rpc_server registered with key {key!r} (served keys: "
+                               f"{', '.join(served) or 'none'}); start one on the board: "
+                               f"{board_server_command(self.addr, key, threads)}")
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+    def request(self, key: str, timeout_s: float, threads: int | None = None) -> tuple[str, int, str]:
+        """Ask for a free server of ``key``: ``(host, port, matchkey)``. Never blocks beyond ``timeout_s``.
+
+        The queue is checked first, so a key nobody serves fails at once with the list of keys that are served.
+        """
+        deadline = time.monotonic() + timeout_s
+        self.wait_served(key, timeout_s, threads)
         left = max(0.5, deadline - time.monotonic())
         sock = self._connect(left)
         try:
@@ -167,6 +171,29 @@ class TrackerClient:
         return str(host), int(port), str(matchkey)
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "0.0.0.0")
+
+
+def board_server_command(tracker: str, key: str, threads: int | None = None) -> str:
+    """The command that registers a board's rpc_server for ``key``, as it must be typed *on the board*.
+
+    A loopback tracker address names the board itself there, so it is replaced by HOST (this machine's address as
+    the board sees it). TVM runs one thread unless ``TVM_NUM_THREADS`` is set, so the device's thread count goes in.
+    """
+    host, port = parse_addr(tracker)
+    env = f"TVM_NUM_THREADS={threads} " if threads else ""
+    cmd = f"{env}python -m tvm.exec.rpc_server --tracker {'HOST' if host in LOOPBACK else host}:{port} --key {key}"
+    if host in LOOPBACK:
+        cmd += (f" (HOST: this machine's address as the board reaches it, e.g. from 'hostname -I'; the tracker "
+                f"must listen there: python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port {port})")
+    return cmd
+
+
+def preflight(tracker: str, key: str, request_timeout_s: float, threads: int | None = None) -> None:
+    """Fail fast, in one line, before a sweep: the tracker answers and a server has registered ``key``."""
+    TrackerClient(tracker, timeout_s=min(10.0, request_timeout_s)).wait_served(key, request_timeout_s, threads)
+
+
 def connect_session(host: str, port: int, key: str, session_timeout_s: float = 0.0) -> Any:
     """An RPC session to one server (``key`` is the server key or a tracker's matchkey)."""
     from tvm import rpc
@@ -178,10 +205,11 @@ def connect_session(host: str, port: int, key: str, session_timeout_s: float = 0
         raise RpcError(f"rpc_server {host}:{port}: cannot open a session ({msg}); is it running?") from None
 
 
-def request_session(tracker: str, key: str, request_timeout_s: float, session_timeout_s: float = 0.0) -> Any:
+def request_session(tracker: str, key: str, request_timeout_s: float, session_timeout_s: float = 0.0,
+                    threads: int | None = None) -> Any:
     """A session from ``tracker`` for ``key``, or :class:`RpcError` within about ``request_timeout_s``."""
     host, port, matchkey = TrackerClient(tracker, timeout_s=min(10.0, request_timeout_s)).request(
-        key, request_timeout_s)
+        key, request_timeout_s, threads)
     return connect_session(host, port, matchkey, session_timeout_s)
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import typer
 
+from profiler.version import version_option
+
 app = typer.Typer(help="hwnas: hardware-aware differentiable NAS driven by hwprof latency tables.",
                   no_args_is_help=True, add_completion=False)
 
 
 @app.callback()
-def _main() -> None:
+def _main(version: bool = version_option("hwnas")) -> None:
     """Search, derive, retrain, export and ship architectures."""
 
 
@@ -111,7 +113,8 @@ def _fam_console():
 
 @app.command("derive")
 def derive_cmd(
-    run_dir: _Path = typer.Argument(..., help="Search run directory (hwnas search --out)."),
+    run_dir: _Path = typer.Argument(..., help="Search run directory (hwnas search --out) or an hwnas run output "
+                                              "(runs/cpu: its search/ is used)."),
     control: _Opt[str] = typer.Option(None, "--control", help="One control value, e.g. kappa=0.3,S=0.5:0.5."),
     latency_ms: _Opt[str] = typer.Option(None, "--latency-ms", help="Latency budgets, e.g. 3,5,8."),
     params: _Opt[str] = typer.Option(None, "--params", help="Params budget, e.g. 100k (alone or with --latency-ms)."),
@@ -125,7 +128,8 @@ def derive_cmd(
     from profiler.tables import TableError
 
     from .derive import (Budget, Derived, DeriveError, Deriver, check_control, derive_budgets, derive_family,
-                         parse_control, parse_count, parse_floats, to_arch, write_derived)
+                         family_items, family_message, parse_control, parse_count, parse_floats, to_arch,
+                         write_derived)
     from .report import format_table
 
     modes = sum(x is not None for x in (control, family)) + (latency_ms is not None or params is not None)
@@ -144,11 +148,9 @@ def derive_cmd(
             items.append(Derived("arch", to_arch(run, cand, "control", str(run_dir))))
         elif family is not None:
             cands, stats = derive_family(d, family)
-            items = [Derived(f"member-{i:02d}", to_arch(run, c, "family", str(run_dir))) for i, c in enumerate(cands)]
-            con.print(f"{stats['evaluated']} controls -> {stats['distinct']} distinct architectures -> "
-                      f"{stats['pareto']} Pareto-optimal -> {len(items)} members")
-            if len(items) < family:
-                con.print(f"[yellow]only {len(items)} distinct Pareto-optimal architectures (asked for {family})")
+            items = family_items(run, cands, stats, str(run_dir))
+            for i, line in enumerate(family_message(stats, family, len(items))):
+                con.print(("[yellow]" if i else "") + line, highlight=False)
         else:
             p = parse_count(params) if params is not None else None
             lats = parse_floats(latency_ms) if latency_ms is not None else [None]
@@ -161,7 +163,8 @@ def derive_cmd(
     except (DeriveError, ArchError, TableError, ValueError, FileNotFoundError, RuntimeError) as e:
         _fam_fail(str(e))
     rows = [{"member": it.name, "ops": " ".join(it.arch.choices), "params": it.arch.params,
-             "predicted_ms": it.arch.predicted_ms} for it in items]
+             "predicted_ms": it.arch.predicted_ms, **({"note": it.note} if any(i.note for i in items) else {})}
+            for it in items]
     typer.echo(format_table(rows))
     con.print(f"wrote {len(items)} architecture(s) and {summary}")
     if latency_ms is not None or params is not None:

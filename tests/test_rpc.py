@@ -193,3 +193,57 @@ def test_private_server_dies_with_its_parent():
         assert not group_alive(group)
     finally:
         parent.kill()
+
+
+def test_cli_measure_without_tracker_fails_fast_in_one_line(tmp_path):
+    """No tracker: one line naming the device and the tracker command, exit 2, no table written."""
+    from typer.testing import CliRunner
+
+    from profiler.cli import app
+
+    port = free_port()
+    devs = write_devices(tmp_path / "devices.yaml", f"127.0.0.1:{port}", request_timeout_s=2.0)
+    out = tmp_path / "t.csv"
+    t0 = time.monotonic()
+    r = CliRunner().invoke(app, ["measure", "--device", "rpi4-loop", "--space", SPACE, "--out", str(out),
+                                 "--devices", str(devs)])
+    assert time.monotonic() - t0 < 60
+    assert r.exit_code == 2, r.output
+    assert r.output.count("error:") == 1, r.output
+    text = " ".join(r.output.split())
+    assert f"tracker 127.0.0.1:{port}: cannot connect" in text and "rpc_tracker --host 0.0.0.0" in text
+    assert "session lost" not in text and not out.exists()
+
+
+def test_cli_measure_key_nobody_serves_gives_the_board_command(loop, tmp_path):
+    """A tracker but no board: one line whose command is right on the board (HOST, TVM_NUM_THREADS)."""
+    from typer.testing import CliRunner
+
+    from profiler.cli import app
+
+    devs = write_devices(tmp_path / "devices.yaml", loop["tracker"].addr, key="ghost", request_timeout_s=1.0)
+    out = tmp_path / "g.csv"
+    r = CliRunner().invoke(app, ["measure", "--device", "rpi4-loop", "--space", SPACE, "--out", str(out),
+                                 "--devices", str(devs)])
+    assert r.exit_code == 2 and r.output.count("error:") == 1, r.output
+    text = " ".join(r.output.split())
+    port = loop["tracker"].addr.rpartition(":")[2]
+    assert f"TVM_NUM_THREADS=1 python -m tvm.exec.rpc_server --tracker HOST:{port} --key ghost" in text, text
+    assert "--tracker 127.0.0.1" not in text and not out.exists()
+
+
+def test_board_server_command():
+    from profiler.rpc import board_server_command
+
+    assert board_server_command("10.0.0.5:9190", "rpi4", 4) == \
+        "TVM_NUM_THREADS=4 python -m tvm.exec.rpc_server --tracker 10.0.0.5:9190 --key rpi4"
+    assert board_server_command("127.0.0.1:9190", "rpi4").startswith(
+        "python -m tvm.exec.rpc_server --tracker HOST:9190 --key rpi4 (HOST: ")
+
+
+def test_errors_are_grouped_once(capsys):
+    from profiler import cli
+
+    cli.print_errors([(f"k{i}", "no rpc session: tracker gone;\n  rerun") for i in range(111)] + [("z", "other")])
+    err = capsys.readouterr().err
+    assert err.count("tracker gone") == 1 and "111 keys (e.g. k0, k1, k2)" in err and "z: other" in err

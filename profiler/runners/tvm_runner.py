@@ -340,6 +340,7 @@ class TvmRunner:
         self._sess: Any = None
         self._remote: dict[str, Any] = {}
         self._down: str | None = None  # set when a session could not be (re)opened: later keys fail fast
+        self._opened = False  # a session was open once: a later failure "lost" it
         self._tmp = Path(tempfile.mkdtemp(prefix="hwprof-tvm-"))
         self._libs: dict[str, Library] = {}
 
@@ -352,7 +353,7 @@ class TvmRunner:
         dev = self.device
         if dev.rpc is not None:
             return request_session(dev.rpc.tracker, dev.rpc.key, dev.rpc.request_timeout_s,
-                                   dev.rpc.session_timeout_s)
+                                   dev.rpc.session_timeout_s, threads=dev.threads)
         if self._server is None or not self._server.alive():
             if self._server is not None:
                 self._server.stop()
@@ -367,8 +368,10 @@ class TvmRunner:
             try:
                 self._sess = self._open()
             except RpcError as e:
-                self._down = f"{e}; rerun the same command to measure what is missing"
+                what = "rpc session lost" if self._opened else "no rpc session"
+                self._down = f"{what}: {e}; rerun the same command to measure what is missing"
                 raise SessionLost(self._down) from None
+            self._opened = True
             self._remote = remote_info(self._sess)
         return self._sess
 
@@ -404,7 +407,9 @@ class TvmRunner:
             samples, number, info = self._time(request, lib, protocol)
             return MeasureResult(request.key, samples, number, variant=variant, info={**lib.info, **info})
         except SessionLost as e:
-            return MeasureResult.failed(request.key, f"rpc session lost: {e}", variant)
+            text = str(e)
+            return MeasureResult.failed(request.key, text if text.startswith(("rpc session lost", "no rpc session"))
+                                        else f"rpc session lost: {text}", variant)
         except Exception as e:  # noqa: BLE001 - a failure is a value
             return MeasureResult.failed(request.key, e, variant)
 

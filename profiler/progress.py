@@ -44,7 +44,8 @@ class LineProgress(Progress):
             task = self._tasks[task_id]
             total = "?" if task.total is None else f"{task.total:g}"
             pct = f" ({100.0 * task.completed / task.total:.0f} %)" if task.total else ""
-            elapsed = task.elapsed or 0.0
+            # a finished task keeps its own time: task.elapsed runs on until the whole display stops
+            elapsed = (task.finished_time if task.finished and task.finished_time is not None else task.elapsed) or 0.0
             fields = "  ".join(f"{k} {v}" for k, v in task.fields.items() if v not in ("", None, "-"))
         return f"{task.description}: {task.completed:g}/{total}{pct} {elapsed:.0f} s" + (f"  {fields}" if fields
                                                                                         else "")

@@ -53,3 +53,20 @@ def test_every_change_printed_with_no_interval_and_the_state_at_an_early_stop():
     except KeyboardInterrupt:
         pass
     assert buf.getvalue().splitlines() == ["verify: 1/10 (10 %) 0 s", "verify: 3/10 (30 %) 0 s"]
+
+
+def test_a_finished_stage_keeps_its_own_time():
+    """Stage-end lines show the stage's time, not the time until the whole display stops."""
+    now = [0.0]
+    con, buf = _console(False)
+    with progress(TextColumn("{task.description}"), console=con, every_s=3600, get_time=lambda: now[0]) as bar:
+        a = bar.add_task("table", total=2)
+        now[0] = 5.0
+        bar.update(a, completed=2)
+        b = bar.add_task("search", total=3)
+        now[0] = 100.0
+        bar.update(b, completed=3)
+        now[0] = 400.0
+    lines = buf.getvalue().splitlines()
+    assert "table: 2/2 (100 %) 5 s" in lines and "search: 3/3 (100 %) 95 s" in lines, lines
+    assert not any("400 s" in ln or "395 s" in ln for ln in lines), lines

@@ -95,9 +95,62 @@ def plot_table(table: LatencyTable, space: Space, path: Path) -> Path:
         plt.close(fig)
 
 
-def plot_verify(pred_raw_ms: Sequence[float], measured_ms: Sequence[float], pred_cal_ms: Sequence[float] | None,
-                path: Path, title: str = "predicted vs measured", stat: str = "median") -> Path:
-    """Predicted vs measured whole-network latency with the y = x line and a +-10 % band."""
+def wrap_title(text: str, width: int = 64) -> str:
+    """A title broken into lines that fit the figure (a long space spec or device name is never cut off)."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width=width, break_on_hyphens=False)) or text
+
+
+def legend_below(ax, y: float = -0.12, **kw):
+    """A legend under the axes (``y`` in axes fractions, below the x label), outside the data;
+    ``bbox_inches='tight'`` keeps it in the saved image."""
+    return ax.legend(loc="upper center", bbox_to_anchor=(0.5, y), frameon=False, **kw)
+
+
+def layout_problems(fig) -> list[str]:
+    """What makes a saved figure hard to read: a legend over data points, a title wider than the figure.
+
+    The tests call it on every figure the tools draw."""
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    problems = []
+    fw = fig.bbox.width
+    for ax in fig.axes:
+        leg = ax.get_legend()
+        pts = _data_points(ax)
+        if leg is not None and len(pts):
+            box = leg.get_window_extent(r)
+            inside = (pts[:, 0] > box.x0) & (pts[:, 0] < box.x1) & (pts[:, 1] > box.y0) & (pts[:, 1] < box.y1)
+            if inside.any():
+                problems.append(f"legend of '{ax.get_title()[:40]}' covers {int(inside.sum())} data point(s)")
+        for t in (ax.title, ax._left_title, ax._right_title):
+            if t.get_text() and t.get_window_extent(r).width > fw * 1.02:
+                problems.append(f"title {t.get_text()[:40]!r} is wider than the figure")
+    if fig._suptitle is not None and fig._suptitle.get_window_extent(r).width > fw * 1.02:
+        problems.append("suptitle is wider than the figure")
+    return problems
+
+
+def _data_points(ax) -> np.ndarray:
+    """Display coordinates of every plotted point (scatter offsets and line vertices) inside the axes."""
+    from matplotlib.collections import PathCollection
+
+    pts = [c.get_offset_transform().transform(np.asarray(c.get_offsets(), dtype=float))
+           for c in ax.collections if isinstance(c, PathCollection) and len(c.get_offsets())]
+    for ln in ax.lines:
+        if ln.get_marker() not in (None, "", "None", " "):
+            xy = np.column_stack([np.asarray(ln.get_xdata(), float), np.asarray(ln.get_ydata(), float)])
+            pts.append(ax.transData.transform(xy))
+    if not pts:
+        return np.zeros((0, 2))
+    allp = np.concatenate(pts)
+    return allp[np.isfinite(allp).all(axis=1)]
+
+
+def verify_figure(pred_raw_ms: Sequence[float], measured_ms: Sequence[float], pred_cal_ms: Sequence[float] | None,
+                  title: str = "predicted vs measured", stat: str = "median"):
+    """Predicted vs measured whole-network latency with the y = x line and a +-10 % band; legend under the axes."""
     from .calibrate import metrics
 
     plt = pyplot()
@@ -110,7 +163,7 @@ def plot_verify(pred_raw_ms: Sequence[float], measured_ms: Sequence[float], pred
     log = pos.size > 0 and pos.max() / pos.min() > 4  # a wide range: log axes keep the cluster readable
     lo = float(pos.min()) / 1.15 if log else min(0.0, float(allv.min()) * 1.1)
     hi = float(allv.max()) * 1.15
-    fig, ax = plt.subplots(figsize=(6.2, 5.6))
+    fig, ax = plt.subplots(figsize=(6.2, 6.4))
     xs = np.geomspace(lo, hi, 50) if log else np.linspace(lo, hi, 2)
     ax.fill_between(xs, xs * 0.9, xs * 1.1, color="0.85", label="±10 % of measured")
     ax.plot(xs, xs, color="0.3", lw=1, label="prediction = measured")
@@ -128,9 +181,17 @@ def plot_verify(pred_raw_ms: Sequence[float], measured_ms: Sequence[float], pred
     ax.set_ylim(lo, hi)
     ax.set_xlabel(f"measured end-to-end latency (ms, {stat})")
     ax.set_ylabel("predicted latency (ms)")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(wrap_title(title, 60), fontsize=10)
+    legend_below(ax, fontsize=8)
     ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_verify(pred_raw_ms: Sequence[float], measured_ms: Sequence[float], pred_cal_ms: Sequence[float] | None,
+                path: Path, title: str = "predicted vs measured", stat: str = "median") -> Path:
+    """:func:`verify_figure`, saved to ``path``."""
+    plt = pyplot()
+    fig = verify_figure(pred_raw_ms, measured_ms, pred_cal_ms, title, stat)
     try:
         return save_figure(fig, path)
     finally:

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from profiler.arch import collapse_runs
-from profiler.plots import pyplot, save_figure
+from profiler.plots import legend_below, pyplot, save_figure, wrap_title
 
 FAMILY_COLUMNS = ["member", "ops", "params", "flops", "predicted_ms", "measured_ms", "error_pct", "test_acc",
-                  "predicted_raw_ms", "control", "status"]
+                  "predicted_raw_ms", "control", "status", "note"]
 
 
 def error_pct(predicted_ms: float | None, measured_ms: float | None) -> float | None:
@@ -52,13 +52,16 @@ def hypervolume(points: Sequence[tuple[float, float]], ref_latency_ms: float, re
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """The family as a plain-text table (for logs and the README)."""
     head = ["member", "architecture", "params", "pred ms", "meas ms", "err %", "test acc"]
+    noted = any(r.get("note") for r in rows)
+    head += ["note"] if noted else []
     lines = []
     for r in rows:
         lines.append([r["member"], _short_ops(r.get("ops", "")), f"{int(r['params']):,}",
                       _num(r.get("predicted_ms"), 3), _num(r.get("measured_ms"), 3), _num(r.get("error_pct"), 1),
-                      _num(None if r.get("test_acc") is None else r["test_acc"] * 100, 1, "%")])
+                      _num(None if r.get("test_acc") is None else r["test_acc"] * 100, 1, "%")]
+                     + ([r.get("note") or ""] if noted else []))
     widths = [max(len(h), *(len(x[i]) for x in lines)) if lines else len(h) for i, h in enumerate(head)]
-    fmt = "  ".join(f"{{:<{w}}}" if i in (0, 1) else f"{{:>{w}}}" for i, w in enumerate(widths))
+    fmt = "  ".join(f"{{:<{w}}}" if i in (0, 1, 7) else f"{{:>{w}}}" for i, w in enumerate(widths))
     return "\n".join([fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [fmt.format(*x) for x in lines])
 
 
@@ -73,36 +76,60 @@ def _short_ops(ops: str, width: int = 48) -> str:
     return s if len(s) <= width else s[: width - 3] + "..."
 
 
-def plot_pareto(rows: Sequence[dict[str, Any]], path: Path, title: str = "family") -> Path | None:
-    """Test accuracy vs latency: measured (filled, Pareto front drawn) and predicted (hollow) for every member."""
+def pareto_figure(rows: Sequence[dict[str, Any]], title: str = "family"):
+    """Test accuracy vs latency, one colour per member: measured filled, predicted hollow, joined by a line; the
+    measured Pareto front drawn; legend and member key right of the axes, off the data."""
+    from matplotlib.lines import Line2D
+
     plt = pyplot()
     pts = [r for r in rows if r.get("test_acc") is not None and (r.get("measured_ms") or r.get("predicted_ms"))]
     if not pts:
         return None
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    meas = [(r["measured_ms"], r["test_acc"] * 100) for r in pts if r.get("measured_ms")]
-    pred = [(r["predicted_ms"], r["test_acc"] * 100) for r in pts if r.get("predicted_ms")]
-    for r in pts:
-        if r.get("measured_ms") and r.get("predicted_ms"):
-            ax.plot([r["predicted_ms"], r["measured_ms"]], [r["test_acc"] * 100] * 2, color="0.75", lw=0.8, zorder=1)
-    if pred:
-        ax.scatter(*zip(*pred), facecolors="none", edgecolors="tab:orange", s=46, label="predicted (table)", zorder=2)
-    if meas:
-        ax.scatter(*zip(*meas), color="tab:blue", s=40, label="measured (whole model)", zorder=3)
-        front = [meas[i] for i in pareto_front(meas)]
-        ax.step(*zip(*front), where="post", color="tab:blue", lw=1.2, alpha=0.6, label="Pareto front (measured)")
-        for r in pts:
-            if r.get("measured_ms"):
-                ax.annotate(str(r["member"]).replace("member-", "m"), (r["measured_ms"], r["test_acc"] * 100),
-                            textcoords="offset points", xytext=(4, 4), fontsize=7)
+    fig, ax = plt.subplots(figsize=(7.6, 4.6), dpi=120)
+    cmap = plt.get_cmap("tab10" if len(pts) <= 10 else "tab20")
+    handles = []
+    for i, r in enumerate(pts):
+        color, acc = cmap(i % cmap.N), r["test_acc"] * 100
+        meas, pred = r.get("measured_ms"), r.get("predicted_ms")
+        if meas and pred:
+            ax.plot([pred, meas], [acc, acc], color=color, lw=1.0, alpha=0.7, zorder=1)
+        if pred:
+            ax.scatter([pred], [acc], facecolors="white", edgecolors=[color], marker="D", s=42, lw=1.4, zorder=2)
+        if meas:
+            ax.scatter([meas], [acc], color=[color], marker="o", s=44, zorder=3)
+        label = str(r["member"]).replace("member-", "m")
+        ax.annotate(label, (meas or pred, acc), textcoords="offset points", xytext=(5, 5), fontsize=7, color=color)
+        note = " (not Pareto-optimal)" if str(r.get("note", "")).startswith("not Pareto") else ""
+        err = r.get("error_pct")
+        handles.append(Line2D([], [], color=color, marker="o", lw=1.0,
+                              label=f"{label}{note}" + (f": pred {err:+.0f} %" if isinstance(err, (int, float))
+                                                        else "")))
+    meas_pts = [(r["measured_ms"], r["test_acc"] * 100) for r in pts if r.get("measured_ms")]
+    if meas_pts:
+        front = [meas_pts[i] for i in pareto_front(meas_pts)]
+        ax.step(*zip(*front), where="post", color="0.35", lw=1.0, ls=":", zorder=0)
+    key = [Line2D([], [], color="0.2", marker="o", ls="", label="measured (whole model)"),
+           Line2D([], [], color="0.2", marker="D", mfc="white", ls="", label="predicted (table)"),
+           Line2D([], [], color="0.35", ls=":", label="Pareto front (measured)")]
     ax.set_xlabel("latency (ms)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(wrap_title(title, 56), fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    first = ax.legend(handles=key, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    ax.add_artist(first)
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 0.72), frameon=False,
+              title="member (prediction error)", title_fontsize=7)
     fig.tight_layout()
+    return fig
+
+
+def plot_pareto(rows: Sequence[dict[str, Any]], path: Path, title: str = "family") -> Path | None:
+    """:func:`pareto_figure`, saved to ``path`` (None when no member has a result)."""
+    fig = pareto_figure(rows, title)
+    if fig is None:
+        return None
     save_figure(fig, path)
-    plt.close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -124,13 +151,16 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def plot_curves(metrics: Sequence[dict[str, Any]], members: dict[str, Sequence[dict[str, Any]]], path: Path,
-                title: str = "training curves") -> Path | None:
-    """Search curves (accuracy, loss, expected latency by epoch) and each member's retraining validation accuracy."""
+def curves_figure(metrics: Sequence[dict[str, Any]], members: dict[str, Sequence[dict[str, Any]]],
+                  title: str = "training curves"):
+    """Search and retraining curves by epoch, four panels: accuracy; cross-entropy (train and validation, the same
+    quantity); the latency/params penalty (train loss = CE + penalty, so it is not mixed with the CE); expected
+    latency. Legends under each panel."""
     plt = pyplot()
     if not metrics and not members:
         return None
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), dpi=110)
+    fig, grid = plt.subplots(2, 2, figsize=(11, 8.6), dpi=110)
+    axes = grid.ravel()
     ep = [m.get("epoch", i) + 1 for i, m in enumerate(metrics)]  # search epochs are 0-based: plot "after epoch N"
 
     def series(*names: str) -> list[tuple[str, list[float]]]:
@@ -142,26 +172,46 @@ def plot_curves(metrics: Sequence[dict[str, Any]], members: dict[str, Sequence[d
         return out
 
     for name, ys in series("train_acc", "val_acc"):
-        axes[0].plot(ep, [y * 100 if y <= 1.0 else y for y in ys], marker="o", ms=3, label=f"search {name}")
-    for name, ys in series("train_loss", "val_loss", "loss", "ce"):
-        axes[1].plot(ep, ys, marker="o", ms=3, label=name)
-    lat = [k for k in (metrics[0] if metrics else {}) if "latency" in k and isinstance(metrics[0][k], (int, float))]
-    for name, ys in series(*lat):
-        axes[2].plot(ep, ys, marker="o", ms=3, label=name)
+        axes[0].plot(ep, [y * 100 if y <= 1.0 else y for y in ys], marker="o", ms=3, lw=1.6,
+                     label=f"search {name.replace('_acc', '')}")
     for member, curve in members.items():
         if curve:
             axes[0].plot([c["epoch"] for c in curve], [c["val_acc"] * 100 for c in curve], lw=0.9, ls="--",
-                         label=f"{member} retrain val")
-    axes[0].set_ylabel("accuracy (%)")
-    axes[1].set_ylabel("loss")
-    axes[2].set_ylabel("expected latency (ms)")
-    for ax in axes:
+                         label=f"{member.replace('member-', 'm')} retrain val")
+    ce_names = {"train_ce": "train CE", "val_loss": "validation CE", "ce": "CE"}
+    if not any(m.get("train_ce") is not None for m in metrics):
+        ce_names["train_loss"] = "train loss"
+    for name, ys in series(*ce_names):
+        axes[1].plot(ep, ys, marker="o", ms=3, label=f"search {ce_names[name]}")
+    for name, ys in series("train_penalty", "penalty"):
+        axes[2].plot(ep, ys, marker="o", ms=3, color="tab:red", label="search train penalty (loss − CE)")
+    lat = [k for k in (metrics[0] if metrics else {}) if "latency" in k and isinstance(metrics[0][k], (int, float))]
+    for name, ys in series(*lat):
+        axes[3].plot(ep, ys, marker="o", ms=3, label=name)
+    from matplotlib.ticker import MaxNLocator
+
+    labels = ["accuracy (%)", "cross-entropy", "penalty", "expected latency (ms)"]
+    for ax, ylabel in zip(axes, labels):
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=6)
-    fig.suptitle(title, fontsize=10)
+        n = len(ax.get_legend_handles_labels()[0])
+        if n:
+            legend_below(ax, y=-0.17, fontsize=7, ncol=3)
+        else:
+            ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes, color="0.5")
+    fig.suptitle(wrap_title(title, 90), fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def plot_curves(metrics: Sequence[dict[str, Any]], members: dict[str, Sequence[dict[str, Any]]], path: Path,
+                title: str = "training curves") -> Path | None:
+    """:func:`curves_figure`, saved to ``path``."""
+    fig = curves_figure(metrics, members, title)
+    if fig is None:
+        return None
     save_figure(fig, path)
-    plt.close(fig)
+    pyplot().close(fig)
     return path

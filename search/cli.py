@@ -249,7 +249,7 @@ def run_cmd(
     from profiler.arch import ArchError
     from profiler.tables import TableError
 
-    from .pipeline import PipelineError, RunConfig, run_pipeline
+    from .pipeline import PipelineError, RunConfig, estimate_line, run_pipeline
     from .report import format_table
 
     kw = dict(device=device, space=space, table=str(table) if table else None, data=data, family=family,
@@ -259,6 +259,10 @@ def run_cmd(
     con = _fam_console()
     con.print(f"hwnas run: space {cfg.space}, device {cfg.device}, data {cfg.data}, search {cfg.search_epochs} "
               f"epochs, family {cfg.family}, retrain {cfg.retrain_epochs} epochs -> {out}", highlight=False)
+    try:
+        con.print(estimate_line(cfg, out), highlight=False)
+    except ValueError:  # a bad --space: the pipeline says so in its own words
+        pass
     try:
         with progress(TextColumn("[bold]{task.description:<7}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), TextColumn("[dim]{task.fields[note]}"), console=con) as bar:

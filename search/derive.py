@@ -362,7 +362,7 @@ def spread(cands: Sequence[Candidate], n: int) -> list[Candidate]:
     return sorted(taken, key=lambda c: (c.latency_ms, c.params))
 
 
-def derive_family(d: Deriver, n: int) -> tuple[list[Candidate], dict[str, int]]:
+def derive_family(d: Deriver, n: int) -> tuple[list[Candidate], dict[str, Any]]:
     """``n`` distinct architectures spanning the run's control range, fastest first.
 
     Every grid control is derived; duplicates keep their least-pressure control. Members come from the Pareto front
@@ -380,7 +380,8 @@ def derive_family(d: Deriver, n: int) -> tuple[list[Candidate], dict[str, int]]:
     if d.run.table is None:  # no latency: spread over params instead
         pool = sorted(uniq.values(), key=lambda c: c.params)
         idx = sorted(set(int(round(i)) for i in np.linspace(0, len(pool) - 1, min(n, len(pool)))))
-        return [pool[i] for i in idx], {"evaluated": len(cands), "distinct": len(uniq), "pareto": len(pool)}
+        return [pool[i] for i in idx], {"evaluated": len(cands), "distinct": len(uniq), "pareto": len(pool),
+                                        "off_front": []}
     ranks = nondominated_ranks(list(uniq.values()))
     if len(ranks[0]) >= n:
         chosen = spread(ranks[0], n)
@@ -392,7 +393,26 @@ def derive_family(d: Deriver, n: int) -> tuple[list[Candidate], dict[str, int]]:
                 break
             chosen += front if len(front) <= need else _fill(chosen, front, need)
     chosen = sorted(chosen, key=lambda c: (c.latency_ms, c.params))
-    return chosen, {"evaluated": len(cands), "distinct": len(uniq), "pareto": len(ranks[0])}
+    front = {c.choices for c in ranks[0]}
+    off = [i for i, c in enumerate(chosen) if c.choices not in front]
+    return chosen, {"evaluated": len(cands), "distinct": len(uniq), "pareto": len(ranks[0]), "off_front": off}
+
+
+NOT_PARETO = "not Pareto-optimal: fills the latency range"
+
+
+def family_message(stats: dict[str, Any], n: int, got: int) -> list[str]:
+    """What ``--family N`` found: how many Pareto members exist, and how many members are fill from later fronts."""
+    lines = [f"family: {stats['evaluated']} controls -> {stats['distinct']} distinct architectures -> "
+             f"{stats['pareto']} Pareto-optimal -> {got} members"]
+    off = len(stats.get("off_front", ()))
+    if off:
+        lines.append(f"asked for {n} members but only {stats['pareto']} are Pareto-optimal: {off} member(s) come from "
+                     f"the next non-dominated fronts (marked '{NOT_PARETO}' in summary.csv); ask for --family "
+                     f"{stats['pareto']} or fewer for a pure front")
+    elif got < n:
+        lines.append(f"only {got} distinct architectures (asked for {n})")
+    return lines
 
 
 def _fill(chosen: list[Candidate], pool: Sequence[Candidate], k: int) -> list[Candidate]:
@@ -500,6 +520,13 @@ class Derived:
     meets: bool | None = None
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def family_items(run: RunLike, cands: Sequence[Candidate], stats: dict[str, Any], run_dir: str) -> list[Derived]:
+    """``member-NN`` items of a family, fill from beyond the Pareto front labelled as such."""
+    off = set(stats.get("off_front", ()))
+    return [Derived(f"member-{i:02d}", to_arch(run, c, "family", run_dir), note=NOT_PARETO if i in off else "")
+            for i, c in enumerate(cands)]
 
 
 SUMMARY_COLUMNS = ["name", "file", "digest", "control", "predicted_ms", "params", "flops", "budget_ms",

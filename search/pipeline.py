@@ -152,7 +152,7 @@ def ensure_calibration(cfg: RunConfig, device: Device, space: Space, table_path:
 
     table = load_table(table_path)
     if table.calibration:
-        notes.append(f"table {table_path}: calibrated earlier ({table.calibration.get('model')}), kept")
+        notes.extend(calibration_notes(device.name, table_path, table.calibration, stored_now=False))
         return
     dev = dataclasses.replace(device, protocol=QUICK_PROTOCOL) if cfg.quick else device
     runner = make_runner(dev)
@@ -166,27 +166,46 @@ def ensure_calibration(cfg: RunConfig, device: Device, space: Space, table_path:
     raw, cal = s.get("raw") or {}, s.get("calibrated") or {}
     msg = (f"calibration: {s['n_calib']} random networks fitted, {s['n_test']} held out; table sum off by "
            f"{raw.get('mape_pct', float('nan')):.1f} % (mean abs)")
+    reason = ""
     if not rep.calibration:
-        notes.append(msg + "; no calibration fitted, raw table sums used")
-        return
-    msg += f", calibrated ({cal.get('model')}) {cal.get('mape_pct', float('nan')):.1f} %"
-    ct = calibrated(table, rep.calibration)
-    lowest = lowest_prediction_ms(ct, space)
-    if not lowest > 0:
-        notes.append(msg + f"; REJECTED: it predicts {lowest:.4f} ms for the cheapest architecture (too few or too "
-                           f"noisy networks); raw table sums used")
-        return
-    if not cal.get("mape_pct", float("inf")) < raw.get("mape_pct", float("inf")):
-        notes.append(msg + "; REJECTED: no better than the raw sum on held-out networks; raw table sums used")
+        reason = "no calibration fitted"
+    else:
+        msg += f", calibrated ({cal.get('model')}) {cal.get('mape_pct', float('nan')):.1f} %"
+        lowest = lowest_prediction_ms(calibrated(table, rep.calibration), space)
+        if not lowest > 0:
+            reason = (f"REJECTED: it predicts {lowest:.4f} ms for the cheapest architecture (too few or too noisy "
+                      f"networks)")
+        elif not cal.get("mape_pct", float("inf")) < raw.get("mape_pct", float("inf")):
+            reason = "REJECTED: no better than the raw sum on held-out networks"
+    if reason:
+        notes.append(f"{msg}; {reason}; raw table sums used")
+        if raw.get("mape_pct", 0.0) > POOR_CALIBRATION_PCT:
+            notes.append(_poor_warning(device.name, "the raw table", raw["mape_pct"]))
         return
     write_calibration(table_path, rep.calibration)
-    notes.append(msg + f"; stored in {table_path.with_suffix('.calib.json').name}")
-    if cal.get("mape_pct", 0.0) > POOR_CALIBRATION_PCT:
-        notes.append(f"WARNING: on device {device.name} even the calibrated table misses held-out whole networks by "
-                     f"{cal['mape_pct']:.1f} % (mean abs): predicted latencies and budgets are rough here. Usual "
-                     f"causes: other jobs on the machine, or several intra-op threads on a small CPU (tiny per-op graphs "
-                     f"pay thread-pool costs a whole network does not) - a 1-thread device (cpu-1t) on a quiet machine "
-                     f"predicts within a few %")
+    notes.extend(calibration_notes(device.name, table_path, rep.calibration, stored_now=True))
+
+
+def calibration_notes(device: str, table_path: Path, calib: dict[str, Any], stored_now: bool) -> list[str]:
+    """The calibration's figures (from ``<table>.calib.json``, so a rerun prints the same) and, when it is poor,
+    the WARNING."""
+    fit = calib.get("fit") or {}
+    before = (fit.get("held_out_before") or {}).get("mape_pct", float("nan"))
+    after = (fit.get("held_out_after") or {}).get("mape_pct", float("nan"))
+    where = (f"stored in {table_path.with_suffix('.calib.json').name}" if stored_now else
+             f"fitted earlier ({fit.get('fitted', 'unknown time')}) and kept; hwprof verify refits it")
+    lines = [f"calibration: {fit.get('n_fit', '?')} random networks fitted, {fit.get('n_test', '?')} held out; "
+             f"table sum off by {before:.1f} % (mean abs), calibrated ({calib.get('model')}) {after:.1f} %; {where}"]
+    if after > POOR_CALIBRATION_PCT:
+        lines.append(_poor_warning(device, "even the calibrated table", after))
+    return lines
+
+
+def _poor_warning(device: str, what: str, mape: float) -> str:
+    return (f"WARNING: on device {device} {what} misses held-out whole networks by {mape:.1f} % (mean abs): "
+            f"predicted latencies and budgets are rough here. Usual causes: other jobs on the machine, or several "
+            f"intra-op threads on a small CPU (tiny per-op graphs pay thread-pool costs a whole network does not) - "
+            f"a 1-thread device (cpu-1t) on a quiet machine predicts within a few %")
 
 
 def _fmt_protocol(p: Protocol) -> str:
@@ -220,25 +239,36 @@ def _stage_search(cfg: RunConfig, space: Space, table: Path, run_dir: Path, on_e
         notes.append(f"search {run_dir}: resumed an interrupted run")
 
 
-def _stage_derive(cfg: RunConfig, run_dir: Path, fam_dir: Path, on_event: OnEvent, notes: list[str]) -> list[Path]:
-    from .derive import Derived, Deriver, derive_family, to_arch, write_derived
+def _stage_derive(cfg: RunConfig, run_dir: Path, fam_dir: Path, on_event: OnEvent,
+                  notes: list[str]) -> list[Path]:
+    from .derive import Deriver, derive_family, family_items, family_message, write_derived
     from .run import load_run
 
     existing = sorted(fam_dir.glob("member-*.json"))
+    stats_path = fam_dir / "stats.json"
     if existing and (fam_dir / "summary.csv").is_file():
+        old = read_json_or_none(stats_path) or {}
+        notes.extend(old.get("notes", []))
         notes.append(f"family {fam_dir}: derived earlier ({len(existing)} members), reused")
         return existing
     run = load_run(run_dir)
-    d = Deriver(run)
-    cands, stats = derive_family(d, cfg.family)
-    items = [Derived(f"member-{i:02d}", to_arch(run, c, "family", str(run_dir))) for i, c in enumerate(cands)]
+    cands, stats = derive_family(Deriver(run), cfg.family)
+    items = family_items(run, cands, stats, str(run_dir))
     write_derived(items, fam_dir)
-    notes.append(f"family: {stats['evaluated']} controls -> {stats['distinct']} distinct architectures -> "
-                 f"{stats['pareto']} Pareto-optimal -> {len(items)} members")
-    if len(items) < cfg.family:
-        notes.append(f"only {len(items)} distinct Pareto-optimal architectures (asked for {cfg.family})")
+    lines = family_message(stats, cfg.family, len(items))
+    atomic_write_text(stats_path, json.dumps({**stats, "notes": lines}, indent=2) + "\n")
+    notes.extend(lines)
     on_event(Event("derive", 1, 1, f"{len(items)} members"))
     return [it.path for it in items if it.path is not None]
+
+
+def _family_notes(fam_dir: Path) -> dict[str, str]:
+    """member name -> the note summary.csv gives it (e.g. not Pareto-optimal)."""
+    path = fam_dir / "summary.csv"
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as f:
+        return {r["name"]: r.get("note") or "" for r in csv.DictReader(f)}
 
 
 def run_member(arch: Arch, name: str, member_dir: Path, device: Device, protocol: Protocol, tcfg: TrainConfig,
@@ -284,6 +314,59 @@ def make_plots(out: Path, rows: list[dict[str, Any]], title: str) -> tuple[Path 
     return pareto, curves
 
 
+# Seconds per unit of work on the 2-core VM of the README's `make run` figures (fbnet-cifar:input_size=16,width=0.5,
+# digits, 1 torch thread): table 72 s / 111 keys; calibration 38 s / 26 networks; search 223 s / (10 epochs x 1258
+# samples); members 54 s / (6 members x 8 epochs x 1258 samples, plus export and timing).
+RATES = {"table_key_s": 0.65, "network_s": 1.5, "search_sample_s": 0.0177, "retrain_sample_s": 0.0008,
+         "member_s": 1.5}
+TRAIN_SAMPLES = {"digits": 1258, "mnist": 51000, "fashion-mnist": 51000, "cifar10": 42500}  # training split sizes
+
+
+def estimate_run(cfg: RunConfig, out: Path) -> tuple[float | None, dict[str, float]]:
+    """About how long ``hwnas run`` will take, from its plan and what ``out`` already holds: (seconds, per stage).
+
+    Per-unit rates are those of the README's reference run, scaled by the space's input pixels and width; stages
+    already finished (table, calibration, search, members) cost nothing. None when the data's size is unknown."""
+    sp = get_space(cfg.space)
+    d = dict(sp.params) if hasattr(sp, "params") else {}
+    size = float(d.get("input_size", 16)) / 16.0
+    scale = size * size * (float(d.get("width", 0.5)) / 0.5) ** 2
+    if cfg.quick:
+        scale *= 0.5  # the fast protocol and a smaller space
+    parts: dict[str, float] = {}
+    table = Path(cfg.table) if cfg.table else (out / "table.csv" if cfg.quick else
+                                               default_table_path(cfg.device, sp.spec))
+    calibrated = False
+    if not table.is_file():
+        parts["table"] = RATES["table_key_s"] * len(set(sp.candidate_keys()))
+    else:
+        calibrated = table.with_suffix(".calib.json").is_file()
+    if cfg.calibrate and not calibrated:
+        parts["calibrate"] = RATES["network_s"] * (cfg.verify_n + cfg.calib_n)
+    n = TRAIN_SAMPLES.get(cfg.data)
+    if n is None:
+        return None, parts
+    if not (out / "search" / "control.pt").is_file():
+        parts["search"] = RATES["search_sample_s"] * scale * cfg.search_epochs * min(n, cfg.train_limit or n)
+    done = len(list((out / "members").glob("*/result.json"))) if (out / "members").is_dir() else 0
+    left = max(0, cfg.family - done)
+    batches = n / cfg.batch_size if cfg.max_train_batches is None else min(n / cfg.batch_size, cfg.max_train_batches)
+    parts["members"] = left * (RATES["retrain_sample_s"] * scale * cfg.retrain_epochs * batches * cfg.batch_size
+                               + RATES["member_s"])
+    return sum(parts.values()), parts
+
+
+def estimate_line(cfg: RunConfig, out: Path) -> str:
+    """One line for the start of ``hwnas run``: about how long, and where the time goes."""
+    total, parts = estimate_run(cfg, out)
+    what = ", ".join(f"{k} ~{v / 60:.1f} min" for k, v in parts.items() if v >= 1)
+    if total is None:
+        return f"estimate: {what or 'nothing to measure'}; search and retraining on --data {cfg.data}: unknown size"
+    if total < 60:
+        return f"estimate: about {total:.0f} s on a 2-core machine ({what or 'everything finished earlier'})"
+    return f"estimate: about {total / 60:.0f} min on a 2-core machine ({what}); a busy machine takes longer"
+
+
 def run_pipeline(cfg: RunConfig, out: Path, on_event: OnEvent | None = None) -> RunResult:
     """The whole job; see the module docstring. Ctrl-C returns the finished members (``interrupted=True``)."""
     import torch
@@ -309,6 +392,13 @@ def _run_pipeline(cfg: RunConfig, out: Path, on_event: OnEvent) -> RunResult:
         space = get_space(cfg.space)
     except ValueError as e:
         raise PipelineError(str(e)) from None
+    if device.rpc is not None:  # an unreachable board stops here in one line, before any stage starts
+        from profiler.rpc import RpcError, preflight
+
+        try:
+            preflight(device.rpc.tracker, device.rpc.key, device.rpc.request_timeout_s, device.threads)
+        except RpcError as e:
+            raise PipelineError(f"device {device.name!r}: {e}") from None
     prev = out / "run.json"
     if prev.is_file():
         old = read_json_or_none(prev)
@@ -340,6 +430,7 @@ def _run_pipeline(cfg: RunConfig, out: Path, on_event: OnEvent) -> RunResult:
     tcfg = TrainConfig(data=cfg.data, epochs=cfg.retrain_epochs, batch_size=cfg.batch_size, seed=cfg.seed,
                        max_train_batches=cfg.max_train_batches)
     archs = [load_arch(p) for p in paths]
+    fam_notes = _family_notes(out / "family")
     splits = load_splits(archs[0], tcfg) if archs else None
     rows: list[dict[str, Any]] = []
     interrupted = False
@@ -354,8 +445,9 @@ def _run_pipeline(cfg: RunConfig, out: Path, on_event: OnEvent) -> RunResult:
                                                          f"val {rec['val_acc'] * 100:.1f} %"))
 
             raw = sum(table.latency_ms(k) for k in arch.keys())
+            extra = {"predicted_raw_ms": raw, "calibrated": bool(table.calibration), "note": fam_notes.get(name, "")}
             rows.append(run_member(arch, name, out / "members" / name, device, protocol, tcfg, splits, on_epoch,
-                                   {"predicted_raw_ms": raw, "calibrated": bool(table.calibration)}))
+                                   extra))
             write_family(out, rows)
             on_event(Event("member", i + 1, len(paths), f"{name} done"))
     except KeyboardInterrupt:

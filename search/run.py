@@ -88,11 +88,20 @@ def derive_choices(space: Space, probs: torch.Tensor) -> list[str]:
     return choices
 
 
-def load_run(run_dir: str | Path) -> Run:
+def resolve_run_dir(run_dir: str | Path) -> Path:
+    """A search run directory: ``hwnas search --out`` itself, or an ``hwnas run`` output holding it in ``search/``."""
     path = Path(run_dir)
+    if (path / "config.json").is_file():
+        return path
+    if (path / "search" / "config.json").is_file():
+        return path / "search"
+    raise SearchError(f"{path}: not a run directory (no config.json, no search/config.json); give an hwnas search "
+                      f"--out or an hwnas run output (e.g. runs/cpu)")
+
+
+def load_run(run_dir: str | Path) -> Run:
+    path = resolve_run_dir(run_dir)
     cfg_path = path / "config.json"
-    if not cfg_path.is_file():
-        raise SearchError(f"{path}: not a run directory (no config.json); create one with hwnas search")
     try:
         cfg = config_from_dict(json.loads(cfg_path.read_text()), str(cfg_path))
     except json.JSONDecodeError as e:

@@ -238,3 +238,39 @@ def test_fill_takes_the_cheapest_steps_that_fit(run):
     # no slack: nothing taken; no neighbour: nothing to take from
     assert fill_budget(d, meet, [fail], Budget(latency_ms=meet.latency_ms)) is meet
     assert fill_budget(d, meet, [], budget) is meet
+
+
+def test_derive_accepts_an_hwnas_run_root(tiny_run, tmp_path):
+    """`hwnas derive runs/cpu` works like `hwnas derive runs/cpu/search` (hwnas run keeps its search there)."""
+    root = tmp_path / "runs-cpu"
+    shutil.copytree(tiny_run, root / "search")
+    r = CliRunner().invoke(app, ["derive", str(root), "--family", "2"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (root / "derived").glob("member-*.json"))  # default out: RUN/derived
+
+
+def test_family_beyond_the_front_says_how_many_are_pareto(run, tmp_path):
+    d = Deriver(run)
+    _, stats = derive_family(d, 1)
+    n = stats["pareto"] + 2
+    members, stats = derive_family(d, n)
+    off = stats["off_front"]
+    front = {c.choices for c in pareto(d.evaluated)}
+    assert off == [i for i, m in enumerate(members) if m.choices not in front]
+    assert len(members) - len(off) == stats["pareto"]
+    r = CliRunner().invoke(app, ["derive", str(run.path), "--family", str(n), "--out", str(tmp_path / "f")])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert f"{stats['pareto']} Pareto-optimal" in text
+    if off:
+        assert f"only {stats['pareto']} are Pareto-optimal" in text
+        rows = list(csv.DictReader(open(tmp_path / "f" / "summary.csv")))
+        assert [i for i, x in enumerate(rows) if x["note"].startswith("not Pareto-optimal")] == off
+
+
+@pytest.mark.parametrize("cli", ["search.cli", "profiler.cli"])
+def test_version(cli):
+    import importlib
+
+    r = CliRunner().invoke(importlib.import_module(cli).app, ["--version"])
+    assert r.exit_code == 0 and r.output.startswith(("hwnas 0.", "hwprof 0.")) and "onnxruntime" in r.output

@@ -27,6 +27,7 @@ def test_run_quick_end_to_end(small_tables, tmp_path):
     assert r.exit_code == 0, r.output
     rows = list(csv.DictReader(open(out / "family.csv")))
     text = re.sub(r"\s+", " ", r.output)  # the console wraps long lines
+    assert re.search(r"estimate: about \d+ (s|min) on a 2-core machine", text), r.output
     said = re.search(r"-> (\d+) distinct architectures -> \d+ Pareto-optimal -> (\d+) members", text)
     assert said, r.output
     assert len(rows) == int(said.group(2)) == min(3, int(said.group(1)))  # as asked, unless fewer exist
@@ -48,10 +49,18 @@ def test_run_quick_end_to_end(small_tables, tmp_path):
 
     # a rerun with the same options reuses every finished stage and member
     before = json.loads((out / "family.json").read_text())
+    summary1 = (out / "summary.txt").read_text()
     r2 = CliRunner().invoke(app, args)
     assert r2.exit_code == 0, r2.output
     assert "reused" in r2.output
     assert json.loads((out / "family.json").read_text()) == before
+    # what the first run said about calibration and the family is said again and stays in summary.txt
+    first = [ln for ln in summary1.splitlines() if ln.startswith(("calibration:", "family:", "WARNING"))]
+    assert first and any(ln.startswith("family:") for ln in first), summary1
+    summary = (out / "summary.txt").read_text()
+    for ln in first:
+        key = ln.split(";")[0].strip()
+        assert key in re.sub(r"\s+", " ", r2.output) and key in summary, (key, summary)
 
     # other options on the same directory are refused, not mixed in
     r3 = CliRunner().invoke(app, args[:-1] + ["3"])
@@ -81,6 +90,32 @@ def test_a_poor_calibration_is_stored_with_a_warning(small_tables, tmp_path, mon
     stored = table.with_suffix(".calib.json").is_file()
     assert stored != any("REJECTED" in n or "no calibration fitted" in n for n in notes), notes
     warned = [n for n in notes if n.startswith("WARNING")]
-    assert len(warned) == (1 if stored and threshold < 0 else 0), notes
+    assert len(warned) == (1 if threshold < 0 else 0), notes  # a rejected fit warns about the raw table alike
     if warned:
         assert "on device cpu " in warned[0] and "held-out whole networks by" in warned[0]
+    if stored:  # a rerun finds the calibration and says the same figures and warning again
+        again: list[str] = []
+        pl.ensure_calibration(cfg, get_device("cpu"), get_space(SPEC), table, tmp_path, lambda e: None, again)
+        assert [n.split("; ")[0] for n in again] == [n.split("; ")[0] for n in notes[-len(again):]], (notes, again)
+        assert "fitted earlier" in again[0] and [n for n in again if n.startswith("WARNING")] == warned
+
+
+def test_the_estimate_follows_the_plan_and_what_is_done(tmp_path):
+    import search.pipeline as pl
+
+    cfg = pl.RunConfig(table=str(tmp_path / "t.csv"))
+    total, parts = pl.estimate_run(cfg, tmp_path / "run")
+    assert set(parts) == {"table", "calibrate", "search", "members"} and total == pytest.approx(sum(parts.values()))
+    longer, _ = pl.estimate_run(pl.RunConfig(table=str(tmp_path / "t.csv"), search_epochs=20), tmp_path / "run")
+    assert longer > total
+    (tmp_path / "t.csv").write_text("")  # present: not measured again (and not calibrated: calibration stays)
+    (tmp_path / "run" / "search").mkdir(parents=True)
+    (tmp_path / "run" / "search" / "control.pt").write_bytes(b"")
+    for i in range(cfg.family):
+        (tmp_path / "run" / "members" / f"member-{i:02d}").mkdir(parents=True)
+        (tmp_path / "run" / "members" / f"member-{i:02d}" / "result.json").write_text("{}")
+    _, parts = pl.estimate_run(cfg, tmp_path / "run")
+    assert set(parts) == {"calibrate", "members"} and parts["members"] == 0
+    assert pl.estimate_run(pl.RunConfig(data="npz:x.npz"), tmp_path / "x")[0] is None
+    assert "unknown size" in pl.estimate_line(pl.RunConfig(data="npz:x.npz"), tmp_path / "x")
+    assert pl.estimate_line(pl.RunConfig(), tmp_path / "y").startswith("estimate: about ")

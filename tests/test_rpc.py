@@ -247,3 +247,14 @@ def test_errors_are_grouped_once(capsys):
     cli.print_errors([(f"k{i}", "no rpc session: tracker gone;\n  rerun") for i in range(111)] + [("z", "other")])
     err = capsys.readouterr().err
     assert err.count("tracker gone") == 1 and "111 keys (e.g. k0, k1, k2)" in err and "z: other" in err
+
+
+def test_hwnas_run_on_an_unreachable_board_stops_before_any_stage(tmp_path):
+    import search.pipeline as pl
+
+    port = free_port()
+    devs = write_devices(tmp_path / "devices.yaml", f"127.0.0.1:{port}", request_timeout_s=1.0)
+    cfg = pl.RunConfig(device="rpi4-loop", devices_path=str(devs), space=SPACE, table=str(tmp_path / "t.csv"))
+    with pytest.raises(pl.PipelineError, match=f"device 'rpi4-loop': tracker 127.0.0.1:{port}: cannot connect"):
+        pl.run_pipeline(cfg, tmp_path / "run")
+    assert not (tmp_path / "t.csv").exists() and not (tmp_path / "run" / "run.json").exists()

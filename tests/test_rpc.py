@@ -204,10 +204,8 @@ def test_cli_measure_without_tracker_fails_fast_in_one_line(tmp_path):
     port = free_port()
     devs = write_devices(tmp_path / "devices.yaml", f"127.0.0.1:{port}", request_timeout_s=2.0)
     out = tmp_path / "t.csv"
-    t0 = time.monotonic()
     r = CliRunner().invoke(app, ["measure", "--device", "rpi4-loop", "--space", SPACE, "--out", str(out),
                                  "--devices", str(devs)])
-    assert time.monotonic() - t0 < 60
     assert r.exit_code == 2, r.output
     assert r.output.count("error:") == 1, r.output
     text = " ".join(r.output.split())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,9 +121,25 @@ def test_fit_epoch_and_evaluate_train_a_plain_network(digits):
     assert 0.0 <= evaluate(member, torch.utils.data.DataLoader(digits[16].val, batch_size=256))["acc"] <= 1.0
 
 
-def test_larger_kappa_gives_cheaper_derived_architectures(small_tables, digits, tmp_path):
-    """A tiny but real tradeoff run: the derived architectures' latency and params fall as kappa grows."""
-    cfg = preset("hwnas", space=DARTS, tables=(str(small_tables[DARTS]),), epochs=3, batch_size=16)
+# A real cpu-1t measurement of the DARTS space, frozen: the kappa test's costs must not move with the machine's load
+# (two live tables minutes apart moved its worst last/first ratio from 0.65 to 0.73). Regenerate with
+#   hwprof measure --device cpu-1t --space darts-3ops:C=8,cells=5 --out tests/data/darts3ops_c8_cells5_cpu-1t.csv
+FROZEN = Path(__file__).parent / "data" / "darts3ops_c8_cells5_cpu-1t.csv"
+
+
+def test_the_frozen_table_covers_the_space():
+    from profiler.spaces import get_space
+    from profiler.tables import load_table
+
+    table = load_table(FROZEN, space=DARTS)
+    assert table.missing(get_space(DARTS).candidate_keys()) == []
+
+
+def test_larger_kappa_gives_cheaper_derived_architectures(digits, tmp_path):
+    """A tiny but real tradeoff run: the derived architectures' latency and params fall as kappa grows.
+
+    Margins over seeds 0-9 on the frozen table (python bench/bench_test_margins.py): see the comment below."""
+    cfg = preset("hwnas", space=DARTS, tables=(str(FROZEN),), epochs=3, batch_size=16)
     cfg = apply_overrides(cfg, ["train_limit=256", "eval_limit=64", "arch_opt.lr=0.03", "sampler=lean",
                                 "temperature.t0=1.0", "control.hypernet=pwl"])
     search(cfg, tmp_path / "fam", splits=digits[32])
@@ -139,15 +156,17 @@ def test_larger_kappa_gives_cheaper_derived_architectures(small_tables, digits, 
 
     for s in ([0.0, 1.0], [1.0, 0.0], [0.5, 0.5]):
         vals = [traded(run.choices({"kappa": float(k), "S": s}), s) for k in kappas]
-        # a trend, not noise: the largest kappa is much cheaper than the smallest, the upper half of the kappa range
-        # is cheaper than the lower half, and no architecture is more than 20 % costlier than one derived at a
-        # smaller kappa. The slack is for so short a run: near-ties between equally cheap ops (pooling vs skip)
-        # swap, the cost plateaus once every layer is at its cheapest op, and the last pwl anchor (kappa max) gets
-        # half the gradient of an inner one, so it lags by 5-10 % after three epochs.
+        # a trend, not noise: the largest kappa is cheaper than the smallest, the upper half of the kappa range is
+        # cheaper than the lower half, and no architecture is more than 30 % costlier than one derived at a smaller
+        # kappa. Seeds 0-9 on the frozen table (python bench/bench_test_margins.py, 2-vCPU Xeon): last/first
+        # 0.50-0.71 (limit 0.9), upper/lower half 0.61-0.79 (limit 0.95), worst later/earlier 1.00-1.04 (limit
+        # 1.3) -- every limit at least 2.5 spreads clear of the worst seed. Not asserted: the rank trend (Kendall
+        # tau -0.93 to -0.20): near-ties between equally cheap ops (pooling vs skip) swap, and the cost plateaus
+        # once every layer is at its cheapest op.
         msg = f"S={s}: {[round(v, 3) for v in vals]}"
-        assert vals[-1] <= 0.8 * vals[0], msg
-        assert np.mean(vals[4:]) <= 0.9 * np.mean(vals[:3]), msg
-        assert all(vals[j] <= 1.2 * vals[i] for i in range(len(vals)) for j in range(i + 1, len(vals))), msg
+        assert vals[-1] <= 0.9 * vals[0], msg
+        assert np.mean(vals[4:]) <= 0.95 * np.mean(vals[:3]), msg
+        assert all(vals[j] <= 1.3 * vals[i] for i in range(len(vals)) for j in range(i + 1, len(vals))), msg
 
 
 def test_cli_search_errors_are_one_line(small_tables, tmp_path):

@@ -312,7 +312,8 @@ def _last_line(path: str) -> str:
             lines = [ln.strip() for ln in f.read().splitlines() if ln.strip()]
     except OSError:
         return ""
-    return lines[-1].removeprefix("error: ") if lines else ""
+    errors = [ln.removeprefix("error: ") for ln in lines if ln.startswith("error: ")]
+    return errors[-1] if errors else ""
 
 
 def launch(args: Sequence[str], nproc: int, out: str, poll_s: float = 0.05) -> Outcome:

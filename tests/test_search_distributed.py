@@ -26,7 +26,7 @@ from search.config import apply_overrides, preset
 from search.data import Splits, load_data
 from search.train import build, search
 
-DARTS = "darts-3ops:C=8,cells=5"
+DARTS = "darts-3ops:C=4,cells=3,nodes=2,input_size=8"  # tiny: digits are 8 x 8 pixels
 # single-level + tradeoff hypernet + Gumbel + grad clip; bilevel + lambda control; per-sample noise (sliced)
 JOBS = [("hwnas", ['control.cost_terms=["params"]']), ("darts-cc", []), ("seed-simplex", ["control.cost_terms=[]"])]
 LIMITS = ["train_limit=48", "eval_limit=20"]  # batch 16 -> 3 steps (bilevel: 2 of 16 + 8); val 20: ranks hold 10
@@ -37,7 +37,7 @@ def _cfg(name, sets, epochs=2):
 
 
 def _splits64() -> Splits:
-    s = load_data("digits", 32, 3, seed=0)
+    s = load_data("digits", 8, 3, seed=0)
 
     def d(ds):
         return TensorDataset(ds.tensors[0].double(), ds.tensors[1])

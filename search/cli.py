@@ -97,7 +97,7 @@ def search_cmd(
                               f"{fmt(ev.get('eval_E_latency'))} ms, E\\[params] {fmt(ev.get('eval_E_params'))}, "
                               f"tau {ev['tau']:.3g}, {ev['wall_s']:.1f} s", highlight=False)
 
-            history = search(cfg, out, resume=resume, on_progress=on_progress)
+            history = search(cfg, out, resume=resume, on_progress=on_progress if ddp is None or ddp.is_main else None)
     except (ConfigError, ControlError, CostError, DataError, SearchError, distributed.DistError) as e:
         fail(str(e))
     except KeyboardInterrupt:

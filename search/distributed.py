@@ -152,7 +152,12 @@ class Dist:
             model.sampler = ShardedSampler(sampler, self)
 
     def shard(self, loader: Any, train: bool = True) -> "ShardLoader | None":
-        return None if loader is None else ShardLoader(loader, self, train)
+        if loader is None:
+            return None
+        if train and (loader.batch_size or 0) < self.world:
+            raise DistError(f"--batch-size {loader.batch_size} is smaller than the {self.world} processes; the batch "
+                            f"size is global: use at least {self.world} or fewer processes")
+        return ShardLoader(loader, self, train)
 
     def backward(self, loss: torch.Tensor, opts: Sequence[torch.optim.Optimizer]) -> None:
         """``loss.backward()`` of this rank's share, then the gradients of ``opts``' parameters summed over ranks."""
@@ -255,6 +260,9 @@ def init_from_env(torch_device: str, sync_bn: bool = True) -> tuple[Dist | None,
     if torch_device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise DistError("--torch-device cuda: no CUDA device is available to this torch build; use cpu")
+        if local >= torch.cuda.device_count():
+            raise DistError(f"LOCAL_RANK={local} but this machine has {torch.cuda.device_count()} CUDA device(s): "
+                            f"start at most one process per GPU (--nproc / --nproc-per-node)")
         torch_device = f"cuda:{local}"
         torch.cuda.set_device(local)
         backend = "nccl"

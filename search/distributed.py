@@ -134,6 +134,7 @@ class Dist:
     world: int
     local_rank: int
     sync_bn: bool = True
+    device: str = "cpu"  # where collectives' own tensors live (NCCL reduces CUDA tensors only)
     shards: list[tuple[int, int, int]] = field(default_factory=list)  # (lo, hi, global n) of batches in flight
 
     @property
@@ -177,7 +178,7 @@ class Dist:
     def reduce_means(self, means: dict[str, float], n: int) -> dict[str, float]:
         """Per-rank means over ``n`` samples -> means over all ranks' samples (keys in sorted order on every rank)."""
         keys = sorted(k for k, v in means.items() if isinstance(v, (int, float)))
-        t = torch.tensor([float(means[k]) * n for k in keys] + [float(n)], dtype=torch.float64)
+        t = torch.tensor([float(means[k]) * n for k in keys] + [float(n)], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         total = max(float(t[-1]), 1.0)
         return {**means, **{k: float(v) / total for k, v in zip(keys, t[:-1])}, "_n": total}
@@ -270,7 +271,7 @@ def init_from_env(torch_device: str, sync_bn: bool = True) -> tuple[Dist | None,
         backend = "gloo"
     dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=timeout_s()))
-    _CURRENT = Dist(rank, world, local, sync_bn)
+    _CURRENT = Dist(rank, world, local, sync_bn, torch_device)
     return _CURRENT, torch_device
 
 

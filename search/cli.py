@@ -103,12 +103,13 @@ def search_cmd(
     except KeyboardInterrupt:
         fail(f"interrupted; the last finished epoch is checkpointed in {out}: add --resume to continue", 130)
     except Exception as e:
-        if ddp is None or not distributed.peer_lost(e):
+        if distributed.env_world() <= 1 or not distributed.peer_lost(e):
             raise
         if os.environ.get(distributed.LAUNCHED_ENV):
             raise typer.Exit(distributed.PEER_LOST)  # the launcher prints the one line
-        fail(f"rank {ddp.rank}: another worker failed or timed out ({str(e).splitlines()[0][:200]}); the last "
-             f"finished epoch is checkpointed in {out}: add --resume to continue", distributed.PEER_LOST)
+        fail(f"rank {os.environ.get('RANK')}: another worker failed or did not join in time "
+             f"({(str(e).splitlines() or [type(e).__name__])[0][:200]}); the last finished epoch (if any) is "
+             f"checkpointed in {out}: add --resume to continue", distributed.PEER_LOST)
     finally:
         distributed.shutdown()
     if ddp is not None and not ddp.is_main:

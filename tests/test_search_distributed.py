@@ -174,4 +174,12 @@ def test_cli_multi_process_errors_are_one_line(tmp_path, monkeypatch):
     monkeypatch.delenv("MASTER_PORT", raising=False)
     r = CliRunner().invoke(app, ["search", "--space", DARTS, "--out", str(tmp_path / "c")])
     assert r.exit_code == 2 and "MASTER_PORT" in r.output and "torchrun" in r.output
+    # a rank whose peer never comes: the rendezvous times out (HWNAS_DIST_TIMEOUT_S) with one line, not a hang
+    monkeypatch.setenv("MASTER_PORT", str(distributed.free_port()))
+    for k, v in {"RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", distributed.TIMEOUT_ENV: "2"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv(distributed.LAUNCHED_ENV, raising=False)
+    r = CliRunner().invoke(app, ["search", "--space", DARTS, "--preset", "darts", "--out", str(tmp_path / "d")])
+    assert r.exit_code == distributed.PEER_LOST and "did not join in time" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1, r.output
     assert not any(tmp_path.iterdir())

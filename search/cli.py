@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 from profiler.version import version_option
@@ -32,6 +34,10 @@ def search_cmd(
     threads: int = typer.Option(0, "--threads", help="torch intra-op threads (0 = torch's default)."),
     overrides: list[str] = typer.Option([], "--set", help="Config override FIELD=VALUE, e.g. loss_beta=0.8, "
                                                          "control.range_max=5, train_limit=256 (repeatable)."),
+    nproc: int = typer.Option(1, "--nproc", help="Worker processes on this machine (torch.distributed: gloo on CPU, "
+                                                 "NCCL on CUDA); --batch-size stays the global batch."),
+    bn: str = typer.Option("sync", "--bn", help="Multi-process BatchNorm: sync (global-batch statistics, as one "
+                                                "process) or local (per-rank statistics, fewer collectives)."),
 ) -> None:
     """Search an architecture distribution with a latency table; writes a run directory (resumable)."""
     import math
@@ -53,11 +59,23 @@ def search_cmd(
         con.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
         raise typer.Exit(code)
 
+    from . import distributed
+
+    if nproc < 1:
+        fail(f"--nproc {nproc}: at least 1")
+    if nproc > 1:
+        args = _search_args(space, table, preset_name, data, epochs, out, resume, seed, torch_device, batch_size,
+                            data_dir, threads or distributed.default_threads(nproc), overrides, bn)
+        _launch(args, nproc, out, fail)
     if threads:
         import torch
 
         torch.set_num_threads(threads)
+    ddp = None
     try:
+        if bn not in ("sync", "local"):
+            raise distributed.DistError(f"--bn {bn!r}: use sync or local")
+        ddp, torch_device = distributed.init_from_env(torch_device, bn == "sync")
         cfg = preset(preset_name, space=space, tables=tuple(table), data=data, epochs=epochs, seed=seed,
                      torch_device=torch_device, batch_size=batch_size, data_dir=data_dir)
         cfg = apply_overrides(cfg, overrides)
@@ -81,14 +99,52 @@ def search_cmd(
                               f"{fmt(ev.get('eval_E_latency'))} ms, E\\[params] {fmt(ev.get('eval_E_params'))}, "
                               f"tau {ev['tau']:.3g}, {ev['wall_s']:.1f} s", highlight=False)
 
-            history = search(cfg, out, resume=resume, on_progress=on_progress)
-    except (ConfigError, ControlError, CostError, DataError, SearchError) as e:
+            history = search(cfg, out, resume=resume, on_progress=on_progress if ddp is None or ddp.is_main else None)
+    except (ConfigError, ControlError, CostError, DataError, SearchError, distributed.DistError) as e:
         fail(str(e))
     except KeyboardInterrupt:
         fail(f"interrupted; the last finished epoch is checkpointed in {out}: add --resume to continue", 130)
+    except Exception as e:
+        if distributed.env_world() <= 1 or not distributed.peer_lost(e):
+            raise
+        if os.environ.get(distributed.LAUNCHED_ENV):
+            raise typer.Exit(distributed.PEER_LOST)  # the launcher prints the one line
+        fail(f"rank {os.environ.get('RANK')}: another worker failed or did not join in time "
+             f"({(str(e).splitlines() or [type(e).__name__])[0][:200]}); the last finished epoch (if any) is "
+             f"checkpointed in {out}: add --resume to continue", distributed.PEER_LOST)
+    finally:
+        distributed.shutdown()
+    if ddp is not None and not ddp.is_main:
+        return
     done = history[-1]["epoch"] + 1 if history else 0
     con.print(f"run {out}: {done}/{cfg.epochs} epochs; control {cfg.control.kind} -> {out}/control.pt",
               highlight=False)
+
+
+def _search_args(space: str, tables: list[str], preset_name: str, data: str, epochs: int, out: str, resume: bool,
+                 seed: int, torch_device: str, batch_size: int | None, data_dir: str | None, threads: int,
+                 overrides: list[str], bn: str) -> list[str]:
+    """The ``hwnas search`` arguments a worker of ``--nproc`` is started with (everything but ``--nproc``)."""
+    args = ["search", "--space", space, "--preset", preset_name, "--data", data, "--epochs", str(epochs),
+            "--out", out, "--seed", str(seed), "--torch-device", torch_device, "--threads", str(threads), "--bn", bn]
+    args += [a for t in tables for a in ("--table", t)] + [a for o in overrides for a in ("--set", o)]
+    args += ["--resume"] if resume else []
+    args += ["--batch-size", str(batch_size)] if batch_size is not None else []
+    args += ["--data-dir", data_dir] if data_dir is not None else []
+    return args
+
+
+def _launch(args: list[str], nproc: int, out: str, fail) -> None:
+    """Run ``args`` as ``nproc`` workers and end this command with their outcome."""
+    from . import distributed
+
+    if distributed.env_world() > 1:
+        fail(f"--nproc {nproc} inside a torch.distributed job (WORLD_SIZE={distributed.env_world()}): use either "
+             f"--nproc or torchrun, not both")
+    outcome = distributed.launch(args, nproc, out)
+    if outcome.message:
+        fail(outcome.message, outcome.code)
+    raise typer.Exit(outcome.code)
 
 
 # ------------------------------------------------------------------ family: derive, train, export, run, report

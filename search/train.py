@@ -30,6 +30,7 @@ from profiler.tables import atomic_write_text
 from .config import SearchConfig, config_from_dict, config_to_dict
 from .control import Control, Value, build_control
 from .costs import CostModel, open_table
+from . import distributed
 from .data import Splits, load_data
 from .losses import search_loss
 from .samplers import Sampler, temperature
@@ -63,14 +64,16 @@ def _plain(v: Any) -> Any:
 def fit_epoch(model: nn.Module, loader, optimizer, *, forward: Forward | None = None, grad_clip: float | None = None,
               before_step: Callable[[int], None] | None = None,
               on_step: Callable[[int, dict[str, float]], None] | None = None,
-              max_steps: int | None = None) -> dict[str, float]:
+              max_steps: int | None = None,
+              backward: Callable[[torch.Tensor, list], None] | None = None) -> dict[str, float]:
     """One pass over ``loader``: zero grads, forward, backward, clip, step every optimiser.
 
     ``optimizer`` is one optimiser or a sequence (single-level search steps weights and architecture together);
     ``grad_clip`` clips the gradient norm of the first optimiser's parameters. ``forward(model, x, y)`` returns
     ``(loss, outputs, info)``; by default it is cross-entropy of ``model(x)``. A non-finite loss raises
-    :class:`NonFiniteLoss` before anything is stepped. Returns mean loss, accuracy, steps, samples and the mean of
-    every numeric ``info`` entry.
+    :class:`NonFiniteLoss` before anything is stepped. ``backward(loss, opts)`` replaces ``loss.backward()``
+    (multi-process: this rank's share, then gradients summed over ranks). Returns mean loss, accuracy, steps,
+    samples and the mean of every numeric ``info`` entry.
     """
     opts = list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
     clip_params = [p for grp in opts[0].param_groups for p in grp["params"]] if grad_clip else []
@@ -98,7 +101,7 @@ def fit_epoch(model: nn.Module, loader, optimizer, *, forward: Forward | None = 
         lv = float(loss.detach())
         if not math.isfinite(lv):
             raise NonFiniteLoss(step, lv, last)
-        loss.backward()
+        loss.backward() if backward is None else backward(loss, opts)
         if grad_clip:
             nn.utils.clip_grad_norm_(clip_params, grad_clip)
         for o in opts:
@@ -309,6 +312,9 @@ def search(cfg: SearchConfig, out: str | Path, *, resume: bool = False, splits: 
                           f"num_classes={space.num_classes}; use --space {space.name}:num_classes="
                           f"{splits.num_classes}")
     model.to(dev)
+    ddp = distributed.current()  # None: one process
+    if ddp is not None:
+        ddp.prepare(model)
 
     train = _subset(splits.train, cfg.train_limit)
     val = _subset(splits.val, cfg.eval_limit)
@@ -322,6 +328,9 @@ def search(cfg: SearchConfig, out: str | Path, *, resume: bool = False, splits: 
     w_loader = _loader(w_ds, cfg.batch_size, gens["data"], True)
     a_loader = _loader(a_ds, cfg.batch_size, gens["adata"], True) if a_ds is not None else None
     val_loader = _loader(val, 256, None, False)
+    if ddp is not None:
+        w_loader, a_loader, val_loader = ddp.shard(w_loader), ddp.shard(a_loader), ddp.shard(val_loader, False)
+    main = ddp is None or ddp.is_main  # only rank 0 writes the run directory
 
     wo, ao = cfg.weights_opt, cfg.arch_opt
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=wo.lr, momentum=wo.momentum, weight_decay=wo.weight_decay)
@@ -337,11 +346,14 @@ def search(cfg: SearchConfig, out: str | Path, *, resume: bool = False, splits: 
         _set_rng_state(ck["rng"], gens)
         start = int(ck["epoch"])
         last_finite = dict(ck.get("last_finite", {}))
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.json", json.dumps(config_to_dict(cfg), indent=2))
     metrics_path = out / "metrics.jsonl"
     history = [m for m in read_metrics(metrics_path) if m.get("epoch", 1 << 30) < start]
-    atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in history))
+    if ddp is not None:
+        ddp.barrier()  # every rank has checked and read the run directory before rank 0 writes it
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.json", json.dumps(config_to_dict(cfg), indent=2))
+        atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in history))
 
     eval_c = default_control(control, cfg)
     ref_lat = cfg.ref_latency_ms
@@ -390,7 +402,7 @@ def search(cfg: SearchConfig, out: str | Path, *, resume: bool = False, splits: 
                 loss, _, _ = forward(model, x, y)
                 if not math.isfinite(float(loss.detach())):
                     raise NonFiniteLoss(step, float(loss.detach()), last_finite)
-                loss.backward()
+                loss.backward() if ddp is None else ddp.backward(loss, [a_opt])
                 a_opt.step()
 
         opts = [w_opt, a_opt] if (cfg.optimisation == "single" and arch_on) else [w_opt]
@@ -403,14 +415,16 @@ def search(cfg: SearchConfig, out: str | Path, *, resume: bool = False, splits: 
 
         try:
             tr = fit_epoch(model, w_loader, opts, forward=forward, grad_clip=wo.grad_clip, before_step=before,
-                           on_step=on_step)
+                           on_step=on_step, backward=ddp and ddp.backward)
         except NonFiniteLoss as e:
             shown = ", ".join(f"{k}={v:.4g}" for k, v in e.last.items()) or "none (first step)"
             kept = f"checkpoint of epoch {start + done_this_call} kept in {ckpt_path}" if ckpt_path.exists() \
                 else "no checkpoint yet"
             raise SearchError(f"loss became {e.value} at epoch {epoch} step {e.step + 1}; last finite values: "
                               f"{shown}; {kept} (lower the learning rates or check the data)") from None
-        va = evaluate(model, val_loader, eval_forward)
+        if ddp is not None:
+            tr = ddp.reduce_train(tr)
+        va = (evaluate if ddp is None else ddp.evaluate)(model, val_loader, eval_forward)
         with torch.no_grad():
             logits = control(eval_c)
             probs = torch.softmax(logits, dim=-1)
@@ -421,17 +435,19 @@ def search(cfg: SearchConfig, out: str | Path, *, resume: bool = False, splits: 
                "eval_control": control.plain(eval_c), **{f"eval_E_{k}": v for k, v in exp.items()},
                "eval_arch": arch, "wall_s": time.perf_counter() - t0,
                "elapsed_s": time.perf_counter() - t_start}
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        if main:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
         history.append(rec)
-        atomic_torch_save({"epoch": epoch + 1, "model": model.state_dict(), "w_opt": w_opt.state_dict(),
-                           "a_opt": a_opt.state_dict(), "rng": _rng_state(gens), "last_finite": dict(last_finite)},
-                          ckpt_path)
+        if main:
+            atomic_torch_save({"epoch": epoch + 1, "model": model.state_dict(), "w_opt": w_opt.state_dict(),
+                               "a_opt": a_opt.state_dict(), "rng": _rng_state(gens),
+                               "last_finite": dict(last_finite)}, ckpt_path)
         done_this_call += 1
         if on_progress is not None:
             on_progress({"event": "epoch", **rec, "epochs": cfg.epochs})
-    if history and history[-1]["epoch"] == cfg.epochs - 1:
+    if main and history and history[-1]["epoch"] == cfg.epochs - 1:
         atomic_torch_save(control.state_dict(), out / "control.pt")
     return history

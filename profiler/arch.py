@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import UserError
 from .ops import count_params
 from .spaces import Space, get_space, space_from_json
 from .tables import LatencyTable, atomic_write_text
@@ -28,7 +29,7 @@ from .tables import LatencyTable, atomic_write_text
 ARCH_SCHEMA = "hwnas-arch/1"
 
 
-class ArchError(ValueError):
+class ArchError(UserError, ValueError):
     """An architecture-file problem; the message is the one line shown to the user."""
 
 
@@ -323,22 +324,14 @@ def arch_from_metadata(props: dict[str, str], where: str = "model") -> Arch:
 
 def save_weights(module: nn.Module, path: str | Path) -> Path:
     """A state_dict as safetensors (no pickle), written atomically."""
-    import os
-    import tempfile
-
     from safetensors.torch import save_file
 
+    from .fileio import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -372,7 +365,8 @@ def load_weights(module: nn.Module, path: str | Path) -> nn.Module:
 
 def export_arch(arch: Arch, out: str | Path, weights: str | Path | None = None) -> tuple[Path, float]:
     """A self-contained ONNX model of ``arch`` (weights loaded when given, else seeded init) with the architecture
-    JSON in ``metadata_props["hwnas_arch_json"]``; returns (path, max |onnxruntime - torch| on one input)."""
+    JSON in ``metadata_props["hwnas_arch_json"]``; returns (path, max |onnxruntime - torch| / max |torch| on one
+    input: relative, since an untrained net's output can be ~1e-7)."""
     from .export import export_module
 
     torch.manual_seed(0)
@@ -384,7 +378,7 @@ def export_arch(arch: Arch, out: str | Path, weights: str | Path | None = None) 
             "hwnas_arch_digest": arch.digest()}
     if weights is not None:
         meta["hwnas_weights"] = Path(weights).name
-    err = export_module(net, (1, *arch.space.input_shape), Path(out), metadata=meta)
+    err = export_module(net, (1, *arch.space.input_shape), Path(out), metadata=meta, relative=True)
     return Path(out), err
 
 

@@ -12,9 +12,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .cliapp import UserErrorApp
+from .errors import UserError
 from .progress import progress
 
-app = typer.Typer(help="hwprof: build latency lookup tables (LUTs) of NAS search-space ops on real devices.",
+app = UserErrorApp(help="hwprof: build latency lookup tables (LUTs) of NAS search-space ops on real devices.",
                   no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
 out = Console()
@@ -42,7 +44,7 @@ def _space(spec: str):
 
     try:
         return get_space(spec)
-    except ValueError as e:
+    except UserError as e:
         fail(str(e))
 
 
@@ -51,7 +53,7 @@ def _runner(device):
 
     try:
         return make_runner(device)
-    except (RuntimeError, NotImplementedError, ImportError) as e:
+    except (UserError, NotImplementedError, ImportError) as e:
         fail(str(e))
 
 
@@ -275,7 +277,7 @@ def measure_model_cmd(
         try:
             tab = load_table(table, device=dev.name)
             protocol = Protocol.from_dict(tab.meta.get("protocol", {}), f"{table} protocol")
-        except (TableError, ValueError) as e:
+        except UserError as e:
             fail(str(e))
     if threads is not None:
         if dev.runtime not in ("onnxruntime", "torch", "tvm", "onnxruntime-ssh"):
@@ -284,7 +286,7 @@ def measure_model_cmd(
     try:
         protocol = run_protocol(protocol, repeats, seconds)
         input_shape = onnx_input_shape(model, shape)
-    except ValueError as e:
+    except UserError as e:
         fail(str(e))
     try:
         from .arch import ArchError, onnx_arch
@@ -294,7 +296,7 @@ def measure_model_cmd(
             predicted = tab.predict_ms(arch.keys()) if not tab.missing(arch.keys()) else None
         elif arch.table is not None and arch.table.device == dev.name:
             predicted = arch.predicted_ms
-    except (ArchError, ValueError):
+    except UserError:
         arch = None  # a model not written by hwnas export: time it all the same
     res = measure_model(model, dev, protocol, input_shape)
     if not res.ok:
@@ -498,7 +500,7 @@ def export_cmd(
     tab = _load_table(table)
     try:
         rep = export_table(tab, fmt, out_path, unit=unit)
-    except (FormatError, ValueError) as e:
+    except UserError as e:
         fail(str(e))
     out.print(f"{out_path}: wrote {rep.written} entries ({fmt}); {len(rep.unexpressible)} key(s) not expressible "
               f"in this format" + (f", {len(rep.free)} identity key(s) left out (the format counts them free)"

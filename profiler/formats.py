@@ -47,6 +47,7 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
+from .errors import UserError
 from .keys import KEY_VERSION, op_key, parse_key
 from .ops import get_op, mbconv_mid
 from .protocol import Protocol
@@ -59,7 +60,7 @@ CONFLICT_MODES = ("mean", "error")
 _TO_MS = {"ms": 1.0, "us": 1e-3}
 
 
-class FormatError(ValueError):
+class FormatError(UserError, ValueError):
     """A peer-format problem; the message is the one line shown to the user."""
 
 

@@ -26,12 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from .errors import UserError
+
 # Constants of TVM's RPC protocol (tvm/rpc/base.py); copied so that this module imports without TVM.
 RPC_TRACKER_MAGIC = 0x2F271
 _CODE_SUCCESS, _CODE_REQUEST, _CODE_SUMMARY = 0, 4, 6  # TrackerCode.SUCCESS, REQUEST, SUMMARY
 
 
-class RpcError(RuntimeError):
+class RpcError(UserError, RuntimeError):
     """A tracker/server problem; the message is one line that names the address and the fix."""
 
 

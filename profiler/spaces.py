@@ -15,8 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .errors import InputError
 from .keys import op_key, output_hw
 from .ops import get_op, make_divisible
+
+
+class SpaceError(InputError):
+    """A space spec that names no space, or a parameter out of range."""
 
 FBNET_OPS = ("k3_e1", "k3_e1_g2", "k3_e3", "k3_e6", "k5_e1", "k5_e1_g2", "k5_e3", "k5_e6", "skip")
 DARTS_OPS = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5",
@@ -146,7 +151,7 @@ def _coerce(name: str, key: str, raw: str, default: Any) -> Any:
         if isinstance(default, float):
             return float(raw)
     except ValueError:
-        raise ValueError(f"space {name}: parameter {key}={raw!r} must be a {type(default).__name__}") from None
+        raise SpaceError(f"space {name}: parameter {key}={raw!r} must be a {type(default).__name__}") from None
     return raw
 
 
@@ -154,18 +159,18 @@ def get_space(spec: str, **overrides: Any) -> Space:
     """Build a space from ``NAME[:k=v,...]``. Unknown names or parameters give a one-line error."""
     name, _, rest = spec.partition(":")
     if name not in SPACES:
-        raise ValueError(f"unknown space {name!r}; known spaces: {', '.join(sorted(SPACES))}")
+        raise SpaceError(f"unknown space {name!r}; known spaces: {', '.join(sorted(SPACES))}")
     d = SPACES[name]
     params = dict(d.defaults)
     for item in filter(None, rest.split(",")):
         k, eq, v = item.partition("=")
         if not eq or k not in d.defaults:
-            raise ValueError(f"space {name}: unknown parameter {item!r}; parameters: "
+            raise SpaceError(f"space {name}: unknown parameter {item!r}; parameters: "
                              + ", ".join(f"{k}={v}" for k, v in d.defaults.items()))
         params[k] = _coerce(name, k, v, d.defaults[k])
     for k, v in overrides.items():
         if k not in d.defaults:
-            raise ValueError(f"space {name}: unknown parameter {k!r}")
+            raise SpaceError(f"space {name}: unknown parameter {k!r}")
         params[k] = v
     return d.build(**params)
 
@@ -226,9 +231,9 @@ def fbnet_cifar_space(**p: Any) -> Space:
 def _darts(name: str, ops: tuple[str, ...], *, C: int, cells: int, nodes: int, input_size: int, num_classes: int,
            in_channels: int, stem_multiplier: int) -> Space:
     if cells < 3:
-        raise ValueError(f"space {name}: cells={cells} must be >= 3 (two reduction cells at 1/3 and 2/3)")
+        raise SpaceError(f"space {name}: cells={cells} must be >= 3 (two reduction cells at 1/3 and 2/3)")
     if C % 2:
-        raise ValueError(f"space {name}: C={C} must be even (factorized reduce halves it)")
+        raise SpaceError(f"space {name}: C={C} must be even (factorized reduce halves it)")
     reductions = {cells // 3, 2 * cells // 3}
     hw = (input_size, input_size)
     c_stem = stem_multiplier * C

@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from profiler.errors import UserError
+
 CONTROLS = ("static", "lambda", "simplex-ops", "tradeoff")
 SAMPLERS = ("softmax", "gumbel", "gumbel-hard", "lean")
 SCHEDULES = ("constant", "exponential", "linear")
@@ -21,7 +23,7 @@ COST_TERMS = ("params", "flops", "latency")
 HYPERNETS = ("pwl", "mlp")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A bad config value; the message names the field, the value and what is accepted."""
 
 

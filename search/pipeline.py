@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from profiler.errors import UserError
 from profiler.arch import Arch, export_arch, load_arch
 from profiler.devices import Device, get_device
 from profiler.protocol import Protocol
@@ -85,7 +86,7 @@ class Event:
 OnEvent = Callable[[Event], None]
 
 
-class PipelineError(RuntimeError):
+class PipelineError(UserError, RuntimeError):
     """A stage failed in a way the user must fix; one line."""
 
 

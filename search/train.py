@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from profiler.errors import UserError
 from profiler.spaces import Space, get_space
 from profiler.tables import atomic_write_text
 
@@ -38,7 +39,7 @@ from .supernet import SearchModel
 Forward = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]
 
 
-class SearchError(RuntimeError):
+class SearchError(UserError, RuntimeError):
     """A search that cannot start or go on; the message is the one line shown to the user."""
 
 
@@ -240,12 +241,13 @@ def _set_rng_state(state: dict[str, torch.Tensor], gens: dict[str, torch.Generat
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    from profiler.fileio import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

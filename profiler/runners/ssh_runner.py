@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from ..errors import UserError
 from ..devices import Device
 from ..protocol import Protocol
 from .base import MeasureRequest, MeasureResult, host_fingerprint
@@ -39,7 +40,7 @@ CHUNK_SIZE = 8  # models per upload + job: a dropped connection loses at most th
 JOB_VERSION = 1
 
 
-class SshError(RuntimeError):
+class SshError(UserError, RuntimeError):
     """Cannot reach or use the board; the message is one line with the fix."""
 
 

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import UserError
+from .errors import InputError, UserError
+from .fileio import loads_json
 from .ops import count_params
 from .spaces import Space, get_space, space_from_json
 from .tables import LatencyTable, atomic_write_text
@@ -258,12 +259,14 @@ def _parse(data: Any, where: str) -> Arch:
         if raw.get("name", layer.name) != layer.name:
             raise ArchError(f"{w}.name = {raw.get('name')!r}, the space calls layer {i} {layer.name!r}; {_FIX}")
         keys = tuple(s.key(op) for s in layer.sites)
+        if "keys" in raw and not isinstance(raw["keys"], list):
+            raise ArchError(f"{w}.keys = {str(raw['keys'])[:60]!r} must be a list of key strings; {_FIX}")
         if "keys" in raw and tuple(raw["keys"]) != keys:
             raise ArchError(f"{w}.keys do not match the space's keys for op {op!r} (expected {keys[0]}, ...); the "
                             f"file was written for another key format or edited by hand; {_FIX}")
         layers.append(LayerChoice(layer.name, op, keys))
     fixed = tuple(s.key() for s in space.fixed)
-    if "fixed_keys" in data and tuple(data["fixed_keys"]) != fixed:
+    if "fixed_keys" in data and (not isinstance(data["fixed_keys"], list) or tuple(data["fixed_keys"]) != fixed):
         raise ArchError(f"{where}: field 'fixed_keys' does not match space {space.spec}; {_FIX}")
     n_params = _need(data, "params", int, where)
     flops = _need(data, "flops", int, where)
@@ -303,9 +306,9 @@ def load_arch(path: str | Path) -> Arch:
     except (OSError, UnicodeDecodeError) as e:
         raise ArchError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ArchError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); {_FIX}") from None
+        data = loads_json(text, str(path))
+    except InputError as e:
+        raise ArchError(f"{e}; {_FIX}") from None
     return _parse(data, str(path))
 
 

@@ -455,6 +455,7 @@ def import_cmd(
                                                            "file or its format says; the import states it)."),
     conflicts: str = typer.Option("mean", "--conflicts", help="Several entries for one key: mean (average, report "
                                                               "the spread) or error (refuse)."),
+    force: bool = typer.Option(False, "--force", help="Replace a measured table at --out (refused otherwise)."),
 ) -> None:
     """Import a peer LUT as a normal hwprof table (marked imported; matched, missing, unused and conflicting listed)."""
     from .formats import FormatError, import_table
@@ -463,7 +464,7 @@ def import_cmd(
     sp = _space(space)
     path = out_path or default_table_path(device, sp.spec)
     try:
-        rep = import_table(src, fmt, sp, device, path, unit=unit, on_conflict=conflicts)
+        rep = import_table(src, fmt, sp, device, path, unit=unit, on_conflict=conflicts, force=force)
     except (FormatError, TableError) as e:
         fail(str(e))
     p = lambda line: out.print(line, highlight=False, soft_wrap=True)  # noqa: E731

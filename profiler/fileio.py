@@ -202,6 +202,31 @@ class FileLock:
         self.release()
 
 
+@contextmanager
+def locked_dir(path: str | Path, what: str = "run directory") -> Iterator[Path]:
+    """Hold the single-writer lock of a directory (``<dir>/.writer.lock``) while writing into it.
+
+    A directory this call created and that holds nothing but the lock when the block fails is removed again, so a
+    command refused on bad input leaves no empty run directory behind.
+    """
+    path = Path(path)
+    created = not path.exists()
+    lock = FileLock(path / ".writer", what, fix="wait for that process to finish or stop it, or choose another --out")
+    lock.target = path
+    ok = False
+    try:
+        with lock:
+            yield path
+        ok = True
+    finally:
+        if created and not ok:
+            try:
+                (path / ".writer.lock").unlink(missing_ok=True)
+                path.rmdir()
+            except OSError:
+                pass  # something else was written: keep it
+
+
 def exclusive(target: str | Path, what: str = "file", wait_s: float = 0.0,
               fix: str = "wait for it to finish, or stop that process") -> FileLock:
     """``with exclusive(path, "table"):`` holds the single-writer lock of ``path`` (see ``FileLock``)."""

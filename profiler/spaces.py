@@ -12,6 +12,7 @@ the canonical form and ``Space.to_json()`` / :func:`space_from_json` round-trip.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -172,7 +173,41 @@ def get_space(spec: str, **overrides: Any) -> Space:
         if k not in d.defaults:
             raise SpaceError(f"space {name}: unknown parameter {k!r}")
         params[k] = v
-    return d.build(**params)
+    for k, v in params.items():
+        _check_param(name, k, v, d.defaults[k])
+    space = d.build(**params)
+    _check_sizes(space)
+    return space
+
+
+MAX_WIDTH = 16.0  # a width multiplier above this is a typo (and an enormous network)
+
+
+def _check_param(name: str, key: str, value: Any, default: Any) -> None:
+    """Numbers in range: counts and sizes >= 1, width finite and in (0, MAX_WIDTH]."""
+    if isinstance(default, bool) or not isinstance(default, (int, float)):
+        return
+    kind = "an integer" if isinstance(default, int) else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(default, int)
+                                                                          and not isinstance(value, int)):
+        raise SpaceError(f"space {name}: parameter {key}={value!r} must be {kind}")
+    if isinstance(default, float):
+        if not (math.isfinite(value) and 0 < value <= MAX_WIDTH):
+            raise SpaceError(f"space {name}: parameter {key}={value!r} must be a finite number in (0, {MAX_WIDTH:g}] "
+                             f"(default {default})")
+    elif value < 1:
+        raise SpaceError(f"space {name}: parameter {key}={value!r} must be >= 1 (default {default})")
+
+
+def _check_sizes(space: Space) -> None:
+    """Every site keeps a feature map of at least 1 x 1, and the space has something to search."""
+    if not space.layers:
+        raise SpaceError(f"space {space.spec}: no searchable layers; raise the parameters (defaults: "
+                         + ", ".join(f"{k}={v}" for k, v in SPACES[space.name].defaults.items()) + ")")
+    for site in [*space.fixed, *(s for layer in space.layers for s in layer.sites)]:
+        if min(site.input_hw) < 1 or min(site.output_hw) < 1:
+            raise SpaceError(f"space {space.spec}: input_size={space.params.get('input_size')} is too small: "
+                             f"{site.name} would get a {site.input_hw[0]}x{site.input_hw[1]} input; raise input_size")
 
 
 def space_from_json(data: dict[str, Any]) -> Space:

@@ -86,7 +86,10 @@ def search_cmd(
     except UserError as e:
         fail(str(e))
     except KeyboardInterrupt:
-        fail(f"interrupted; the last finished epoch is checkpointed in {out}: add --resume to continue", 130)
+        if (_Path(out) / "checkpoint.pt").is_file():
+            fail(f"interrupted; the last finished epoch is checkpointed in {out}: add --resume to continue", 130)
+        fail(f"interrupted before the first epoch finished: no checkpoint in {out} to resume; remove {out} and run "
+             f"the same command again", 130)
     done = history[-1]["epoch"] + 1 if history else 0
     con.print(f"run {out}: {done}/{cfg.epochs} epochs; control {cfg.control.kind} -> {out}/control.pt",
               highlight=False)

@@ -292,8 +292,11 @@ def run_pipeline(cfg: RunConfig, out: Path, on_event: OnEvent | None = None) -> 
     threads = torch.get_num_threads()
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)
+    from profiler.fileio import locked_dir
+
     try:
-        return _run_pipeline(cfg, Path(out), on_event or (lambda e: None))
+        with locked_dir(out, "run directory"):
+            return _run_pipeline(cfg, Path(out), on_event or (lambda e: None))
     finally:
         torch.set_num_threads(threads)
 

@@ -286,9 +286,17 @@ def search(cfg: SearchConfig, out: str | Path, *, resume: bool = False, splits: 
     """Run (or resume) a search into run directory ``out``; returns the metrics of every epoch.
 
     ``stop_after`` ends the call after that many epochs of this call (as a kill would, but cleanly); ``splits``
-    passes already loaded data (tests).
+    passes already loaded data (tests). One process at a time writes a run directory (a second gets a
+    ``LockedError`` naming the first one's PID).
     """
-    out = Path(out)
+    from profiler.fileio import locked_dir
+
+    with locked_dir(out, "run directory"):
+        return _search(cfg, Path(out), resume, splits, on_progress, stop_after)
+
+
+def _search(cfg: SearchConfig, out: Path, resume: bool, splits: Splits | None, on_progress: ProgressFn | None,
+            stop_after: int | None) -> list[dict[str, Any]]:
     cfg.tables = tuple(str(Path(t).resolve()) for t in cfg.tables)
     cfg.validate()
     ckpt_path = out / "checkpoint.pt"

@@ -327,6 +327,8 @@ def arch_from_metadata(props: dict[str, str], where: str = "model") -> Arch:
 
 def save_weights(module: nn.Module, path: str | Path) -> Path:
     """A state_dict as safetensors (no pickle), written atomically."""
+    import errno
+
     from safetensors.torch import save_file
 
     from .fileio import atomic_path
@@ -334,7 +336,12 @@ def save_weights(module: nn.Module, path: str | Path) -> Path:
     path = Path(path)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
     with atomic_path(path) as tmp:
-        save_file(state, tmp)
+        try:
+            save_file(state, tmp)
+        except Exception as e:  # noqa: BLE001 - safetensors reports a full disk as its own error type
+            if "No space left" not in str(e) and not isinstance(e, OSError):
+                raise
+            raise OSError(errno.ENOSPC, "No space left on device") from None
     return path
 
 

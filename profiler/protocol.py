@@ -11,6 +11,7 @@ from .errors import InputError
 
 MAX_PROTOCOL_S = 3600.0  # no warm-up or sampling time over an hour: an infinite one would hang the sweep
 _POSITIVE = ("max_seconds", "target_sample_ms", "cv_threshold")
+_TIMES_S = ("warmup_s", "min_seconds", "max_seconds")
 
 
 class ProtocolError(InputError):
@@ -45,7 +46,7 @@ class Protocol:
                 raise ProtocolError(f"{where}.{k}: {v!r} must be a finite number (an infinite time never ends)")
             if k in _POSITIVE and v <= 0 or k == "min_samples" and v < 1:
                 raise ProtocolError(f"{where}.{k}: {v!r} must be {'>= 1' if k == 'min_samples' else '> 0'}")
-            if k.endswith("_s") and v > MAX_PROTOCOL_S:
+            if k in _TIMES_S and v > MAX_PROTOCOL_S:
                 raise ProtocolError(f"{where}.{k}: {v!r} s is over the {MAX_PROTOCOL_S:g} s limit of one timing")
         cast = {k: (int(v) if known[k] in ("int", int) else float(v)) for k, v in data.items()}
         return replace(cls(), **cast)

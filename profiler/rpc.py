@@ -93,8 +93,8 @@ class TrackerClient:
             sock = socket.create_connection((host, port), timeout=min(timeout_s, self.timeout_s))
         except OSError as e:
             raise RpcError(f"tracker {self.addr}: cannot connect ({e.strerror or e}); start one with "
-                           f"'python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port {port}' or fix rpc.tracker in "
-                           f"devices.yaml") from None
+                           f"'python -m profiler.rpc tracker --port {port}' (it listens on 127.0.0.1; a remote board "
+                           f"reaches it through an SSH tunnel, see README) or fix rpc.tracker in devices.yaml") from None
         try:
             sock.settimeout(timeout_s)
             sock.sendall(struct.pack("<i", RPC_TRACKER_MAGIC))
@@ -373,12 +373,13 @@ def _main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m profiler.rpc", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("tracker", help="start a TVM RPC tracker")
-    t.add_argument("--host", default="0.0.0.0")
+    t.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; TVM RPC has no "
+                   "authentication: reach a remote board through an SSH tunnel instead of 0.0.0.0)")
     t.add_argument("--port", type=int, default=9190)
     s = sub.add_parser("server", help="start a TVM rpc_server registered at a tracker")
     s.add_argument("--tracker", required=True, help="host:port of the tracker")
     s.add_argument("--key", required=True, help="device key (devices.yaml rpc.key)")
-    s.add_argument("--host", default="0.0.0.0")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; see tracker --host)")
     s.add_argument("--port", type=int, default=9090)
     s.add_argument("--threads", type=int, default=None, help="TVM_NUM_THREADS of the server")
     a = ap.parse_args(argv)

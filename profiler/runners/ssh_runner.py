@@ -327,6 +327,8 @@ class SshRunner:
             sftp = client.open_sftp()
             d = posixpath.join(self._workdir(), "hwprof-" + secrets.token_hex(6))
             sftp.mkdir(d, mode=0o700)
+            with sftp.open(posixpath.join(d, "owner.pid"), "w") as f:  # marks it ours for board_timer.sweep_stale
+                f.write("hwprof-board 0\n")
             sftp.put(str(TIMING_SCRIPT), posixpath.join(d, "timing.py"))
             sftp.put(str(REMOTE_SCRIPT), posixpath.join(d, "board_timer.py"))
         except (OSError, EOFError, pk.SSHException) as e:

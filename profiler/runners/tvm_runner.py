@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import secrets
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ from ..protocol import Protocol
 from ..rpc import RpcError, RpcProcess, connect_session, request_session, start_server
 from .base import MeasureRequest, MeasureResult, host_fingerprint, library_versions
 
-LOCAL_KEY = "hwprof-local"
+LOCAL_KEY = "hwprof-local"  # prefix of the private local server's key; each runner adds a random part
 VARIANTS = ("untuned", "tuned", "tune-failed", "copy")
 # output agreement with onnxruntime (float32, small ops): beyond this the compiled code is wrong, not slow
 MAX_REL_ERR = 1e-3  # max |tvm - onnxruntime| / max |onnxruntime|
@@ -357,9 +358,12 @@ class TvmRunner:
         if self._server is None or not self._server.alive():
             if self._server is not None:
                 self._server.stop()
-            self._server = start_server(LOCAL_KEY, None, "127.0.0.1", threads=self.threads, die_with_parent=True,
+            # a random key per server: TVM RPC runs any library it is sent, so only this process may connect
+            self._local_key = f"{LOCAL_KEY}-{secrets.token_hex(16)}"
+            self._server = start_server(self._local_key, None, "127.0.0.1", threads=self.threads,
+                                        die_with_parent=True,
                                         log_dir=Path(self.server_log_dir) if self.server_log_dir else None)
-        return connect_session(self._server.host, self._server.port, LOCAL_KEY)
+        return connect_session(self._server.host, self._server.port, self._local_key)
 
     def session(self) -> Any:
         if self._down is not None:

@@ -94,7 +94,8 @@ class TrackerClient:
         except OSError as e:
             raise RpcError(f"tracker {self.addr}: cannot connect ({e.strerror or e}); start one with "
                            f"'python -m profiler.rpc tracker --port {port}' (it listens on 127.0.0.1; a remote board "
-                           f"reaches it through an SSH tunnel, see README) or fix rpc.tracker in devices.yaml") from None
+                           f"reaches it through an SSH tunnel, see README) or fix rpc.tracker in "
+                           f"devices.yaml") from None
         try:
             sock.settimeout(timeout_s)
             sock.sendall(struct.pack("<i", RPC_TRACKER_MAGIC))

@@ -268,7 +268,10 @@ RESUME_FIELDS = ("preset", "space", "tables", "data", "seed", "batch_size")
 
 def _check_resume(out: Path, cfg: SearchConfig) -> SearchConfig:
     """The stored config of run ``out``; the identifying fields given again must match. ``epochs`` may change."""
-    stored = config_from_dict(json.loads((out / "config.json").read_text()), str(out / "config.json"))
+    from profiler.fileio import loads_json, read_text
+
+    where = str(out / "config.json")
+    stored = config_from_dict(loads_json(read_text(out / "config.json", "run config"), where), where)
     for k in RESUME_FIELDS:
         a, b = getattr(stored, k), getattr(cfg, k)
         if a != b:
@@ -340,7 +343,9 @@ def _search(cfg: SearchConfig, out: Path, resume: bool, splits: Splits | None, o
     start = 0
     last_finite: dict[str, float] = {}
     if resume and ckpt_path.is_file():
-        ck = torch.load(ckpt_path, map_location=dev, weights_only=True)
+        from .run import load_state
+
+        ck = load_state(ckpt_path, dev)
         model.load_state_dict(ck["model"])
         w_opt.load_state_dict(ck["w_opt"])
         a_opt.load_state_dict(ck["a_opt"])

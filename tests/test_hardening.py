@@ -496,3 +496,18 @@ def test_private_local_rpc_key_is_random_per_server():
     assert "secrets.token_hex(16)" in src and "connect_session(self._server.host, self._server.port, LOCAL_KEY)" \
         not in src
     _ = typer  # the CLI apps above are typer apps
+
+
+def test_a_corrupt_checkpoint_or_config_is_one_line(tmp_path):
+    from search.run import load_run, load_state
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"torn")
+    with pytest.raises(UserError, match="checkpoint.pt: not a readable checkpoint"):
+        load_state(run / "checkpoint.pt")
+    (run / "config.json").write_text('{"preset": "hwnas", "preset": "darts"}')
+    with pytest.raises(UserError, match="key 'preset' appears twice"):
+        load_run(run)
+    r = CliRunner().invoke(hwnas, ["derive", str(run), "--family", "2"])
+    assert "appears twice" in one_line_exit_2(r)

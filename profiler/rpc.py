@@ -93,8 +93,8 @@ class TrackerClient:
             sock = socket.create_connection((host, port), timeout=min(timeout_s, self.timeout_s))
         except OSError as e:
             raise RpcError(f"tracker {self.addr}: cannot connect ({e.strerror or e}); start one with "
-                           f"'python -m profiler.rpc tracker --port {port}' (it listens on 127.0.0.1; a remote board "
-                           f"reaches it through an SSH tunnel, see README) or fix rpc.tracker in "
+                           f"'python -m profiler.rpc tracker --port {port}' (tvm.exec.rpc_tracker on 127.0.0.1; "
+                           f"a remote board reaches it through an SSH tunnel, see README) or fix rpc.tracker in "
                            f"devices.yaml") from None
         try:
             sock.settimeout(timeout_s)

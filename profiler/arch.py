@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import InputError, UserError
+from .fileio import loads_json
 from .ops import count_params
 from .spaces import Space, get_space, space_from_json
 from .tables import LatencyTable, atomic_write_text
@@ -28,7 +30,7 @@ from .tables import LatencyTable, atomic_write_text
 ARCH_SCHEMA = "hwnas-arch/1"
 
 
-class ArchError(ValueError):
+class ArchError(UserError, ValueError):
     """An architecture-file problem; the message is the one line shown to the user."""
 
 
@@ -257,12 +259,14 @@ def _parse(data: Any, where: str) -> Arch:
         if raw.get("name", layer.name) != layer.name:
             raise ArchError(f"{w}.name = {raw.get('name')!r}, the space calls layer {i} {layer.name!r}; {_FIX}")
         keys = tuple(s.key(op) for s in layer.sites)
+        if "keys" in raw and not isinstance(raw["keys"], list):
+            raise ArchError(f"{w}.keys = {str(raw['keys'])[:60]!r} must be a list of key strings; {_FIX}")
         if "keys" in raw and tuple(raw["keys"]) != keys:
             raise ArchError(f"{w}.keys do not match the space's keys for op {op!r} (expected {keys[0]}, ...); the "
                             f"file was written for another key format or edited by hand; {_FIX}")
         layers.append(LayerChoice(layer.name, op, keys))
     fixed = tuple(s.key() for s in space.fixed)
-    if "fixed_keys" in data and tuple(data["fixed_keys"]) != fixed:
+    if "fixed_keys" in data and (not isinstance(data["fixed_keys"], list) or tuple(data["fixed_keys"]) != fixed):
         raise ArchError(f"{where}: field 'fixed_keys' does not match space {space.spec}; {_FIX}")
     n_params = _need(data, "params", int, where)
     flops = _need(data, "flops", int, where)
@@ -302,9 +306,9 @@ def load_arch(path: str | Path) -> Arch:
     except (OSError, UnicodeDecodeError) as e:
         raise ArchError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ArchError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); {_FIX}") from None
+        data = loads_json(text, str(path))
+    except InputError as e:
+        raise ArchError(f"{e}; {_FIX}") from None
     return _parse(data, str(path))
 
 
@@ -323,22 +327,21 @@ def arch_from_metadata(props: dict[str, str], where: str = "model") -> Arch:
 
 def save_weights(module: nn.Module, path: str | Path) -> Path:
     """A state_dict as safetensors (no pickle), written atomically."""
-    import os
-    import tempfile
+    import errno
 
     from safetensors.torch import save_file
 
+    from .fileio import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        try:
+            save_file(state, tmp)
+        except Exception as e:  # noqa: BLE001 - safetensors reports a full disk as its own error type
+            if "No space left" not in str(e) and not isinstance(e, OSError):
+                raise
+            raise OSError(errno.ENOSPC, "No space left on device") from None
     return path
 
 
@@ -372,7 +375,8 @@ def load_weights(module: nn.Module, path: str | Path) -> nn.Module:
 
 def export_arch(arch: Arch, out: str | Path, weights: str | Path | None = None) -> tuple[Path, float]:
     """A self-contained ONNX model of ``arch`` (weights loaded when given, else seeded init) with the architecture
-    JSON in ``metadata_props["hwnas_arch_json"]``; returns (path, max |onnxruntime - torch| on one input)."""
+    JSON in ``metadata_props["hwnas_arch_json"]``; returns (path, max |onnxruntime - torch| / max |torch| on one
+    input: relative, since an untrained net's output can be ~1e-7)."""
     from .export import export_module
 
     torch.manual_seed(0)
@@ -384,7 +388,7 @@ def export_arch(arch: Arch, out: str | Path, weights: str | Path | None = None) 
             "hwnas_arch_digest": arch.digest()}
     if weights is not None:
         meta["hwnas_weights"] = Path(weights).name
-    err = export_module(net, (1, *arch.space.input_shape), Path(out), metadata=meta)
+    err = export_module(net, (1, *arch.space.input_shape), Path(out), metadata=meta, relative=True)
     return Path(out), err
 
 

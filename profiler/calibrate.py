@@ -36,6 +36,11 @@ from scipy.optimize import least_squares, lsq_linear
 
 from .spaces import Space
 from .tables import LatencyTable, atomic_write_text, calib_path
+from .errors import InputError
+
+
+class CalibrationError(InputError):
+    """A calibration file (TABLE.calib.json) of the wrong shape or with bad values."""
 
 CALIB_VERSION = 1
 RIDGE_GRID = (0.0, 0.01, 0.1, 1.0, 10.0)
@@ -323,18 +328,21 @@ def write_calibration(table_path: Path, calibration: dict[str, Any]) -> Path:
 
 
 def check_calibration(c: Any, where: str) -> None:
-    """Validate a calibration dict; a one-line ``ValueError`` names the field."""
+    """Validate a calibration dict; a one-line ``CalibrationError`` (a ``ValueError``) names the field."""
     if not isinstance(c, dict) or c.get("version") != CALIB_VERSION:
-        raise ValueError(f"{where}: calibration version {c.get('version') if isinstance(c, dict) else None!r}, "
-                         f"expected {CALIB_VERSION}; refit it with hwprof verify")
+        raise CalibrationError(f"{where}: calibration version {c.get('version') if isinstance(c, dict) else None!r}, "
+                               f"expected {CALIB_VERSION}; refit it with hwprof verify")
     for f in ("scale", "offset_ms"):
-        if not isinstance(c.get(f), (int, float)) or not np.isfinite(c[f]):
-            raise ValueError(f"{where}: field {f!r} must be a finite number, got {c.get(f)!r}")
+        if isinstance(c.get(f), bool) or not isinstance(c.get(f), (int, float)) or not np.isfinite(c[f]):
+            raise CalibrationError(f"{where}: field {f!r} must be a finite number, got {c.get(f)!r}; "
+                                   f"refit it with hwprof verify or delete the file")
     if c.get("stat", "median") not in STATS:
-        raise ValueError(f"{where}: field 'stat' is {c.get('stat')!r}, expected one of {', '.join(STATS)}")
+        raise CalibrationError(f"{where}: field 'stat' is {c.get('stat')!r}, expected one of {', '.join(STATS)}")
     sb = c.get("scale_by_op", {})
-    if not isinstance(sb, dict) or any(not isinstance(v, (int, float)) or v < 0 for v in sb.values()):
-        raise ValueError(f"{where}: scale_by_op must map op names to non-negative numbers")
+    if not isinstance(sb, dict) or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v)
+                                       or v < 0 for v in sb.values()):
+        raise CalibrationError(f"{where}: scale_by_op must map op names to finite non-negative numbers, got "
+                               f"{str(sb)[:80]}; refit it with hwprof verify or delete the file")
 
 
 def lowest_prediction_ms(table: LatencyTable, space: Space) -> float:

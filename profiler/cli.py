@@ -12,9 +12,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .cliapp import UserErrorApp
+from .errors import UserError
 from .progress import progress
 
-app = typer.Typer(help="hwprof: build latency lookup tables (LUTs) of NAS search-space ops on real devices.",
+app = UserErrorApp(help="hwprof: build latency lookup tables (LUTs) of NAS search-space ops on real devices.",
                   no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
 out = Console()
@@ -50,7 +52,7 @@ def _space(spec: str):
 
     try:
         return get_space(spec)
-    except ValueError as e:
+    except UserError as e:
         fail(str(e))
 
 
@@ -65,7 +67,7 @@ def _runner(device):
             fail(f"device {device.name!r}: {e}")
     try:
         return make_runner(device)
-    except (RuntimeError, NotImplementedError, ImportError) as e:
+    except (UserError, NotImplementedError, ImportError) as e:
         fail(str(e))
 
 
@@ -297,7 +299,7 @@ def measure_model_cmd(
         try:
             tab = load_table(table, device=dev.name)
             protocol = Protocol.from_dict(tab.meta.get("protocol", {}), f"{table} protocol")
-        except (TableError, ValueError) as e:
+        except UserError as e:
             fail(str(e))
     if threads is not None:
         if dev.runtime not in ("onnxruntime", "torch", "tvm", "onnxruntime-ssh"):
@@ -306,7 +308,7 @@ def measure_model_cmd(
     try:
         protocol = run_protocol(protocol, repeats, seconds)
         input_shape = onnx_input_shape(model, shape)
-    except ValueError as e:
+    except UserError as e:
         fail(str(e))
     try:
         from .arch import ArchError, onnx_arch
@@ -316,7 +318,7 @@ def measure_model_cmd(
             predicted = tab.predict_ms(arch.keys()) if not tab.missing(arch.keys()) else None
         elif arch.table is not None and arch.table.device == dev.name:
             predicted = arch.predicted_ms
-    except (ArchError, ValueError):
+    except UserError:
         arch = None  # a model not written by hwnas export: time it all the same
     res = measure_model(model, dev, protocol, input_shape)
     if not res.ok:
@@ -475,6 +477,7 @@ def import_cmd(
                                                            "file or its format says; the import states it)."),
     conflicts: str = typer.Option("mean", "--conflicts", help="Several entries for one key: mean (average, report "
                                                               "the spread) or error (refuse)."),
+    force: bool = typer.Option(False, "--force", help="Replace a measured table at --out (refused otherwise)."),
 ) -> None:
     """Import a peer LUT as a normal hwprof table (marked imported; matched, missing, unused and conflicting listed)."""
     from .formats import FormatError, import_table
@@ -483,7 +486,7 @@ def import_cmd(
     sp = _space(space)
     path = out_path or default_table_path(device, sp.spec)
     try:
-        rep = import_table(src, fmt, sp, device, path, unit=unit, on_conflict=conflicts)
+        rep = import_table(src, fmt, sp, device, path, unit=unit, on_conflict=conflicts, force=force)
     except (FormatError, TableError) as e:
         fail(str(e))
     p = lambda line: out.print(line, highlight=False, soft_wrap=True)  # noqa: E731
@@ -520,7 +523,7 @@ def export_cmd(
     tab = _load_table(table)
     try:
         rep = export_table(tab, fmt, out_path, unit=unit)
-    except (FormatError, ValueError) as e:
+    except UserError as e:
         fail(str(e))
     out.print(f"{out_path}: wrote {rep.written} entries ({fmt}); {len(rep.unexpressible)} key(s) not expressible "
               f"in this format" + (f", {len(rep.free)} identity key(s) left out (the format counts them free)"

@@ -6,22 +6,24 @@ path (``--devices``), ``$HWNAS_DEVICES``, ``./devices.yaml``, the ``devices.yaml
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from .errors import InputError, UserError
+from .fileio import loads_yaml, read_text
 from .protocol import Protocol
 
 RUNTIMES = ("onnxruntime", "torch", "tvm", "onnxruntime-ssh")
 PROJECT_DEVICES = Path(__file__).resolve().parent.parent / "devices.yaml"
 
 
-class DeviceError(ValueError):
+class DeviceError(UserError, ValueError):
     """A devices.yaml problem; the message is the one line shown to the user."""
 
 
@@ -126,6 +128,34 @@ def _build(cls: type, data: Any, where: str, extra: dict[str, Any] | None = None
     return cls(**kwargs)
 
 
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_device_name(name: str, where: str = "device") -> str:
+    """A device name goes into file paths (tables/DEVICE/...): letters, digits, '.', '_' and '-' only."""
+    if not _NAME.fullmatch(name) or ".." in name:
+        raise DeviceError(f"{where}: name {name!r} is not path-safe; use letters, digits, '.', '_' and '-' "
+                          f"(start with a letter or digit, at most 64 characters)")
+    return name
+
+
+def _check_ranges(dev: Device, where: str) -> None:
+    """Counts >= 0 and timeouts finite and > 0 (a negative thread count or an infinite timeout is a typo)."""
+    for f in ("threads", "tune_trials"):
+        if getattr(dev, f) < 0:
+            zero = "all cores" if f == "threads" else "untuned"
+            raise DeviceError(f"{where}.{f}: {getattr(dev, f)!r} must be >= 0 (0 = {zero})")
+    subs = [("rpc", dev.rpc, ("session_timeout_s", "request_timeout_s")),
+            ("ssh", dev.ssh, ("connect_timeout_s", "command_timeout_s"))]
+    for sub, cfg, timeouts in subs:
+        for t in timeouts if cfg is not None else ():
+            v = getattr(cfg, t)
+            if not (math.isfinite(v) and v > 0):
+                raise DeviceError(f"{where}.{sub}.{t}: {v!r} must be a finite number of seconds > 0")
+    if dev.ssh is not None and not 0 < dev.ssh.port < 65536:
+        raise DeviceError(f"{where}.ssh.port: {dev.ssh.port!r} is not a TCP port (1-65535)")
+
+
 def parse_devices(data: Any, source: str) -> dict[str, Device]:
     if not isinstance(data, dict) or "devices" not in data:
         raise DeviceError(f"{source}: expected a top-level 'devices:' mapping")
@@ -140,6 +170,7 @@ def parse_devices(data: Any, source: str) -> dict[str, Device]:
     out: dict[str, Device] = {}
     for name, entry in devs.items():
         where = f"{source}: device {name!r}"
+        check_device_name(str(name), where)
         if not isinstance(entry, dict) or "runtime" not in entry:
             raise DeviceError(f"{where}: missing field 'runtime' (one of {', '.join(RUNTIMES)})")
         if entry["runtime"] not in RUNTIMES:
@@ -148,6 +179,7 @@ def parse_devices(data: Any, source: str) -> dict[str, Device]:
         for req in _REQUIRED_BY_RUNTIME.get(dev.runtime, ()):
             if getattr(dev, req) in (None, ""):
                 raise DeviceError(f"{where}: runtime {dev.runtime} needs field {req!r}")
+        _check_ranges(dev, where)
         out[str(name)] = dev
     return out
 
@@ -166,15 +198,13 @@ def devices_path(path: str | Path | None = None) -> Path:
 def load_devices(path: str | Path | None = None) -> dict[str, Device]:
     p = devices_path(path)
     try:
-        text = p.read_text()
+        text = read_text(p, "devices file")
     except OSError as e:
         raise DeviceError(f"{p}: cannot read devices file ({e.strerror}); pass --devices PATH or set HWNAS_DEVICES")
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise DeviceError(f"{p}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+        data = loads_yaml(text, str(p))
+    except InputError as e:
+        raise DeviceError(str(e)) from None
     return parse_devices(data, str(p))
 
 

@@ -109,8 +109,8 @@ def tvm_checks(device: Device) -> list[Check]:
             servers = client.servers()
         except RpcError as e:
             return out + [Check("tracker", False, str(e),
-                                f"start it: python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port "
-                                f"{device.rpc.tracker.rpartition(':')[2]}")]
+                                f"start it: python -m profiler.rpc tracker --port "
+                                f"{device.rpc.tracker.rpartition(':')[2]} (tvm.exec.rpc_tracker on 127.0.0.1)")]
         out.append(Check("tracker", True, f"{device.rpc.tracker} answers, {len(servers)} server(s) registered"))
         mine = [s for s in servers if s.get("key") == f"server:{device.rpc.key}"]
         if not mine:

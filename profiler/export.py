@@ -5,16 +5,18 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
 import torch
 from torch import nn
 
+from .errors import UserError
+from .fileio import atomic_write_bytes, atomic_write_text, exclusive
 from .keys import parse_key
 from .ops import build_op
 
@@ -51,9 +53,19 @@ def _ort_run(model_bytes: bytes, x: np.ndarray) -> np.ndarray:
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 
+def relative_error(out: np.ndarray, ref: np.ndarray) -> float:
+    """max |out - ref| / max |ref|: an untrained net's output can be ~1e-7, where an absolute error says nothing."""
+    if out.shape != ref.shape:
+        return float("inf")
+    scale = float(np.max(np.abs(ref))) if ref.size else 0.0
+    err = float(np.max(np.abs(out.astype(np.float64) - ref.astype(np.float64)))) if ref.size else 0.0
+    return err / scale if scale > 0 else err
+
+
 def export_module(module: nn.Module, input_shape: tuple[int, ...], path: Path,
-                  metadata: dict[str, str] | None = None, check: bool = True) -> float:
-    """Export ``module`` (eval mode) to ``path`` atomically; return max |onnxruntime - torch| on one input."""
+                  metadata: dict[str, str] | None = None, check: bool = True, relative: bool = False) -> float:
+    """Export ``module`` (eval mode) to ``path`` atomically; return max |onnxruntime - torch| on one input
+    (divided by max |torch| when ``relative``)."""
     module = module.eval()
     g = torch.Generator().manual_seed(1234)
     x = torch.randn(*input_shape, generator=g)
@@ -70,12 +82,11 @@ def export_module(module: nn.Module, input_shape: tuple[int, ...], path: Path,
             entry.key, entry.value = k, v
     onnx.checker.check_model(model)
     data = model.SerializeToString()
-    err = float(np.max(np.abs(_ort_run(data, x.numpy()) - ref))) if check else float("nan")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    err = float("nan")
+    if check:
+        got = _ort_run(data, x.numpy())
+        err = relative_error(got, ref) if relative else float(np.max(np.abs(got - ref)))
+    atomic_write_bytes(path, data)
     return err
 
 
@@ -84,11 +95,51 @@ def export_key(key: str, out_dir: Path | None = None) -> ExportResult:
     out_dir = out_dir or cache_dir()
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
     path = out_dir / f"{digest}.onnx"
-    meta_path = path.with_suffix(".err")
     shape = parse_key(key).input_shape
-    if path.exists() and meta_path.exists():
-        return ExportResult(key, path, OPSET, float(meta_path.read_text()), shape)
-    module, _ = module_for_key(key)
-    err = export_module(module, shape, path, metadata={"hwnas_key": key})
-    meta_path.write_text(repr(err))
+
+    def build() -> float:
+        module, _ = module_for_key(key)
+        return export_module(module, shape, path, metadata={"hwnas_key": key})
+
+    err = cached_export(path, {"hwnas_key": key}, build)
     return ExportResult(key, path, OPSET, err, shape)
+
+
+class CacheError(UserError, RuntimeError):
+    """An ONNX cache entry that cannot be written."""
+
+
+def read_cache_entry(path: Path, expect: dict[str, str]) -> float | None:
+    """The stored check error of a complete, intact cache entry (``X.onnx`` + ``X.err``); None when it is not one.
+
+    ``X.err`` is written last, so its presence marks a finished entry; the model must still parse and carry the
+    metadata it was exported with (a torn, empty or foreign file is not an entry).
+    """
+    try:
+        err = float(path.with_suffix(".err").read_text())
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - missing, empty, torn or foreign: not an entry, export again
+        return None
+    props = {p.key: p.value for p in model.metadata_props}
+    if any(props.get(k) != v for k, v in expect.items()) or not len(model.graph.node):
+        return None
+    return err
+
+
+def cached_export(path: Path, expect: dict[str, str], build: Callable[[], float]) -> float:
+    """Reuse the verified cache entry at ``path``, or export it again with ``build()`` (one writer at a time)."""
+    err = read_cache_entry(path, expect)
+    if err is not None:
+        return err
+    with exclusive(path, "ONNX cache entry", wait_s=300.0):
+        err = read_cache_entry(path, expect)  # another process may have just written it
+        if err is not None:
+            return err
+        for stale in (path.with_suffix(".err"), path):  # a bad entry (empty .err, corrupt .onnx): export again
+            stale.unlink(missing_ok=True)
+        try:
+            err = build()
+            atomic_write_text(path.with_suffix(".err"), repr(err))
+        except UserError as e:
+            raise CacheError(f"ONNX cache {path.parent}: cannot write {path.name}: {e}") from None
+    return err

@@ -47,11 +47,13 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
+from .errors import InputError, UserError
+from .fileio import read_text
 from .keys import KEY_VERSION, op_key, parse_key
 from .ops import get_op, mbconv_mid
 from .protocol import Protocol
 from .spaces import Space
-from .tables import SCHEMA_VERSION, ZERO_COST, LatencyTable, Row, TableWriter, atomic_write_text
+from .tables import SCHEMA_VERSION, ZERO_COST, LatencyTable, Row, TableError, TableWriter, atomic_write_text, read_meta
 
 FORMATS = ("ofa", "proxyless", "nni", "fbnet-grid", "hwprof-jsonl")
 UNITS = ("ms", "us")
@@ -59,7 +61,7 @@ CONFLICT_MODES = ("mean", "error")
 _TO_MS = {"ms": 1.0, "us": 1e-3}
 
 
-class FormatError(ValueError):
+class FormatError(UserError, ValueError):
     """A peer-format problem; the message is the one line shown to the user."""
 
 
@@ -649,9 +651,24 @@ def _is_free_identity(key: str) -> bool:
     return get_op(k.op).kind == "identity" and k.stride == 1 and k.c_in == k.c_out
 
 
+def _check_out(out: Path, force: bool) -> None:
+    """Refuse to replace a measured table with an import unless ``force``: its measurements would be lost."""
+    if force or not out.exists():
+        return
+    try:
+        meta = read_meta(out)
+    except TableError:
+        meta = {}
+    if meta.get("runtime") != "imported":
+        raise FormatError(f"{out}: --out is a measured table ({meta.get('device', '?')}, {meta.get('space', '?')}); "
+                          f"an import would replace its measurements: pass --force to replace it, or choose "
+                          f"another --out")
+
+
 def import_table(src: Path, fmt: str, space: Space, device: str, out: Path, *, unit: str | None = None,
-                 on_conflict: str = "mean", cv_threshold: float | None = None) -> ImportReport:
-    """Read a peer LUT into a normal table at ``out`` (written fresh and only when the file is good)."""
+                 on_conflict: str = "mean", cv_threshold: float | None = None, force: bool = False) -> ImportReport:
+    """Read a peer LUT into a normal table at ``out`` (written fresh and only when the file is good; a measured
+    table at ``out`` is replaced only with ``force``)."""
     _check_format(fmt)
     src = Path(src)
     if unit is not None and unit not in UNITS:
@@ -668,10 +685,19 @@ def import_table(src: Path, fmt: str, space: Space, device: str, out: Path, *, u
         "fbnet-grid": lambda: _read_grid(src, space, rep),
         "hwprof-jsonl": lambda: _read_jsonl(src, space),
     }
+    _check_out(out, force)
     try:
         matches = readers[fmt]()
     except UnicodeDecodeError:
-        raise FormatError(f"{src}: not a text file; check --format") from None
+        try:
+            read_text(src, f"{fmt} file")
+        except InputError as e:
+            raise FormatError(f"{e}; or check --format") from None
+        raise
+    for m in matches:
+        if not (math.isfinite(m.value) and m.value >= 0):
+            raise FormatError(f"{src}: {m.label}: latency {m.value!r} must be a finite number >= 0; fix the entry "
+                              f"or delete it")
     if unit is not None:
         rep.unit, rep.unit_source = unit, "--unit"
     elif not rep.unit_source:

@@ -16,25 +16,30 @@ import numpy as np
 import onnx
 
 from .devices import Device
-from .export import cache_dir, export_module
+from .export import cache_dir, cached_export, export_module
 from .network import build_network
 from .protocol import Protocol
 from .runners import MeasureRequest, MeasureResult, Runner, make_runner
 from .spaces import Space
 from .stats import summarize
+from .errors import InputError
+
+
+class ModelError(InputError):
+    """An ONNX model file or a --shape / --repeats option that cannot be used."""
 
 
 def _graph_inputs(onnx_path: Path) -> list[Any]:
     try:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as e:
-        raise ValueError(f"{onnx_path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
+        raise ModelError(f"{onnx_path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
     inits = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     if not inputs:
-        raise ValueError(f"{onnx_path}: the model has no graph input")
+        raise ModelError(f"{onnx_path}: the model has no graph input")
     if len(inputs) > 1:
-        raise ValueError(f"{onnx_path}: the model has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); "
+        raise ModelError(f"{onnx_path}: the model has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); "
                          f"measure-model feeds one input tensor")
     return inputs
 
@@ -54,34 +59,34 @@ def onnx_input_shape(onnx_path: Path, overrides: Sequence[str] = ()) -> tuple[in
         if "=" in o:
             name, _, v = o.partition("=")
             if not v.strip().isdigit() or int(v) <= 0:
-                raise ValueError(f"--shape {o!r}: the size of axis {name!r} must be a positive integer")
+                raise ModelError(f"--shape {o!r}: the size of axis {name!r} must be a positive integer")
             hits = [i for i, n in enumerate(names) if n == name.strip() and shape[i] is None]
             if not hits:
                 dyn = [n for n, d in zip(names, shape) if d is None]
-                raise ValueError(f"--shape {o!r}: input {inp.name!r} has no dynamic axis {name.strip()!r} (dynamic "
+                raise ModelError(f"--shape {o!r}: input {inp.name!r} has no dynamic axis {name.strip()!r} (dynamic "
                                  f"axes: {', '.join(dyn) or 'none'}); pass the whole shape, e.g. --shape 1x3x224x224")
             for i in hits:
                 shape[i] = int(v)
             continue
         label, colon, dims_s = o.rpartition(":")
         if colon and label != inp.name:
-            raise ValueError(f"--shape {o!r}: the model's input is {inp.name!r}, not {label!r}")
+            raise ModelError(f"--shape {o!r}: the model's input is {inp.name!r}, not {label!r}")
         try:
             given = [int(d) for d in dims_s.lower().split("x")]
         except ValueError:
             given = []
         if not given or any(d <= 0 for d in given):
-            raise ValueError(f"--shape {o!r}: expected a shape like 1x3x224x224 (or AXIS=SIZE for a dynamic axis)")
+            raise ModelError(f"--shape {o!r}: expected a shape like 1x3x224x224 (or AXIS=SIZE for a dynamic axis)")
         if len(given) != len(dims):
-            raise ValueError(f"--shape {o!r}: input {inp.name!r} has {len(dims)} axes, the shape gives {len(given)}")
+            raise ModelError(f"--shape {o!r}: input {inp.name!r} has {len(dims)} axes, the shape gives {len(given)}")
         for i, (g, d) in enumerate(zip(given, dims)):
             if d.dim_value > 0 and d.dim_value != g:
-                raise ValueError(f"--shape {o!r}: axis {i} of input {inp.name!r} is fixed at {d.dim_value}, not {g}")
+                raise ModelError(f"--shape {o!r}: axis {i} of input {inp.name!r} is fixed at {d.dim_value}, not {g}")
         shape = list(given)
     if not shape or any(d is None for d in shape):
         named = ["x".join(str(d) if d is not None else n for d, n in zip(shape, names))]
         dyn = [n for n, d in zip(names, shape) if d is None]
-        raise ValueError(f"{onnx_path}: input {inp.name!r} has a dynamic shape {named[0]}; pass --shape "
+        raise ModelError(f"{onnx_path}: input {inp.name!r} has a dynamic shape {named[0]}; pass --shape "
                          f"{dyn[0]}=SIZE for each dynamic axis, or the whole shape (--shape 1x3x224x224)")
     return tuple(int(d) for d in shape)  # type: ignore[arg-type]
 
@@ -119,15 +124,15 @@ def run_protocol(base: Protocol, repeats: int | None = None, seconds: float | No
     """``base`` with onnxruntime_perf_test's controls: ``repeats`` runs (``-r``) or ``seconds`` of runs (``-t``);
     either way one call per sample (percentiles of single runs) and no re-measuring (the user chose the runs)."""
     if repeats is not None and seconds is not None:
-        raise ValueError("give --repeats or --seconds, not both")
+        raise ModelError("give --repeats or --seconds, not both")
     if repeats is not None:
         if repeats < 1:
-            raise ValueError(f"--repeats {repeats}: must be >= 1")
+            raise ModelError(f"--repeats {repeats}: must be >= 1")
         return replace(base, min_samples=repeats, min_seconds=0.0, max_seconds=86400.0, calls_per_sample=1,
                        retries=0)
     if seconds is not None:
         if not seconds > 0:
-            raise ValueError(f"--seconds {seconds}: must be > 0")
+            raise ModelError(f"--seconds {seconds}: must be > 0")
         return replace(base, min_samples=1, min_seconds=seconds, max_seconds=seconds, calls_per_sample=1, retries=0)
     return base
 
@@ -177,15 +182,14 @@ def export_network(space: Space, choices: Sequence[str], root: Path | None = Non
     import torch
 
     path = network_onnx_path(space, choices, root)
-    err_path = path.with_suffix(".err")
-    if path.exists() and err_path.exists():
-        return path, float(err_path.read_text())
-    torch.manual_seed(0)
-    net = build_network(space, list(choices))
-    err = export_module(net, (1, *space.input_shape), path,
-                        metadata={"hwnas_space": space.spec, "hwnas_arch": arch_label(choices)})
-    err_path.write_text(repr(err))
-    return path, err
+    meta = {"hwnas_space": space.spec, "hwnas_arch": arch_label(choices)}
+
+    def build() -> float:
+        torch.manual_seed(0)
+        net = build_network(space, list(choices))
+        return export_module(net, (1, *space.input_shape), path, metadata=meta)
+
+    return path, cached_export(path, meta, build)
 
 
 def measure_network(space: Space, choices: Sequence[str], runner: Runner, protocol: Protocol,

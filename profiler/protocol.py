@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
+
+from .errors import InputError
+
+
+MAX_PROTOCOL_S = 3600.0  # no warm-up or sampling time over an hour: an infinite one would hang the sweep
+_POSITIVE = ("max_seconds", "target_sample_ms", "cv_threshold")
+_TIMES_S = ("warmup_s", "min_seconds", "max_seconds")
+
+
+class ProtocolError(InputError):
+    """A protocol field (from devices.yaml or a table header) out of range."""
 
 
 @dataclass(frozen=True)
@@ -25,11 +37,17 @@ class Protocol:
         known = {f.name: f.type for f in fields(cls)}
         for k, v in data.items():
             if k not in known:
-                raise ValueError(f"{where}: unknown field {k!r}; fields: {', '.join(known)}")
+                raise ProtocolError(f"{where}: unknown field {k!r}; fields: {', '.join(known)}")
             if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ValueError(f"{where}.{k}: {v!r} is not a number")
+                raise ProtocolError(f"{where}.{k}: {v!r} is not a number")
             if v < 0:
-                raise ValueError(f"{where}.{k}: {v!r} must be >= 0")
+                raise ProtocolError(f"{where}.{k}: {v!r} must be >= 0")
+            if not math.isfinite(v):
+                raise ProtocolError(f"{where}.{k}: {v!r} must be a finite number (an infinite time never ends)")
+            if k in _POSITIVE and v <= 0 or k == "min_samples" and v < 1:
+                raise ProtocolError(f"{where}.{k}: {v!r} must be {'>= 1' if k == 'min_samples' else '> 0'}")
+            if k in _TIMES_S and v > MAX_PROTOCOL_S:
+                raise ProtocolError(f"{where}.{k}: {v!r} s is over the {MAX_PROTOCOL_S:g} s limit of one timing")
         cast = {k: (int(v) if known[k] in ("int", int) else float(v)) for k, v in data.items()}
         return replace(cls(), **cast)
 

@@ -26,12 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from .errors import UserError
+
 # Constants of TVM's RPC protocol (tvm/rpc/base.py); copied so that this module imports without TVM.
 RPC_TRACKER_MAGIC = 0x2F271
 _CODE_SUCCESS, _CODE_REQUEST, _CODE_SUMMARY = 0, 4, 6  # TrackerCode.SUCCESS, REQUEST, SUMMARY
 
 
-class RpcError(RuntimeError):
+class RpcError(UserError, RuntimeError):
     """A tracker/server problem; the message is one line that names the address and the fix."""
 
 
@@ -91,7 +93,8 @@ class TrackerClient:
             sock = socket.create_connection((host, port), timeout=min(timeout_s, self.timeout_s))
         except OSError as e:
             raise RpcError(f"tracker {self.addr}: cannot connect ({e.strerror or e}); start one with "
-                           f"'python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port {port}' or fix rpc.tracker in "
+                           f"'python -m profiler.rpc tracker --port {port}' (tvm.exec.rpc_tracker on 127.0.0.1; "
+                           f"a remote board reaches it through an SSH tunnel, see README) or fix rpc.tracker in "
                            f"devices.yaml") from None
         try:
             sock.settimeout(timeout_s)
@@ -399,12 +402,13 @@ def _main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m profiler.rpc", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("tracker", help="start a TVM RPC tracker")
-    t.add_argument("--host", default="0.0.0.0")
+    t.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; TVM RPC has no "
+                   "authentication: reach a remote board through an SSH tunnel instead of 0.0.0.0)")
     t.add_argument("--port", type=int, default=9190)
     s = sub.add_parser("server", help="start a TVM rpc_server registered at a tracker")
     s.add_argument("--tracker", required=True, help="host:port of the tracker")
     s.add_argument("--key", required=True, help="device key (devices.yaml rpc.key)")
-    s.add_argument("--host", default="0.0.0.0")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; see tracker --host)")
     s.add_argument("--port", type=int, default=9090)
     s.add_argument("--threads", type=int, default=None, help="TVM_NUM_THREADS of the server")
     a = ap.parse_args(argv)

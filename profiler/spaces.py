@@ -12,11 +12,17 @@ the canonical form and ``Space.to_json()`` / :func:`space_from_json` round-trip.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .errors import InputError
 from .keys import op_key, output_hw
 from .ops import get_op, make_divisible
+
+
+class SpaceError(InputError):
+    """A space spec that names no space, or a parameter out of range."""
 
 FBNET_OPS = ("k3_e1", "k3_e1_g2", "k3_e3", "k3_e6", "k5_e1", "k5_e1_g2", "k5_e3", "k5_e6", "skip")
 DARTS_OPS = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5",
@@ -146,7 +152,7 @@ def _coerce(name: str, key: str, raw: str, default: Any) -> Any:
         if isinstance(default, float):
             return float(raw)
     except ValueError:
-        raise ValueError(f"space {name}: parameter {key}={raw!r} must be a {type(default).__name__}") from None
+        raise SpaceError(f"space {name}: parameter {key}={raw!r} must be a {type(default).__name__}") from None
     return raw
 
 
@@ -154,20 +160,54 @@ def get_space(spec: str, **overrides: Any) -> Space:
     """Build a space from ``NAME[:k=v,...]``. Unknown names or parameters give a one-line error."""
     name, _, rest = spec.partition(":")
     if name not in SPACES:
-        raise ValueError(f"unknown space {name!r}; known spaces: {', '.join(sorted(SPACES))}")
+        raise SpaceError(f"unknown space {name!r}; known spaces: {', '.join(sorted(SPACES))}")
     d = SPACES[name]
     params = dict(d.defaults)
     for item in filter(None, rest.split(",")):
         k, eq, v = item.partition("=")
         if not eq or k not in d.defaults:
-            raise ValueError(f"space {name}: unknown parameter {item!r}; parameters: "
+            raise SpaceError(f"space {name}: unknown parameter {item!r}; parameters: "
                              + ", ".join(f"{k}={v}" for k, v in d.defaults.items()))
         params[k] = _coerce(name, k, v, d.defaults[k])
     for k, v in overrides.items():
         if k not in d.defaults:
-            raise ValueError(f"space {name}: unknown parameter {k!r}")
+            raise SpaceError(f"space {name}: unknown parameter {k!r}")
         params[k] = v
-    return d.build(**params)
+    for k, v in params.items():
+        _check_param(name, k, v, d.defaults[k])
+    space = d.build(**params)
+    _check_sizes(space)
+    return space
+
+
+MAX_WIDTH = 16.0  # a width multiplier above this is a typo (and an enormous network)
+
+
+def _check_param(name: str, key: str, value: Any, default: Any) -> None:
+    """Numbers in range: counts and sizes >= 1, width finite and in (0, MAX_WIDTH]."""
+    if isinstance(default, bool) or not isinstance(default, (int, float)):
+        return
+    kind = "an integer" if isinstance(default, int) else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(default, int)
+                                                                          and not isinstance(value, int)):
+        raise SpaceError(f"space {name}: parameter {key}={value!r} must be {kind}")
+    if isinstance(default, float):
+        if not (math.isfinite(value) and 0 < value <= MAX_WIDTH):
+            raise SpaceError(f"space {name}: parameter {key}={value!r} must be a finite number in (0, {MAX_WIDTH:g}] "
+                             f"(default {default})")
+    elif value < 1:
+        raise SpaceError(f"space {name}: parameter {key}={value!r} must be >= 1 (default {default})")
+
+
+def _check_sizes(space: Space) -> None:
+    """Every site keeps a feature map of at least 1 x 1, and the space has something to search."""
+    if not space.layers:
+        raise SpaceError(f"space {space.spec}: no searchable layers; raise the parameters (defaults: "
+                         + ", ".join(f"{k}={v}" for k, v in SPACES[space.name].defaults.items()) + ")")
+    for site in [*space.fixed, *(s for layer in space.layers for s in layer.sites)]:
+        if min(site.input_hw) < 1 or min(site.output_hw) < 1:
+            raise SpaceError(f"space {space.spec}: input_size={space.params.get('input_size')} is too small: "
+                             f"{site.name} would get a {site.input_hw[0]}x{site.input_hw[1]} input; raise input_size")
 
 
 def space_from_json(data: dict[str, Any]) -> Space:
@@ -226,9 +266,9 @@ def fbnet_cifar_space(**p: Any) -> Space:
 def _darts(name: str, ops: tuple[str, ...], *, C: int, cells: int, nodes: int, input_size: int, num_classes: int,
            in_channels: int, stem_multiplier: int) -> Space:
     if cells < 3:
-        raise ValueError(f"space {name}: cells={cells} must be >= 3 (two reduction cells at 1/3 and 2/3)")
+        raise SpaceError(f"space {name}: cells={cells} must be >= 3 (two reduction cells at 1/3 and 2/3)")
     if C % 2:
-        raise ValueError(f"space {name}: C={C} must be even (factorized reduce halves it)")
+        raise SpaceError(f"space {name}: C={C} must be even (factorized reduce halves it)")
     reductions = {cells // 3, 2 * cells // 3}
     hw = (input_size, input_size)
     c_stem = stem_multiplier * C

@@ -14,13 +14,15 @@ import io
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
+from .errors import UserError
+from .errors import InputError
+from .fileio import FileLock, atomic_write_text, loads_json, read_text  # atomic_write_text: also re-exported
 from .keys import KEY_VERSION, parse_key
 
 SCHEMA_VERSION = 1
@@ -33,11 +35,14 @@ STATUSES = ("ok", "noisy", "error")
 ZERO_COST = "zero-cost"
 
 
-class TableError(ValueError):
+class TableError(UserError, ValueError):
     """A table problem; the message is the one line shown to the user."""
 
 
 def default_table_path(device: str, space_spec: str, root: Path | str = "tables") -> Path:
+    from .devices import check_device_name
+
+    check_device_name(device, "--device")
     safe = space_spec.replace(":", "__").replace(",", "_").replace("=", "-")
     return Path(root) / device / f"{safe}.csv"
 
@@ -56,20 +61,6 @@ def read_json_or_none(path: Path) -> Any:
         return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass
@@ -166,7 +157,12 @@ def _read_rows(path: Path) -> tuple[dict[str, dict[str, Any]], int]:
     """Rows by key (last wins) and the byte length of the complete (newline-terminated) part of the file."""
     data = path.read_bytes()
     complete = data.rfind(b"\n") + 1
-    text = data[:complete].decode("utf-8", errors="strict")
+    try:
+        text = data[:complete].decode("utf-8", errors="strict")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise TableError(f"{path}: line {line}: byte {data[e.start:e.start + 1]!r} is not UTF-8 (corrupt; fix the "
+                         f"line or re-measure with hwprof measure --fresh)") from None
     reader = csv.reader(io.StringIO(text))
     header = next(reader, None)
     if header != COLUMNS:
@@ -189,18 +185,57 @@ def _read_rows(path: Path) -> tuple[dict[str, dict[str, Any]], int]:
             raise TableError(f"{path}: line {lineno}: {e} (corrupt; fix the line or re-measure with --fresh)") from None
         if r["status"] != "error" and not (r["median_ms"] > 0 or (r["median_ms"] == 0 and r["variant"] == ZERO_COST)):
             raise TableError(f"{path}: line {lineno}: status {r['status']} but median_ms {r['median_ms']!r}")
+        _check_row(path, lineno, r, rows.get(r["key"]))
+        r["_line"] = lineno
         rows[r["key"]] = r
+    for r in rows.values():
+        del r["_line"]
     return rows, complete
+
+
+_TIMES = ("median_ms", "p10_ms", "p90_ms", "mean_ms", "std_ms")
+
+
+def _check_row(path: Path, lineno: int, r: dict[str, Any], earlier: dict[str, Any] | None) -> None:
+    """A usable row has finite, non-negative times; a key has one usable row (an error row may be superseded)."""
+    if r["status"] != "error":
+        for c in _TIMES:
+            if not math.isnan(r[c]) and not (math.isfinite(r[c]) and r[c] >= 0):
+                raise TableError(f"{path}: line {lineno}: {c} {r[c]!r} of {r['key']} must be a finite number >= 0 "
+                                 f"(fix the line, or delete it and re-measure the key with hwprof measure)")
+    if earlier is not None and earlier["status"] != "error":
+        raise TableError(f"{path}: line {lineno}: key {r['key']} appears again (first at line {earlier['_line']}); "
+                         f"delete one of the two lines, or re-measure with hwprof measure --fresh")
+
+
+def _check_meta(path: Path, meta: dict[str, Any]) -> None:
+    """The header fields every reader relies on: device and space (non-empty strings), batch, protocol."""
+    for f in ("device", "space"):
+        if not isinstance(meta.get(f), str) or not meta[f]:
+            raise TableError(f"{meta_path(path)}: field {f!r} is {meta.get(f)!r}, expected a non-empty string; "
+                             f"restore the header or re-measure with hwprof measure --fresh")
+    batch = meta.get("batch", 1)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise TableError(f"{meta_path(path)}: field 'batch' is {batch!r}, expected an integer >= 1; "
+                         f"restore the header or re-measure with hwprof measure --fresh")
+    if "protocol" in meta:
+        from .protocol import Protocol
+
+        proto = meta["protocol"]
+        try:
+            Protocol.from_dict(proto if isinstance(proto, dict) else {"?": proto}, f"{meta_path(path)}: protocol")
+        except UserError as e:
+            raise TableError(f"{e}; restore the header or re-measure with hwprof measure --fresh") from None
 
 
 def read_meta(path: Path) -> dict[str, Any]:
     mp = meta_path(path)
     try:
-        meta = json.loads(mp.read_text())
+        meta = loads_json(read_text(mp, "table header"), str(mp))
     except FileNotFoundError:
         raise TableError(f"{path}: header {mp.name} is missing (was the table copied without it?)") from None
-    except json.JSONDecodeError as e:
-        raise TableError(f"{mp}: corrupt header ({e.msg} at line {e.lineno})") from None
+    except InputError as e:
+        raise TableError(f"{e} (corrupt header)") from None
     if not isinstance(meta, dict) or meta.get("schema_version") != SCHEMA_VERSION:
         got = meta.get("schema_version") if isinstance(meta, dict) else None
         raise TableError(f"{path}: schema version {got!r}, this hwprof reads {SCHEMA_VERSION}; "
@@ -208,6 +243,7 @@ def read_meta(path: Path) -> dict[str, Any]:
     if meta.get("key_version") != KEY_VERSION:
         raise TableError(f"{path}: key format v{meta.get('key_version')}, this hwprof uses v{KEY_VERSION}; "
                          f"re-measure with hwprof measure --fresh")
+    _check_meta(path, meta)
     return meta
 
 
@@ -225,10 +261,13 @@ def load_table(path: str | Path, device: str | None = None, space: str | None = 
     calibration = None
     cp = calib_path(path)
     if cp.is_file():
+        from .calibrate import check_calibration
+
         try:
-            calibration = json.loads(cp.read_text())
-        except json.JSONDecodeError as e:
-            raise TableError(f"{cp}: corrupt calibration ({e.msg}); refit it with hwprof verify or delete it") from None
+            calibration = loads_json(read_text(cp, "calibration"), str(cp))
+            check_calibration(calibration, str(cp))
+        except InputError as e:
+            raise TableError(f"{e} (corrupt calibration; refit it with hwprof verify or delete it)") from None
     return LatencyTable(path, meta, rows, calibration)
 
 
@@ -237,7 +276,16 @@ class TableWriter:
 
     def __init__(self, path: Path, meta: dict[str, Any], fresh: bool = False):
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = FileLock(path, "table", fix="wait for that hwprof to finish or stop it (two writers would "
+                                                 "measure the same keys twice)")
+        self._lock.acquire()
+        try:
+            self._open(path, meta, fresh)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _open(self, path: Path, meta: dict[str, Any], fresh: bool) -> None:
         if fresh or not path.exists():
             atomic_write_text(meta_path(path), json.dumps(meta, indent=2, sort_keys=True))
             buf = io.StringIO()
@@ -265,12 +313,19 @@ class TableWriter:
         self._w = csv.writer(self._f, lineterminator="\n")
 
     def append(self, row: Row) -> None:
-        self._w.writerow(row.to_record())
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        try:
+            self._w.writerow(row.to_record())
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except OSError as e:
+            raise TableError(f"{self.path}: cannot append a row ({e.strerror or e}); the rows before it are kept: "
+                             f"free disk space and run the same command again to resume") from None
 
     def close(self) -> None:
-        self._f.close()
+        try:
+            self._f.close()
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> "TableWriter":
         return self

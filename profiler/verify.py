@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .errors import UserError
 from .calibrate import (GOALS, STATS, CalibrationFit, fit_calibration, goals_reached, metrics, raw_entry_ms,
                         write_calibration)
 from .devices import Device
@@ -40,7 +41,7 @@ CSV_COLUMNS = ["split", "idx", "arch", "pred_raw_ms", "measured_ms", "p10_ms", "
                "status", "error", "max_abs_err", "wall_s"]
 
 
-class VerifyError(ValueError):
+class VerifyError(UserError, ValueError):
     """A verification problem; the message is the one line shown to the user."""
 
 

@@ -6,9 +6,11 @@ import os
 
 import typer
 
+from profiler.cliapp import UserErrorApp
+from profiler.errors import UserError
 from profiler.version import version_option
 
-app = typer.Typer(help="hwnas: hardware-aware differentiable NAS driven by hwprof latency tables.",
+app = UserErrorApp(help="hwnas: hardware-aware differentiable NAS driven by hwprof latency tables.",
                   no_args_is_help=True, add_completion=False)
 
 
@@ -47,10 +49,7 @@ def search_cmd(
 
     from profiler.progress import progress
 
-    from .config import ConfigError, apply_overrides, preset
-    from .control import ControlError
-    from .costs import CostError
-    from .data import DataError
+    from .config import apply_overrides, preset
     from .train import SearchError, search
 
     con = Console(stderr=True)
@@ -100,10 +99,13 @@ def search_cmd(
                               f"tau {ev['tau']:.3g}, {ev['wall_s']:.1f} s", highlight=False)
 
             history = search(cfg, out, resume=resume, on_progress=on_progress if ddp is None or ddp.is_main else None)
-    except (ConfigError, ControlError, CostError, DataError, SearchError, distributed.DistError) as e:
+    except UserError as e:
         fail(str(e))
     except KeyboardInterrupt:
-        fail(f"interrupted; the last finished epoch is checkpointed in {out}: add --resume to continue", 130)
+        if (_Path(out) / "checkpoint.pt").is_file():
+            fail(f"interrupted; the last finished epoch is checkpointed in {out}: add --resume to continue", 130)
+        fail(f"interrupted before the first epoch finished: no checkpoint in {out} to resume; remove {out} and run "
+             f"the same command again", 130)
     except Exception as e:
         if distributed.env_world() <= 1 or not distributed.peer_lost(e):
             raise
@@ -216,7 +218,7 @@ def derive_cmd(
                 items.append(Derived(f"budget-{i:02d}", to_arch(run, r.closest, "budget", str(run_dir)),
                                      budget=r.budget, meets=r.ok, note="" if r.ok else "closest; budget not met"))
         summary = write_derived(items, out or _Path(run_dir) / "derived")
-    except (DeriveError, ArchError, TableError, ValueError, FileNotFoundError, RuntimeError) as e:
+    except UserError as e:
         _fam_fail(str(e))
     rows = [{"member": it.name, "ops": " ".join(it.arch.choices), "params": it.arch.params,
              "predicted_ms": it.arch.predicted_ms, **({"note": it.note} if any(i.note for i in items) else {})}
@@ -256,7 +258,7 @@ def train_cmd(
             task = bar.add_task("train", total=epochs, note="")
             res = retrain(arch, cfg, out, on_epoch=lambda r: bar.update(
                 task, completed=r["epoch"], note=f"loss {r['train_loss']:.3f} val {r['val_acc'] * 100:.1f} %"))
-    except (ArchError, TrainError, ValueError) as e:
+    except UserError as e:
         _fam_fail(str(e))
     except KeyboardInterrupt:
         _fam_fail("interrupted; nothing was written", 130)
@@ -277,7 +279,8 @@ def export_cmd(
         path, err = export_arch(load_arch(arch_path), out, weights)
     except ArchError as e:
         _fam_fail(str(e))
-    typer.echo(f"{path}: max |onnxruntime - torch| = {err:.2e}" + ("" if weights else " (untrained weights)"))
+    typer.echo(f"{path}: max |onnxruntime - torch| / max |torch| = {err:.2e}"
+               + ("" if weights else " (untrained weights)"))
     if not err < 1e-3:
         _fam_fail(f"{path}: onnxruntime output differs from PyTorch by {err:.2e}", 1)
 
@@ -330,7 +333,7 @@ def run_cmd(
                 bar.update(tasks[e.stage], completed=e.done, total=e.total, note=e.note[:60])
 
             res = run_pipeline(cfg, out, on_event)
-    except (PipelineError, ArchError, TableError, ValueError, RuntimeError) as e:
+    except UserError as e:
         _fam_fail(str(e))
     except KeyboardInterrupt:
         _fam_fail(f"interrupted before any member finished; finished stages are kept in {out}: run the same "
@@ -355,7 +358,7 @@ def report_cmd(run_dir: _Path = typer.Argument(..., help="An hwnas run directory
 
     try:
         rows, pareto, curves = report_run(run_dir)
-    except (PipelineError, ValueError) as e:
+    except UserError as e:
         _fam_fail(str(e))
     if rows:
         typer.echo(format_table(rows))

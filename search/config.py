@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
+
+from profiler.errors import UserError
 
 CONTROLS = ("static", "lambda", "simplex-ops", "tradeoff")
 SAMPLERS = ("softmax", "gumbel", "gumbel-hard", "lean")
@@ -21,7 +26,7 @@ COST_TERMS = ("params", "flops", "latency")
 HYPERNETS = ("pwl", "mlp")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A bad config value; the message names the field, the value and what is accepted."""
 
 
@@ -57,6 +62,21 @@ class ControlConfig:
     kappa: float = 50.0  # simplex-ops: fixed penalty magnitude
     sigma: float = 0.25  # simplex-ops: pivot bandwidth
     eval_control: dict[str, Any] = field(default_factory=dict)  # control used for validation metrics
+
+
+def _check_optim(name: str, o: OptimConfig, bad: Callable[[str, Any, str], ConfigError]) -> None:
+    if not o.lr > 0:
+        raise bad(f"{name}.lr", o.lr, "a learning rate > 0")
+    if o.weight_decay < 0:
+        raise bad(f"{name}.weight_decay", o.weight_decay, "at least 0")
+    if not 0 <= o.momentum < 1:
+        raise bad(f"{name}.momentum", o.momentum, "in [0, 1)")
+    if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+        raise bad(f"{name}.betas", o.betas, "two numbers in [0, 1), e.g. [0.9, 0.999]")
+    if o.lr_min is not None and not 0 <= o.lr_min <= o.lr:
+        raise bad(f"{name}.lr_min", o.lr_min, f"in [0, lr={o.lr:g}] (or null for a constant rate)")
+    if o.grad_clip is not None and not o.grad_clip > 0:
+        raise bad(f"{name}.grad_clip", o.grad_clip, "> 0 (or null for no clipping)")
 
 
 @dataclass
@@ -124,6 +144,14 @@ class SearchConfig:
             raise bad("arch_fraction", self.arch_fraction, "strictly between 0 and 1")
         if self.torch_device not in ("cpu", "cuda") and not self.torch_device.startswith("cuda:"):
             raise bad("torch_device", self.torch_device, "cpu or cuda")
+        for name, o in (("weights_opt", self.weights_opt), ("arch_opt", self.arch_opt)):
+            _check_optim(name, o, bad)
+        for name in ("warmup_epochs", "seed"):
+            if getattr(self, name) < 0:
+                raise bad(name, getattr(self, name), "at least 0")
+        for name in ("train_limit", "eval_limit"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise bad(name, getattr(self, name), "at least 1 (or null for all)")
         return self
 
 
@@ -199,19 +227,52 @@ def config_to_dict(cfg: SearchConfig) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
+def _check_type(where: str, v: Any, tp: Any) -> Any:
+    """``v`` as the field's type (int for int, a finite number for float, ...); a ``ConfigError`` otherwise."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        if v is None and type(None) in args:
+            return None
+        return _check_type(where, v, next(a for a in args if a is not type(None)))
+    if tp is bool:
+        if not isinstance(v, bool):
+            raise ConfigError(f"{where}={v!r} must be true or false")
+    elif tp is int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(f"{where}={v!r} must be an integer")
+    elif tp is float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ConfigError(f"{where}={v!r} must be a finite number")
+        return float(v)
+    elif tp is str:
+        if not isinstance(v, str):
+            raise ConfigError(f"{where}={v!r} must be a string")
+    elif typing.get_origin(tp) is tuple:
+        if not isinstance(v, (list, tuple)):
+            raise ConfigError(f"{where}={v!r} must be a list, e.g. [0.5, 0.999]")
+        inner = args[0] if args else Any
+        return tuple(v) if inner is Any else tuple(_check_type(where, x, inner) for x in v)
+    elif typing.get_origin(tp) is dict and not isinstance(v, dict):
+        raise ConfigError(f"{where}={v!r} must be a mapping, e.g. {{\"kappa\": 0.1}}")
+    return v
+
+
 def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     known = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for k, v in data.items():
         if k not in known:
             raise ConfigError(f"{where}: unknown field {k!r}; fields: {', '.join(known)}")
-        f = known[k]
         sub = {"control": ControlConfig, "temperature": TemperatureConfig, "weights_opt": OptimConfig,
                "arch_opt": OptimConfig}.get(k) if cls is SearchConfig else None
-        if sub is not None and isinstance(v, dict):
+        if sub is not None:
+            if not isinstance(v, dict):
+                raise ConfigError(f"{where}: {k}={v!r}: {k} is a section, not a value; set one of its fields, "
+                                  f"e.g. {k}.{dataclasses.fields(sub)[0].name}=...")
             v = _build(sub, v, f"{where}.{k}")
-        elif isinstance(v, list):
-            v = tuple(v)
+        else:
+            v = _check_type(f"{where}: {k}", v, hints[k])
         kwargs[k] = v
     return cls(**kwargs)
 

@@ -24,12 +24,13 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from profiler.errors import UserError
 from .costs import CostModel
 
 Value = dict[str, torch.Tensor]
 
 
-class ControlError(ValueError):
+class ControlError(UserError, ValueError):
     """A bad control value; one line naming the field and the accepted range."""
 
 

@@ -17,13 +17,14 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from profiler.errors import UserError
 from profiler.arch import count_flops
 from profiler.ops import build_op, count_params
 from profiler.spaces import Site, Space
 from profiler.tables import LatencyTable, TableError, load_table
 
 
-class CostError(ValueError):
+class CostError(UserError, ValueError):
     """A cost-term problem (table for another space, missing keys); one line with the fix."""
 
 

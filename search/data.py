@@ -17,11 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
+from profiler.errors import UserError
+
 TORCHVISION = {"cifar10": "CIFAR10", "fashion-mnist": "FashionMNIST", "mnist": "MNIST"}
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".tif", ".tiff", ".webp"}
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data problem; the message is the one line shown to the user."""
 
 

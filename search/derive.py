@@ -31,13 +31,14 @@ from typing import Any, Iterable, Protocol, Sequence
 
 import numpy as np
 
+from profiler.errors import UserError
 from profiler.arch import Arch, make_arch, save_arch
 from profiler.ops import count_params
 from profiler.spaces import Space
 from profiler.tables import LatencyTable, atomic_write_text
 
 
-class DeriveError(ValueError):
+class DeriveError(UserError, ValueError):
     """A derivation problem (bad control, budget, run); one line for the user."""
 
 

@@ -39,13 +39,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from profiler.errors import UserError
+
 ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 TIMEOUT_ENV = "HWNAS_DIST_TIMEOUT_S"  # collective / rendezvous timeout in seconds (default 600)
 LAUNCHED_ENV = "HWNAS_DIST_LAUNCHED"  # set by launch(): workers leave the error line about a lost peer to it
 PEER_LOST = 3  # a worker's exit code when a collective failed because another worker went away
 
 
-class DistError(RuntimeError):
+class DistError(UserError, RuntimeError):
     """A multi-process setup problem; the message is the one line shown to the user."""
 
 

@@ -16,8 +16,10 @@ import math
 
 import torch
 
+from profiler.errors import UserError
 
-class LossError(ValueError):
+
+class LossError(UserError, ValueError):
     pass
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from profiler.errors import UserError
 from profiler.arch import Arch, export_arch, load_arch
 from profiler.devices import Device, get_device
 from profiler.protocol import Protocol
@@ -85,7 +86,7 @@ class Event:
 OnEvent = Callable[[Event], None]
 
 
-class PipelineError(RuntimeError):
+class PipelineError(UserError, RuntimeError):
     """A stage failed in a way the user must fix; one line."""
 
 
@@ -374,8 +375,11 @@ def run_pipeline(cfg: RunConfig, out: Path, on_event: OnEvent | None = None) -> 
     threads = torch.get_num_threads()
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)
+    from profiler.fileio import locked_dir
+
     try:
-        return _run_pipeline(cfg, Path(out), on_event or (lambda e: None))
+        with locked_dir(out, "run directory"):
+            return _run_pipeline(cfg, Path(out), on_event or (lambda e: None))
     finally:
         torch.set_num_threads(threads)
 

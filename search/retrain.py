@@ -18,6 +18,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import DataLoader
 
+from profiler.errors import UserError
 from profiler.arch import Arch, save_weights
 from profiler.tables import atomic_write_text
 
@@ -55,7 +56,7 @@ class TrainResult:
         return d
 
 
-class TrainError(ValueError):
+class TrainError(UserError, ValueError):
     """A retraining problem (data does not fit the architecture, ...); one line for the user."""
 
 

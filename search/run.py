@@ -7,13 +7,13 @@ a plain dict: ``{}`` (static), ``{"lambda": 0.3}``, ``{"kappa": 5.0, "S": [0.5, 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from profiler.fileio import loads_json, read_text
 from profiler.ops import get_op
 from profiler.spaces import Space
 from profiler.tables import LatencyTable
@@ -88,6 +88,18 @@ def derive_choices(space: Space, probs: torch.Tensor) -> list[str]:
     return choices
 
 
+def load_state(path: Path, map_location: Any = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` whose failure on a torn or foreign file is one line naming it."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch reports a bad file as RuntimeError, UnpicklingError, EOFError, ...
+        raise SearchError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:100]}); "
+                          f"restore it or re-run the search") from None
+    if not isinstance(state, dict) or (path.name == "checkpoint.pt" and "model" not in state):
+        raise SearchError(f"{path}: not a checkpoint written by hwnas search; restore it or re-run the search")
+    return state
+
+
 def resolve_run_dir(run_dir: str | Path) -> Path:
     """A search run directory: ``hwnas search --out`` itself, or an ``hwnas run`` output holding it in ``search/``."""
     path = Path(run_dir)
@@ -102,22 +114,23 @@ def resolve_run_dir(run_dir: str | Path) -> Path:
 def load_run(run_dir: str | Path) -> Run:
     path = resolve_run_dir(run_dir)
     cfg_path = path / "config.json"
-    try:
-        cfg = config_from_dict(json.loads(cfg_path.read_text()), str(cfg_path))
-    except json.JSONDecodeError as e:
-        raise SearchError(f"{cfg_path}: corrupt ({e.msg} at line {e.lineno})") from None
+    cfg = config_from_dict(loads_json(read_text(cfg_path, "run config"), str(cfg_path)), str(cfg_path))
     missing = [t for t in cfg.tables if not Path(t).is_file()]
     if missing:
         raise SearchError(f"{path}: latency table {missing[0]} of this run is gone; restore it or measure it again")
     setup = build(cfg, check_terms=False, with_model=False)
     control = setup.control
     if (path / "control.pt").is_file():
-        state = torch.load(path / "control.pt", map_location="cpu", weights_only=True)
+        state = load_state(path / "control.pt")
     elif (path / "checkpoint.pt").is_file():
-        ck = torch.load(path / "checkpoint.pt", map_location="cpu", weights_only=True)
+        ck = load_state(path / "checkpoint.pt")
         state = {k[len("control."):]: v for k, v in ck["model"].items() if k.startswith("control.")}
     else:
         raise SearchError(f"{path}: no control.pt or checkpoint.pt; the search has not finished an epoch")
-    control.load_state_dict(state)
+    try:
+        control.load_state_dict(state)
+    except RuntimeError as e:
+        raise SearchError(f"{path}: the stored control does not fit this run's config ({str(e).splitlines()[0]}); "
+                          f"re-run the search") from None
     control.eval()
     return Run(path, setup.cfg, setup.space, setup.tables, setup.costs, control, read_metrics(path / "metrics.jsonl"))

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from profiler.errors import UserError
 from profiler.spaces import Space, get_space
 from profiler.tables import atomic_write_text
 
@@ -39,7 +40,7 @@ from .supernet import SearchModel
 Forward = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]
 
 
-class SearchError(RuntimeError):
+class SearchError(UserError, RuntimeError):
     """A search that cannot start or go on; the message is the one line shown to the user."""
 
 
@@ -243,12 +244,13 @@ def _set_rng_state(state: dict[str, torch.Tensor], gens: dict[str, torch.Generat
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    from profiler.fileio import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -269,7 +271,10 @@ RESUME_FIELDS = ("preset", "space", "tables", "data", "seed", "batch_size")
 
 def _check_resume(out: Path, cfg: SearchConfig) -> SearchConfig:
     """The stored config of run ``out``; the identifying fields given again must match. ``epochs`` may change."""
-    stored = config_from_dict(json.loads((out / "config.json").read_text()), str(out / "config.json"))
+    from profiler.fileio import loads_json, read_text
+
+    where = str(out / "config.json")
+    stored = config_from_dict(loads_json(read_text(out / "config.json", "run config"), where), where)
     for k in RESUME_FIELDS:
         a, b = getattr(stored, k), getattr(cfg, k)
         if a != b:
@@ -287,9 +292,17 @@ def search(cfg: SearchConfig, out: str | Path, *, resume: bool = False, splits: 
     """Run (or resume) a search into run directory ``out``; returns the metrics of every epoch.
 
     ``stop_after`` ends the call after that many epochs of this call (as a kill would, but cleanly); ``splits``
-    passes already loaded data (tests).
+    passes already loaded data (tests). One process at a time writes a run directory (a second gets a
+    ``LockedError`` naming the first one's PID).
     """
-    out = Path(out)
+    from profiler.fileio import locked_dir
+
+    with locked_dir(out, "run directory"):
+        return _search(cfg, Path(out), resume, splits, on_progress, stop_after)
+
+
+def _search(cfg: SearchConfig, out: Path, resume: bool, splits: Splits | None, on_progress: ProgressFn | None,
+            stop_after: int | None) -> list[dict[str, Any]]:
     cfg.tables = tuple(str(Path(t).resolve()) for t in cfg.tables)
     cfg.validate()
     ckpt_path = out / "checkpoint.pt"
@@ -339,7 +352,9 @@ def search(cfg: SearchConfig, out: str | Path, *, resume: bool = False, splits: 
     start = 0
     last_finite: dict[str, float] = {}
     if resume and ckpt_path.is_file():
-        ck = torch.load(ckpt_path, map_location=dev, weights_only=True)
+        from .run import load_state
+
+        ck = load_state(ckpt_path, dev)
         model.load_state_dict(ck["model"])
         w_opt.load_state_dict(ck["w_opt"])
         a_opt.load_state_dict(ck["a_opt"])

@@ -287,20 +287,22 @@ def test_remeasure_while_a_job_is_suspended_and_a_crashing_board_process(sshd, t
 
 @needs_sshd
 def test_board_sweeps_folders_of_killed_runs_and_keeps_live_or_fresh_ones(sshd, board_python, tmp_path):
-    """A host killed mid-run leaves its hwprof-* folder on the board: the next run's board process removes it, but
-    never a folder whose owner still runs or one a starting run is filling (no owner yet, recently changed)."""
+    """A host killed mid-run leaves its hwprof-<12 hex> folder on the board: the next run's board process removes it,
+    but never a folder whose owner still runs, one a starting run is filling (recently changed), or one hwprof did
+    not make (another name, or no owner file written by hwprof: e.g. a user's hwprof-venv)."""
     from profiler.export import export_key
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     old = os.path.getmtime(sshd.root) - 2 * 3600
     made = {}
-    for name, owner, age in (("hwprof-deadowner000", dead.stdout.strip(), old), ("hwprof-noowner00000", None, old),
-                             ("hwprof-liveowner000", str(os.getpid()), old), ("hwprof-fresh0000000", None, None)):
+    for name, owner, age in (("hwprof-dead00000000", dead.stdout.strip(), old), ("hwprof-00000000a000", "0", old),
+                             ("hwprof-a0000000000b", None, old), ("hwprof-venv", dead.stdout.strip(), old),
+                             ("hwprof-11ee00000000", str(os.getpid()), old), ("hwprof-f00000000000", "0", None)):
         d = sshd.root / name
         d.mkdir()
         (d / "m0000.onnx").write_bytes(b"left over")
         if owner is not None:
-            (d / "owner.pid").write_text(owner + "\n")
+            (d / "owner.pid").write_text(f"hwprof-board {owner}\n")
         if age is not None:
             for p in (*d.iterdir(), d):
                 os.utime(p, (age, age))
@@ -313,7 +315,7 @@ def test_board_sweeps_folders_of_killed_runs_and_keeps_live_or_fresh_ones(sshd, 
         dev = loop_device(sshd, board_python)
         with SshRunner(dev) as runner:
             assert runner.measure(MeasureRequest(good.key, good.path, good.input_shape), dev.protocol).ok
-        assert leftovers(sshd) == ["hwprof-fresh0000000", "hwprof-liveowner000"]
+        assert leftovers(sshd) == ["hwprof-11ee00000000", "hwprof-a0000000000b", "hwprof-f00000000000", "hwprof-venv"]
         assert other.is_dir()
     finally:
         for d in (*made.values(), other):

@@ -23,6 +23,7 @@ job), then ``{"done": N}``.
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import time
@@ -122,6 +123,8 @@ def run_job(job, runtime, why):
 
 
 OWNER_FILE = "owner.pid"
+OWNER_TAG = "hwprof-board"  # owner.pid holds "hwprof-board PID" (PID 0: the host made the folder, no run yet)
+RUN_DIR = re.compile(r"hwprof-[0-9a-f]{12}")  # exactly the folders the ssh runner creates
 STALE_AFTER_S = 3600.0
 
 
@@ -145,13 +148,24 @@ def _last_touched(d):
     return t
 
 
+def _owner(d):
+    """The pid in a folder's owner file written by hwprof (0: made by the host, no run yet); None when the folder
+    has no such file (then it is not ours and is never removed)."""
+    try:
+        with open(os.path.join(d, OWNER_FILE)) as f:
+            m = re.match(r"%s (\d+)\n?$" % OWNER_TAG, f.read(64))
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(m.group(1)) if m else None
+
+
 def sweep_stale(here=HERE, now=None, stale_after_s=STALE_AFTER_S):
-    """Claim this run's folder (its pid in ``owner.pid``) and remove sibling ``hwprof-*`` folders that earlier runs
-    left behind (the host was killed before it could clean up): a folder goes only when no live process owns it AND
-    nothing in it changed for ``stale_after_s`` (a folder still being filled by a starting run has no owner yet).
-    Returns the names removed."""
+    """Claim this run's folder (its pid in ``owner.pid``) and remove sibling folders that earlier runs left behind
+    (the host was killed before it could clean up). A folder goes only when it is one hwprof made (its name is
+    exactly ``hwprof-`` + 12 hex digits AND it holds an ``owner.pid`` that hwprof wrote), no live process owns it,
+    and nothing in it changed for ``stale_after_s``. Returns the names removed."""
     with open(os.path.join(here, OWNER_FILE), "w") as f:
-        f.write("%d\n" % os.getpid())
+        f.write("%s %d\n" % (OWNER_TAG, os.getpid()))
     now = time.time() if now is None else now
     parent, mine = os.path.split(os.path.abspath(here))
     removed = []
@@ -161,14 +175,11 @@ def sweep_stale(here=HERE, now=None, stale_after_s=STALE_AFTER_S):
         return removed
     for name in names:
         d = os.path.join(parent, name)
-        if name == mine or not name.startswith("hwprof-") or os.path.islink(d) or not os.path.isdir(d):
+        if name == mine or not RUN_DIR.fullmatch(name) or os.path.islink(d) or not os.path.isdir(d):
             continue
-        try:
-            with open(os.path.join(d, OWNER_FILE)) as f:
-                if _alive(int(f.read().strip())):
-                    continue
-        except (OSError, ValueError):
-            pass  # no owner recorded (or unreadable): age decides
+        pid = _owner(d)
+        if pid is None or (pid > 0 and _alive(pid)):
+            continue  # not a folder hwprof made, or its run is alive
         try:
             if now - _last_touched(d) < stale_after_s:
                 continue

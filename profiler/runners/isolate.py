@@ -23,6 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from ..errors import SetupError
 from ..protocol import Protocol
 from .base import MeasureRequest, MeasureResult
 
@@ -147,7 +148,7 @@ class IsolatedRunner:
         hello = self._recv(self.start_timeout_s, "starting")
         if not hello.get("ready"):
             self._stop()
-            raise RuntimeError(f"runner {self.name} could not start in its child process: {hello.get('error')}")
+            raise SetupError(f"runner {self.name} could not start in its child process: {hello.get('error')}")
 
     def _stop(self) -> None:
         if self._conn is not None:

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..devices import Device
+from ..errors import UserError
 from ..protocol import Protocol
 from ..timing import time_calls
 from .base import LocalRunner, MeasureRequest, MeasureResult, host_fingerprint, library_versions
@@ -15,7 +16,7 @@ _OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "exten
                "all": "ORT_ENABLE_ALL"}
 
 
-class ProviderMissing(RuntimeError):
+class ProviderMissing(UserError, RuntimeError):
     pass
 
 

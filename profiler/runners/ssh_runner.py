@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from ..errors import UserError
 from ..devices import Device
 from ..protocol import Protocol
 from .base import MeasureRequest, MeasureResult, host_fingerprint
@@ -39,7 +40,7 @@ CHUNK_SIZE = 8  # models per upload + job: a dropped connection loses at most th
 JOB_VERSION = 1
 
 
-class SshError(RuntimeError):
+class SshError(UserError, RuntimeError):
     """Cannot reach or use the board; the message is one line with the fix."""
 
 
@@ -326,6 +327,8 @@ class SshRunner:
             sftp = client.open_sftp()
             d = posixpath.join(self._workdir(), "hwprof-" + secrets.token_hex(6))
             sftp.mkdir(d, mode=0o700)
+            with sftp.open(posixpath.join(d, "owner.pid"), "w") as f:  # marks it ours for board_timer.sweep_stale
+                f.write("hwprof-board 0\n")
             sftp.put(str(TIMING_SCRIPT), posixpath.join(d, "timing.py"))
             sftp.put(str(REMOTE_SCRIPT), posixpath.join(d, "board_timer.py"))
         except (OSError, EOFError, pk.SSHException) as e:

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ..devices import Device
+from ..errors import SetupError
 from ..export import module_for_key
 from ..protocol import Protocol
 from ..timing import time_calls
@@ -22,7 +23,7 @@ class TorchRunner(LocalRunner):
     def __init__(self, device: Device):
         self.device = device
         if device.torch_device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"device {device.name!r} asks for torch CUDA, but torch.cuda.is_available() is False "
+            raise SetupError(f"device {device.name!r} asks for torch CUDA, but torch.cuda.is_available() is False "
                                f"(torch {torch.__version__}); use torch-cpu or a CUDA build of torch")
         self.dev = torch.device(device.torch_device)
         if device.torch_device == "cpu" and device.threads > 0:

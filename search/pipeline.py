@@ -42,7 +42,9 @@ QUICK_PROTOCOL = Protocol(warmup_s=0.02, min_samples=5, min_seconds=0.03, max_se
 class RunConfig:
     device: str = "cpu"
     space: str = "fbnet-cifar:input_size=16,width=0.5"
-    data: str = "digits"
+    data: str = "digits"  # the CLI passes fashion-mnist when it is installed (search.data.default_data)
+    data_limit: int | None = None  # fashion-mnist: a seeded N of the training set (and N test images)
+    data_dir: str | None = None
     search_epochs: int = 10
     family: int = 6
     retrain_epochs: int = 8
@@ -204,7 +206,8 @@ def _stage_search(cfg: RunConfig, space: Space, table: Path, run_dir: Path, on_e
         return
     resume = (run_dir / "config.json").is_file()
     scfg = preset("hwnas", space=space.spec, tables=(str(table),), data=cfg.data, epochs=cfg.search_epochs,
-                  seed=cfg.seed, batch_size=cfg.batch_size, train_limit=cfg.train_limit)
+                  data_dir=cfg.data_dir, data_limit=cfg.data_limit, seed=cfg.seed, batch_size=cfg.batch_size,
+                  train_limit=cfg.train_limit)
 
     def prog(e: dict[str, Any]) -> None:
         if e.get("event") == "step":
@@ -337,8 +340,8 @@ def _run_pipeline(cfg: RunConfig, out: Path, on_event: OnEvent) -> RunResult:
     paths = _stage_derive(cfg, out / "search", out / "family", on_event, notes)
     stage_s["derive"] = time.perf_counter() - t
 
-    tcfg = TrainConfig(data=cfg.data, epochs=cfg.retrain_epochs, batch_size=cfg.batch_size, seed=cfg.seed,
-                       max_train_batches=cfg.max_train_batches)
+    tcfg = TrainConfig(data=cfg.data, data_dir=cfg.data_dir, data_limit=cfg.data_limit, epochs=cfg.retrain_epochs,
+                       batch_size=cfg.batch_size, seed=cfg.seed, max_train_batches=cfg.max_train_batches)
     archs = [load_arch(p) for p in paths]
     splits = load_splits(archs[0], tcfg) if archs else None
     rows: list[dict[str, Any]] = []

@@ -19,14 +19,17 @@ def search_cmd(
     table: list[str] = typer.Option([], "--table", "-t", help="Latency table(s) from hwprof measure (repeat for "
                                                               "more devices: cost terms latency, latency:1, ...)."),
     preset_name: str = typer.Option("hwnas", "--preset", "-p", help="darts | fbnet | darts-cc | seed-simplex | hwnas."),
-    data: str = typer.Option("digits", "--data", help="digits, cifar10, fashion-mnist, mnist, npz:PATH or a folder."),
+    data: str = typer.Option(None, "--data", help="fashion-mnist, digits, cifar10, mnist, npz:PATH or a folder "
+                                                  "(default: fashion-mnist when installed, else digits)."),
+    data_limit: int = typer.Option(None, "--data-limit", help="fashion-mnist: a seeded N training images (and N "
+                                                              "test images)."),
     epochs: int = typer.Option(10, "--epochs", "-e", help="Search epochs."),
     out: str = typer.Option(..., "--out", "-o", help="Run directory."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     seed: int = typer.Option(0, "--seed"),
     torch_device: str = typer.Option("cpu", "--torch-device", help="cpu or cuda."),
     batch_size: int = typer.Option(None, "--batch-size", help="Batch size (preset default 64)."),
-    data_dir: str = typer.Option(None, "--data-dir", help="Where torchvision datasets are (downloaded)."),
+    data_dir: str = typer.Option(None, "--data-dir", help="Where Fashion-MNIST / torchvision data are."),
     threads: int = typer.Option(0, "--threads", help="torch intra-op threads (0 = torch's default)."),
     overrides: list[str] = typer.Option([], "--set", help="Config override FIELD=VALUE, e.g. loss_beta=0.8, "
                                                          "control.range_max=5, train_limit=256 (repeatable)."),
@@ -42,7 +45,7 @@ def search_cmd(
     from .config import ConfigError, apply_overrides, preset
     from .control import ControlError
     from .costs import CostError
-    from .data import DataError
+    from .data import DataError, default_data
     from .train import SearchError, search
 
     con = Console(stderr=True)
@@ -55,9 +58,12 @@ def search_cmd(
         import torch
 
         torch.set_num_threads(threads)
+    if data is None and not resume:
+        data, note = default_data(data_dir)
+        con.print(f"data: {note}", highlight=False)
     try:
         cfg = preset(preset_name, space=space, tables=tuple(table), data=data, epochs=epochs, seed=seed,
-                     torch_device=torch_device, batch_size=batch_size, data_dir=data_dir)
+                     torch_device=torch_device, batch_size=batch_size, data_dir=data_dir, data_limit=data_limit)
         cfg = apply_overrides(cfg, overrides)
         cols = [TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                 TimeElapsedColumn(), TextColumn("loss {task.fields[loss]}  E\\[lat] {task.fields[lat]} ms  "
@@ -116,8 +122,9 @@ def derive_cmd(
     latency_ms: _Opt[str] = typer.Option(None, "--latency-ms", help="Latency budgets, e.g. 3,5,8."),
     params: _Opt[str] = typer.Option(None, "--params", help="Params budget, e.g. 100k (alone or with --latency-ms)."),
     family: _Opt[int] = typer.Option(None, "--family", help="N distinct Pareto-optimal architectures."),
-    fill: bool = typer.Option(True, "--fill/--no-fill", help="Budgets: let layers take the next (less-pressured) "
-                                                             "architecture's op while the budget holds."),
+    fill: bool = typer.Option(True, "--fill/--no-fill", help="Budgets: change the fewest layers of the nearest "
+                                                             "over-budget architecture that meet the budget "
+                                                             "(marked kind=filled in the JSON)."),
     out: _Opt[_Path] = typer.Option(None, "--out", "-o", help="Output directory (default RUN/derived)."),
 ) -> None:
     """Architectures from a trained run, no retraining: at a control, by budgets, or a family of N."""
@@ -223,6 +230,10 @@ def export_cmd(
         _fam_fail(f"{path}: onnxruntime output differs from PyTorch by {err:.2e}", 1)
 
 
+RUN_FMNIST_LIMIT = 3000  # hwnas run on fashion-mnist: 2700 train / 300 val images, 3000 test (README, family)
+QUICK_FMNIST_LIMIT = 1200
+
+
 @app.command("run")
 def run_cmd(
     device: str = typer.Option("cpu", "--device", "-d", help="Device name from devices.yaml."),
@@ -230,7 +241,11 @@ def run_cmd(
     out: _Opt[_Path] = typer.Option(None, "--out", "-o", help="Output directory (default runs/DEVICE[-quick])."),
     space: _Opt[str] = typer.Option(None, "--space", help="Space spec (default fbnet-cifar:input_size=16,width=0.5)."),
     table: _Opt[_Path] = typer.Option(None, "--table", help="Latency table (default tables/DEVICE/SPACE.csv)."),
-    data: str = typer.Option("digits", "--data"),
+    data: _Opt[str] = typer.Option(None, "--data", help="Default: fashion-mnist when installed, else digits."),
+    data_limit: _Opt[int] = typer.Option(None, "--data-limit", help="fashion-mnist: a seeded N training images "
+                                                                    f"(default {RUN_FMNIST_LIMIT}, quick "
+                                                                    f"{QUICK_FMNIST_LIMIT}); 0 = all."),
+    data_dir: _Opt[str] = typer.Option(None, "--data-dir", help="Where Fashion-MNIST's IDX files are."),
     family: _Opt[int] = typer.Option(None, "--family", help="Members of the family."),
     search_epochs: _Opt[int] = typer.Option(None, "--search-epochs"),
     retrain_epochs: _Opt[int] = typer.Option(None, "--retrain-epochs"),
@@ -249,12 +264,21 @@ def run_cmd(
     from .pipeline import PipelineError, RunConfig, run_pipeline
     from .report import format_table
 
+    from .data import default_data
+
+    con = _fam_console()
+    note = data
+    if data is None:
+        data, note = default_data(data_dir)
+    if data == "fashion-mnist" and data_limit is None:
+        data_limit = QUICK_FMNIST_LIMIT if quick else RUN_FMNIST_LIMIT
     kw = dict(device=device, space=space, table=str(table) if table else None, data=data, family=family,
+              data_limit=data_limit or None, data_dir=data_dir,
               search_epochs=search_epochs, retrain_epochs=retrain_epochs, seed=seed, calibrate=calibrate)
     cfg = RunConfig.quick_defaults(**kw) if quick else RunConfig(**{k: v for k, v in kw.items() if v is not None})
     out = out or _Path("runs") / (device + ("-quick" if quick else ""))
-    con = _fam_console()
-    con.print(f"hwnas run: space {cfg.space}, device {cfg.device}, data {cfg.data}, search {cfg.search_epochs} "
+    shown = note + (f", {cfg.data_limit} training images" if cfg.data_limit else "")
+    con.print(f"hwnas run: space {cfg.space}, device {cfg.device}, data {shown}, search {cfg.search_epochs} "
               f"epochs, family {cfg.family}, retrain {cfg.retrain_epochs} epochs -> {out}", highlight=False)
     try:
         with progress(TextColumn("[bold]{task.description:<7}"), BarColumn(), MofNCompleteColumn(),

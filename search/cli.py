@@ -179,7 +179,8 @@ def derive_cmd(
 @app.command("train")
 def train_cmd(
     arch_path: _Path = typer.Argument(..., help="Architecture JSON (hwnas derive)."),
-    data: str = typer.Option("digits", "--data", help="digits, cifar10, fashion-mnist, mnist, npz:PATH or a folder."),
+    data: _Opt[str] = typer.Option(None, "--data", help="fashion-mnist, digits, cifar10, mnist, npz:PATH or a folder "
+                                                        "(default: fashion-mnist when installed, else digits)."),
     epochs: int = typer.Option(10, "--epochs", help="Training epochs."),
     out: _Path = typer.Option(..., "--out", "-o", help="Output directory (weights.safetensors, train.json)."),
     batch_size: int = typer.Option(64, "--batch-size"),
@@ -190,8 +191,12 @@ def train_cmd(
     """Train an architecture from scratch; report test accuracy; save the weights (safetensors)."""
     from profiler.arch import ArchError, load_arch
 
+    from .data import default_data
     from .retrain import TrainConfig, TrainError, retrain
 
+    if data is None:
+        data, note = default_data(data_dir)
+        _fam_console().print(f"data: {note}", highlight=False)
     try:
         arch = load_arch(arch_path)
         cfg = TrainConfig(data=data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, data_dir=data_dir)

@@ -175,7 +175,8 @@ def _preset_darts_cc() -> SearchConfig:
 
 def _preset_seed_simplex() -> SearchConfig:
     return SearchConfig(preset="seed-simplex", control=ControlConfig(kind="simplex-ops", kappa=50.0, sigma=0.25),
-                        sampler="gumbel", per_sample=True, temperature=TemperatureConfig("linear", 1.0, floor=0.2, t_end=0.2),
+                        sampler="gumbel", per_sample=True,
+                        temperature=TemperatureConfig("linear", 1.0, floor=0.2, t_end=0.2),
                         loss="additive", optimisation="single", weights_opt=_darts_weights(),
                         arch_opt=OptimConfig(lr=1e-3, betas=(0.5, 0.999), weight_decay=1e-3))
 
@@ -191,7 +192,9 @@ def _preset_hwnas() -> SearchConfig:
                         sampler="gumbel", temperature=TemperatureConfig("exponential", 5.0, floor=0.1, t_end=0.5),
                         loss="additive", optimisation="single",
                         weights_opt=OptimConfig(lr=0.05, momentum=0.9, weight_decay=1e-4, lr_min=0.001, grad_clip=5.0),
-                        arch_opt=OptimConfig(lr=3e-3, betas=(0.5, 0.999), weight_decay=0.0))
+                        # arch lr 0.03 (was 3e-3, which left the distribution near uniform after a default run:
+                        # arch_max_prob ~0.12 for 1/9 uniform); see README, Search
+                        arch_opt=OptimConfig(lr=0.03, betas=(0.5, 0.999), weight_decay=0.0))
 
 
 PRESETS = {"darts": _preset_darts, "fbnet": _preset_fbnet, "darts-cc": _preset_darts_cc,

@@ -83,7 +83,8 @@ def search_cmd(
                     con.print(f"epoch {ev['epoch'] + 1}/{ev['epochs']}: train loss {ev['train_loss']:.4f} acc "
                               f"{ev['train_acc'] * 100:.1f} %, val acc {ev['val_acc'] * 100:.1f} %, E\\[latency] "
                               f"{fmt(ev.get('eval_E_latency'))} ms, E\\[params] {fmt(ev.get('eval_E_params'))}, "
-                              f"tau {ev['tau']:.3g}, {ev['wall_s']:.1f} s", highlight=False)
+                              f"tau {ev['tau']:.3g}, arch max p {fmt(ev.get('arch_max_prob'))}, {ev['wall_s']:.1f} s",
+                              highlight=False)
 
             history = search(cfg, out, resume=resume, on_progress=on_progress)
     except (ConfigError, ControlError, CostError, DataError, SearchError) as e:

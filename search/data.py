@@ -195,7 +195,11 @@ def _fmnist_fix(path: Path) -> str:
 def _read_idx(path: Path, kind: str, split: str) -> np.ndarray:
     """One IDX file (gzip or plain), checked: magic, count, 28 x 28, exact length, labels 0..9."""
     try:
-        raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+        if path.suffix == ".gz":
+            with gzip.open(path) as f:
+                raw = f.read()
+        else:
+            raw = path.read_bytes()
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: corrupt or truncated ({type(e).__name__}: {e}); {_fmnist_fix(path)}") from None
     ndim = 3 if kind == "images" else 1

@@ -20,6 +20,7 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,7 +219,11 @@ def _stage_search(cfg: RunConfig, space: Space, table: Path, run_dir: Path, on_e
                 note += f" E[lat] {lat:.3f} ms"
             on_event(Event("search", e["epoch"] * steps + int(e["step"]), e["epochs"] * steps, note))
 
-    search(scfg, run_dir, resume=resume, on_progress=prog)
+    hist = search(scfg, run_dir, resume=resume, on_progress=prog)
+    if hist and "arch_max_prob" in hist[-1]:
+        k = len(space.ops)
+        notes.append(f"search: arch_max_prob {hist[-1]['arch_max_prob']:.3f} at the last epoch (uniform {1 / k:.3f}, "
+                     f"decided 1), entropy {hist[-1]['arch_entropy']:.3f} nats (uniform {math.log(k):.3f})")
     if resume:
         notes.append(f"search {run_dir}: resumed an interrupted run")
 

@@ -13,6 +13,18 @@ def _main() -> None:
     """Search, derive, retrain, export and ship architectures."""
 
 
+def _stored_data(out: str) -> dict | None:
+    """``data`` and ``data_limit`` of the run in ``out`` (for --resume), or None when there is none to read."""
+    import json
+    from pathlib import Path
+
+    try:
+        cfg = json.loads((Path(out) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return cfg if isinstance(cfg, dict) and isinstance(cfg.get("data"), str) else None
+
+
 @app.command("search")
 def search_cmd(
     space: str = typer.Option(..., "--space", "-s", help="Space spec, e.g. fbnet-cifar:input_size=16,width=0.25."),
@@ -58,7 +70,11 @@ def search_cmd(
         import torch
 
         torch.set_num_threads(threads)
-    if data is None and not resume:
+    stored = _stored_data(out) if resume else None
+    if stored is not None:  # --resume: the run's own data unless given again
+        data = stored["data"] if data is None else data
+        data_limit = stored.get("data_limit") if data_limit is None else data_limit
+    elif data is None:
         data, note = default_data(data_dir)
         con.print(f"data: {note}", highlight=False)
     try:

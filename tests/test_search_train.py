@@ -172,6 +172,11 @@ def test_cli_search_writes_a_run(small_tables, tmp_path):
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     assert "data: fashion-mnist (" in r.output or "data: digits (fallback:" in r.output  # the default, named
+    again = [a for a in args if a not in ("--data-limit", "300")]
+    again[again.index("--epochs") + 1] = "2"
+    r = CliRunner().invoke(app, again + ["--resume"])  # --resume takes the run's own data and limit
+    assert r.exit_code == 0, r.output
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     assert {p.name for p in out.iterdir()} >= {"config.json", "metrics.jsonl", "checkpoint.pt", "control.pt"}
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["preset"] == "hwnas" and cfg["train_limit"] == 32 and cfg["control"]["kind"] == "tradeoff"

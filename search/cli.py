@@ -19,20 +19,35 @@ def _main(version: bool = version_option("hwnas")) -> None:
     """Search, derive, retrain, export and ship architectures."""
 
 
+def _stored_data(out: str) -> dict | None:
+    """``data`` and ``data_limit`` of the run in ``out`` (for --resume), or None when there is none to read."""
+    import json
+    from pathlib import Path
+
+    try:
+        cfg = json.loads((Path(out) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return cfg if isinstance(cfg, dict) and isinstance(cfg.get("data"), str) else None
+
+
 @app.command("search")
 def search_cmd(
     space: str = typer.Option(..., "--space", "-s", help="Space spec, e.g. fbnet-cifar:input_size=16,width=0.25."),
     table: list[str] = typer.Option([], "--table", "-t", help="Latency table(s) from hwprof measure (repeat for "
                                                               "more devices: cost terms latency, latency:1, ...)."),
     preset_name: str = typer.Option("hwnas", "--preset", "-p", help="darts | fbnet | darts-cc | seed-simplex | hwnas."),
-    data: str = typer.Option("digits", "--data", help="digits, cifar10, fashion-mnist, mnist, npz:PATH or a folder."),
+    data: str = typer.Option(None, "--data", help="fashion-mnist, digits, cifar10, mnist, npz:PATH or a folder "
+                                                  "(default: fashion-mnist when installed, else digits)."),
+    data_limit: int = typer.Option(None, "--data-limit", help="fashion-mnist: a seeded N training images (and N "
+                                                              "test images)."),
     epochs: int = typer.Option(10, "--epochs", "-e", help="Search epochs."),
     out: str = typer.Option(..., "--out", "-o", help="Run directory."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     seed: int = typer.Option(0, "--seed"),
     torch_device: str = typer.Option("cpu", "--torch-device", help="cpu or cuda."),
     batch_size: int = typer.Option(None, "--batch-size", help="Batch size (preset default 64)."),
-    data_dir: str = typer.Option(None, "--data-dir", help="Where torchvision datasets are (downloaded)."),
+    data_dir: str = typer.Option(None, "--data-dir", help="Where Fashion-MNIST / torchvision data are."),
     threads: int = typer.Option(0, "--threads", help="torch intra-op threads (0 = torch's default)."),
     overrides: list[str] = typer.Option([], "--set", help="Config override FIELD=VALUE, e.g. loss_beta=0.8, "
                                                          "control.range_max=5, train_limit=256 (repeatable)."),
@@ -50,6 +65,7 @@ def search_cmd(
     from profiler.progress import progress
 
     from .config import apply_overrides, preset
+    from .data import default_data
     from .train import SearchError, search
 
     con = Console(stderr=True)
@@ -62,9 +78,17 @@ def search_cmd(
 
     if nproc < 1:
         fail(f"--nproc {nproc}: at least 1")
+    stored = _stored_data(out) if resume else None
+    if stored is not None:  # --resume: the run's own data unless given again
+        data = stored["data"] if data is None else data
+        data_limit = stored.get("data_limit") if data_limit is None else data_limit
+    elif data is None:
+        data, note = default_data(data_dir)
+        if os.environ.get("RANK", "0") == "0":
+            con.print(f"data: {note}", highlight=False)
     if nproc > 1:
         args = _search_args(space, table, preset_name, data, epochs, out, resume, seed, torch_device, batch_size,
-                            data_dir, threads or distributed.default_threads(nproc), overrides, bn)
+                            data_dir, threads or distributed.default_threads(nproc), overrides, bn, data_limit)
         _launch(args, nproc, out, fail)
     if threads:
         import torch
@@ -76,7 +100,7 @@ def search_cmd(
             raise distributed.DistError(f"--bn {bn!r}: use sync or local")
         ddp, torch_device = distributed.init_from_env(torch_device, bn == "sync")
         cfg = preset(preset_name, space=space, tables=tuple(table), data=data, epochs=epochs, seed=seed,
-                     torch_device=torch_device, batch_size=batch_size, data_dir=data_dir)
+                     torch_device=torch_device, batch_size=batch_size, data_dir=data_dir, data_limit=data_limit)
         cfg = apply_overrides(cfg, overrides)
         cols = [TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                 TimeElapsedColumn(), TextColumn("loss {task.fields[loss]}  E\\[lat] {task.fields[lat]} ms  "
@@ -96,7 +120,8 @@ def search_cmd(
                     con.print(f"epoch {ev['epoch'] + 1}/{ev['epochs']}: train loss {ev['train_loss']:.4f} acc "
                               f"{ev['train_acc'] * 100:.1f} %, val acc {ev['val_acc'] * 100:.1f} %, E\\[latency] "
                               f"{fmt(ev.get('eval_E_latency'))} ms, E\\[params] {fmt(ev.get('eval_E_params'))}, "
-                              f"tau {ev['tau']:.3g}, {ev['wall_s']:.1f} s", highlight=False)
+                              f"tau {ev['tau']:.3g}, arch max p {fmt(ev.get('arch_max_prob'))}, {ev['wall_s']:.1f} s",
+                              highlight=False)
 
             history = search(cfg, out, resume=resume, on_progress=on_progress if ddp is None or ddp.is_main else None)
     except UserError as e:
@@ -125,7 +150,7 @@ def search_cmd(
 
 def _search_args(space: str, tables: list[str], preset_name: str, data: str, epochs: int, out: str, resume: bool,
                  seed: int, torch_device: str, batch_size: int | None, data_dir: str | None, threads: int,
-                 overrides: list[str], bn: str) -> list[str]:
+                 overrides: list[str], bn: str, data_limit: int | None = None) -> list[str]:
     """The ``hwnas search`` arguments a worker of ``--nproc`` is started with (everything but ``--nproc``)."""
     args = ["search", "--space", space, "--preset", preset_name, "--data", data, "--epochs", str(epochs),
             "--out", out, "--seed", str(seed), "--torch-device", torch_device, "--threads", str(threads), "--bn", bn]
@@ -133,6 +158,7 @@ def _search_args(space: str, tables: list[str], preset_name: str, data: str, epo
     args += ["--resume"] if resume else []
     args += ["--batch-size", str(batch_size)] if batch_size is not None else []
     args += ["--data-dir", data_dir] if data_dir is not None else []
+    args += ["--data-limit", str(data_limit)] if data_limit is not None else []
     return args
 
 
@@ -177,8 +203,9 @@ def derive_cmd(
     latency_ms: _Opt[str] = typer.Option(None, "--latency-ms", help="Latency budgets, e.g. 3,5,8."),
     params: _Opt[str] = typer.Option(None, "--params", help="Params budget, e.g. 100k (alone or with --latency-ms)."),
     family: _Opt[int] = typer.Option(None, "--family", help="N distinct Pareto-optimal architectures."),
-    fill: bool = typer.Option(True, "--fill/--no-fill", help="Budgets: let layers take the next (less-pressured) "
-                                                             "architecture's op while the budget holds."),
+    fill: bool = typer.Option(True, "--fill/--no-fill", help="Budgets: change the fewest layers of the nearest "
+                                                             "over-budget architecture that meet the budget "
+                                                             "(marked kind=filled in the JSON)."),
     out: _Opt[_Path] = typer.Option(None, "--out", "-o", help="Output directory (default RUN/derived)."),
 ) -> None:
     """Architectures from a trained run, no retraining: at a control, by budgets, or a family of N."""
@@ -233,7 +260,8 @@ def derive_cmd(
 @app.command("train")
 def train_cmd(
     arch_path: _Path = typer.Argument(..., help="Architecture JSON (hwnas derive)."),
-    data: str = typer.Option("digits", "--data", help="digits, cifar10, fashion-mnist, mnist, npz:PATH or a folder."),
+    data: _Opt[str] = typer.Option(None, "--data", help="fashion-mnist, digits, cifar10, mnist, npz:PATH or a folder "
+                                                        "(default: fashion-mnist when installed, else digits)."),
     epochs: int = typer.Option(10, "--epochs", help="Training epochs."),
     out: _Path = typer.Option(..., "--out", "-o", help="Output directory (weights.safetensors, train.json)."),
     batch_size: int = typer.Option(64, "--batch-size"),
@@ -244,8 +272,12 @@ def train_cmd(
     """Train an architecture from scratch; report test accuracy; save the weights (safetensors)."""
     from profiler.arch import ArchError, load_arch
 
+    from .data import default_data
     from .retrain import TrainConfig, TrainError, retrain
 
+    if data is None:
+        data, note = default_data(data_dir)
+        _fam_console().print(f"data: {note}", highlight=False)
     try:
         arch = load_arch(arch_path)
         cfg = TrainConfig(data=data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, data_dir=data_dir)
@@ -285,6 +317,10 @@ def export_cmd(
         _fam_fail(f"{path}: onnxruntime output differs from PyTorch by {err:.2e}", 1)
 
 
+RUN_FMNIST_LIMIT = 3000  # hwnas run on fashion-mnist: 2700 train / 300 val images, 3000 test (README, family)
+QUICK_FMNIST_LIMIT = 1200
+
+
 @app.command("run")
 def run_cmd(
     device: str = typer.Option("cpu", "--device", "-d", help="Device name from devices.yaml."),
@@ -292,7 +328,11 @@ def run_cmd(
     out: _Opt[_Path] = typer.Option(None, "--out", "-o", help="Output directory (default runs/DEVICE[-quick])."),
     space: _Opt[str] = typer.Option(None, "--space", help="Space spec (default fbnet-cifar:input_size=16,width=0.5)."),
     table: _Opt[_Path] = typer.Option(None, "--table", help="Latency table (default tables/DEVICE/SPACE.csv)."),
-    data: str = typer.Option("digits", "--data"),
+    data: _Opt[str] = typer.Option(None, "--data", help="Default: fashion-mnist when installed, else digits."),
+    data_limit: _Opt[int] = typer.Option(None, "--data-limit", help="fashion-mnist: a seeded N training images "
+                                                                    f"(default {RUN_FMNIST_LIMIT}, quick "
+                                                                    f"{QUICK_FMNIST_LIMIT}); 0 = all."),
+    data_dir: _Opt[str] = typer.Option(None, "--data-dir", help="Where Fashion-MNIST's IDX files are."),
     family: _Opt[int] = typer.Option(None, "--family", help="Members of the family."),
     search_epochs: _Opt[int] = typer.Option(None, "--search-epochs"),
     retrain_epochs: _Opt[int] = typer.Option(None, "--retrain-epochs"),
@@ -311,12 +351,21 @@ def run_cmd(
     from .pipeline import PipelineError, RunConfig, estimate_line, run_pipeline
     from .report import format_table
 
+    from .data import default_data
+
+    con = _fam_console()
+    note = data
+    if data is None:
+        data, note = default_data(data_dir)
+    if data == "fashion-mnist" and data_limit is None:
+        data_limit = QUICK_FMNIST_LIMIT if quick else RUN_FMNIST_LIMIT
     kw = dict(device=device, space=space, table=str(table) if table else None, data=data, family=family,
+              data_limit=data_limit or None, data_dir=data_dir,
               search_epochs=search_epochs, retrain_epochs=retrain_epochs, seed=seed, calibrate=calibrate)
     cfg = RunConfig.quick_defaults(**kw) if quick else RunConfig(**{k: v for k, v in kw.items() if v is not None})
     out = out or _Path("runs") / (device + ("-quick" if quick else ""))
-    con = _fam_console()
-    con.print(f"hwnas run: space {cfg.space}, device {cfg.device}, data {cfg.data}, search {cfg.search_epochs} "
+    shown = note + (f", {cfg.data_limit} training images" if cfg.data_limit else "")
+    con.print(f"hwnas run: space {cfg.space}, device {cfg.device}, data {shown}, search {cfg.search_epochs} "
               f"epochs, family {cfg.family}, retrain {cfg.retrain_epochs} epochs -> {out}", highlight=False)
     try:
         con.print(estimate_line(cfg, out), highlight=False)

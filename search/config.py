@@ -42,11 +42,16 @@ class OptimConfig:
 
 @dataclass
 class TemperatureConfig:
+    """Temperature per epoch. With ``t_end`` set (every preset) the schedule is defined over the run's length: t0 at
+    the first epoch, t_end at the last, geometric (exponential) or straight (linear) in between, whatever the
+    epoch count. Without it, the per-epoch ``decay`` / ``slope`` of older configs apply."""
+
     schedule: str = "constant"  # constant | exponential | linear
     t0: float = 1.0
-    decay: float = 0.956  # exponential: t0 * decay**epoch
-    slope: float | None = None  # linear: t0 - slope*epoch; None = reach `floor` at the last epoch
+    decay: float = 0.956  # exponential without t_end: t0 * decay**epoch
+    slope: float | None = None  # linear without t_end: t0 - slope*epoch; None = reach `floor` at the last epoch
     floor: float = 0.05  # every schedule is clamped above this (> 0)
+    t_end: float | None = None  # the temperature at the last epoch (over the run's length); None = decay / slope
 
 
 @dataclass
@@ -86,6 +91,7 @@ class SearchConfig:
     tables: tuple[str, ...] = ()
     data: str = "digits"
     data_dir: str | None = None
+    data_limit: int | None = None  # fashion-mnist: read a seeded N of the training set (and N test images)
     epochs: int = 10
     batch_size: int = 64
     seed: int = 0
@@ -121,6 +127,9 @@ class SearchConfig:
             raise bad("temperature.schedule", self.temperature.schedule, "one of " + ", ".join(SCHEDULES))
         if not self.temperature.floor > 0 or not self.temperature.t0 > 0:
             raise bad("temperature.floor/t0", (self.temperature.floor, self.temperature.t0), "both must be > 0")
+        t_end = self.temperature.t_end
+        if t_end is not None and not t_end >= self.temperature.floor:
+            raise bad("temperature.t_end", t_end, f"must be >= temperature.floor ({self.temperature.floor})")
         if self.loss not in LOSSES:
             raise bad("loss", self.loss, "one of " + ", ".join(LOSSES))
         if self.optimisation not in OPTIMISATIONS:
@@ -170,9 +179,14 @@ def _preset_darts() -> SearchConfig:
                         arch_opt=_darts_arch())
 
 
+def _fbnet_temperature() -> TemperatureConfig:
+    # FBNet: 5.0 * 0.956^epoch over its 90 epochs (0.090 at the last), here stretched to the run's length
+    return TemperatureConfig("exponential", 5.0, floor=0.05, t_end=5.0 * 0.956 ** 89)
+
+
 def _preset_fbnet() -> SearchConfig:
     return SearchConfig(preset="fbnet", control=ControlConfig(kind="static", cost_terms=("latency",), weights=(0.0,)),
-                        sampler="gumbel", temperature=TemperatureConfig("exponential", 5.0, 0.956), loss="fbnet",
+                        sampler="gumbel", temperature=_fbnet_temperature(), loss="fbnet",
                         loss_alpha=0.2, loss_beta=0.6, optimisation="bilevel", arch_fraction=0.2, warmup_epochs=1,
                         weights_opt=OptimConfig(lr=0.1, momentum=0.9, weight_decay=1e-4, lr_min=0.0),
                         arch_opt=OptimConfig(lr=0.01, weight_decay=5e-4))
@@ -182,14 +196,15 @@ def _preset_darts_cc() -> SearchConfig:
     return SearchConfig(preset="darts-cc",
                         control=ControlConfig(kind="lambda", cost_terms=("params",), range_min=0.01, range_max=2.0,
                                               anchors=4, eval_control={"lambda": 0.1}),
-                        sampler="gumbel", temperature=TemperatureConfig("linear", 1.0, slope=0.08, floor=0.1),
+                        sampler="gumbel", temperature=TemperatureConfig("linear", 1.0, floor=0.1, t_end=0.1),
                         loss="additive", optimisation="bilevel", arch_fraction=0.5, weights_opt=_darts_weights(),
                         arch_opt=_darts_arch())
 
 
 def _preset_seed_simplex() -> SearchConfig:
     return SearchConfig(preset="seed-simplex", control=ControlConfig(kind="simplex-ops", kappa=50.0, sigma=0.25),
-                        sampler="gumbel", per_sample=True, temperature=TemperatureConfig("linear", 1.0, floor=0.2),
+                        sampler="gumbel", per_sample=True,
+                        temperature=TemperatureConfig("linear", 1.0, floor=0.2, t_end=0.2),
                         loss="additive", optimisation="single", weights_opt=_darts_weights(),
                         arch_opt=OptimConfig(lr=1e-3, betas=(0.5, 0.999), weight_decay=1e-3))
 
@@ -199,12 +214,15 @@ def _preset_hwnas() -> SearchConfig:
                         control=ControlConfig(kind="tradeoff", cost_terms=("params", "latency"), range_min=0.01,
                                               range_max=10.0, anchors=4, hypernet="pwl",
                                               eval_control={"kappa": 0.1}),
-                        # soft Gumbel at FBNet's 5.0*0.956^epoch: on small data the single-path ("lean") supernet
-                        # barely learns in a few epochs, the soft mixture does (see README, Search)
-                        sampler="gumbel", temperature=TemperatureConfig("exponential", 5.0, 0.956, floor=0.1),
+                        # soft Gumbel from 5.0 at the first epoch to t_end at the last, whatever the run's length: on
+                        # small data the single-path ("lean") supernet barely learns in a few epochs, the soft
+                        # mixture does (see README, Search)
+                        sampler="gumbel", temperature=TemperatureConfig("exponential", 5.0, floor=0.1, t_end=0.5),
                         loss="additive", optimisation="single",
                         weights_opt=OptimConfig(lr=0.05, momentum=0.9, weight_decay=1e-4, lr_min=0.001, grad_clip=5.0),
-                        arch_opt=OptimConfig(lr=3e-3, betas=(0.5, 0.999), weight_decay=0.0))
+                        # arch lr 0.03 (was 3e-3, which left the distribution near uniform after a default run:
+                        # arch_max_prob ~0.12 for 1/9 uniform); see README, Search
+                        arch_opt=OptimConfig(lr=0.03, betas=(0.5, 0.999), weight_decay=0.0))
 
 
 PRESETS = {"darts": _preset_darts, "fbnet": _preset_fbnet, "darts-cc": _preset_darts_cc,

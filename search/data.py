@@ -1,14 +1,19 @@
 """Datasets as train / validation / test ``TensorDataset`` s, resized to a space's input.
 
-Specs: ``digits`` (scikit-learn's handwritten digits, offline), ``cifar10``, ``fashion-mnist``, ``mnist``
-(torchvision, downloaded into ``--data-dir``), ``npz:PATH`` (arrays ``x`` and ``y``) and an image-folder directory
-(one sub-folder per class). Images become float tensors N x C x H x W at ``input_size``, grey images are replicated
-to ``in_channels``, and every split is normalised with the training split's per-channel mean and std. Splits are
-fixed by ``seed``.
+Specs: ``fashion-mnist`` (the four IDX files, read from ``--data-dir``, ``$HWNAS_DATA`` or the Debian package
+``dataset-fashion-mnist``'s folder, else downloaded into a cache when online), ``digits`` (scikit-learn's handwritten
+digits, offline, the tiny fallback), ``cifar10``, ``mnist`` (torchvision, downloaded into ``--data-dir``),
+``npz:PATH`` (arrays ``x`` and ``y``) and an image-folder directory (one sub-folder per class). Images become float
+tensors N x C x H x W at ``input_size``, grey images are replicated to ``in_channels``, and every split is
+normalised with the training split's per-channel mean and std. Splits are fixed by ``seed``. Nothing is downloaded
+at import time.
 """
 
 from __future__ import annotations
 
+import gzip
+import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +24,13 @@ from torch.utils.data import TensorDataset
 
 from profiler.errors import UserError
 
-TORCHVISION = {"cifar10": "CIFAR10", "fashion-mnist": "FashionMNIST", "mnist": "MNIST"}
+TORCHVISION = {"cifar10": "CIFAR10", "mnist": "MNIST"}
+FMNIST_DEB_DIR = Path("/usr/share/datasets/fashion-mnist")  # apt-get install dataset-fashion-mnist
+FMNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"  # the dataset's canonical source
+FMNIST_FILES = {("train", "images"): "train-images-idx3-ubyte", ("train", "labels"): "train-labels-idx1-ubyte",
+                ("test", "images"): "t10k-images-idx3-ubyte", ("test", "labels"): "t10k-labels-idx1-ubyte"}
+FMNIST_COUNTS = {"train": 60000, "test": 10000}
+IDX_MAGIC = {"images": 2051, "labels": 2049}  # 0x00000803: uint8, 3 dims; 0x00000801: uint8, 1 dim
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".tif", ".tiff", ".webp"}
 
 
@@ -168,23 +179,156 @@ def _torchvision(name: str, input_size: int, in_channels: int, seed: int, data_d
     def arrays(ds) -> tuple[np.ndarray, np.ndarray]:
         x = ds.data.numpy() if isinstance(ds.data, torch.Tensor) else np.asarray(ds.data)
         y = ds.targets.numpy() if isinstance(ds.targets, torch.Tensor) else np.asarray(ds.targets)
-        return x.astype(np.float32) / 255.0, y
+        return x, y
 
-    x, y = arrays(train)
-    xt, yt = arrays(test)
-    x_all = _resize(_to_nchw(x, name), input_size, in_channels, name)
-    x_te = _resize(_to_nchw(xt, name), input_size, in_channels, name)
-    y_all, k = _labels(y, name)
-    y_te, _ = _labels(yt, name)
-    perm = np.random.default_rng(seed).permutation(len(x_all))
-    n_val = len(x_all) // 10
+    (x, y), (xt, yt) = arrays(train), arrays(test)
+    return _train_test(x, y, xt, yt, name, input_size, in_channels, seed)
+
+
+# ------------------------------------------------------------------------------------------------ Fashion-MNIST
+
+
+def _fmnist_fix(path: Path) -> str:
+    if path.is_relative_to(FMNIST_DEB_DIR):
+        return "reinstall it: apt-get install --reinstall dataset-fashion-mnist"
+    return "delete it (it is downloaded again when online) or point --data-dir at good copies"
+
+
+def _read_idx(path: Path, kind: str, split: str) -> np.ndarray:
+    """One IDX file (gzip or plain), checked: magic, count, 28 x 28, exact length, labels 0..9."""
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path) as f:
+                raw = f.read()
+        else:
+            raw = path.read_bytes()
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: corrupt or truncated ({type(e).__name__}: {e}); {_fmnist_fix(path)}") from None
+    ndim = 3 if kind == "images" else 1
+    head = 4 + 4 * ndim
+    if len(raw) < head:
+        raise DataError(f"{path}: truncated ({len(raw)} bytes, no IDX header); {_fmnist_fix(path)}")
+    magic, *dims = (int.from_bytes(raw[i:i + 4], "big") for i in range(0, head, 4))
+    want = [FMNIST_COUNTS[split]] + ([28, 28] if kind == "images" else [])
+    if magic != IDX_MAGIC[kind] or dims != want:
+        raise DataError(f"{path}: not Fashion-MNIST {split} {kind} (IDX magic {magic}, dims {dims}; expected "
+                        f"{IDX_MAGIC[kind]}, {want}); {_fmnist_fix(path)}")
+    n = int(np.prod(want))
+    if len(raw) != head + n:
+        raise DataError(f"{path}: truncated or padded ({len(raw) - head} data bytes, expected {n}); "
+                        f"{_fmnist_fix(path)}")
+    a = np.frombuffer(raw, dtype=np.uint8, offset=head).reshape(want)
+    if kind == "labels" and a.max() > 9:
+        raise DataError(f"{path}: label {int(a.max())} outside 0..9; {_fmnist_fix(path)}")
+    return a
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("HWNAS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "hwnas")
+    return Path(base) / "datasets" / "fashion-mnist"
+
+
+def fmnist_dirs(data_dir: str | None) -> list[Path]:
+    """Where Fashion-MNIST is looked for, in order: --data-dir, $HWNAS_DATA, the Debian folder, the cache."""
+    roots = [Path(d) for d in (data_dir, os.environ.get("HWNAS_DATA")) if d]
+    dirs = [d for r in roots for d in (r, r / "fashion-mnist", r / "FashionMNIST" / "raw")]
+    return dirs + [FMNIST_DEB_DIR, _cache_dir()]
+
+
+def _find_in(d: Path) -> dict[tuple[str, str], Path] | None:
+    found = {}
+    for key, name in FMNIST_FILES.items():
+        hit = next((d / f for f in (name, name + ".gz") if (d / f).is_file()), None)
+        if hit is None:
+            return None
+        found[key] = hit
+    return found
+
+
+def find_fmnist(data_dir: str | None = None) -> dict[tuple[str, str], Path] | None:
+    """The four Fashion-MNIST files from the first folder that holds all of them, or None."""
+    for d in fmnist_dirs(data_dir):
+        found = _find_in(d)
+        if found:
+            return found
+    return None
+
+
+def _download_fmnist(dest: Path, timeout: float = 20.0) -> dict[tuple[str, str], Path] | None:
+    """Fetch the four .gz files from the canonical source into ``dest``; None when offline."""
+    import urllib.error
+    import urllib.request
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in FMNIST_FILES.values():
+        target = dest / (name + ".gz")
+        if target.is_file():
+            continue
+        tmp = target.with_name(target.name + ".part")
+        try:
+            with urllib.request.urlopen(FMNIST_URL + name + ".gz", timeout=timeout) as r:
+                tmp.write_bytes(r.read())
+        except (urllib.error.URLError, OSError, TimeoutError):
+            tmp.unlink(missing_ok=True)
+            return None
+        os.replace(tmp, target)
+    return _find_in(dest)
+
+
+def _missing_fmnist(data_dir: str | None) -> DataError:
+    where = ", ".join(str(d) for d in fmnist_dirs(data_dir))
+    return DataError(f"--data fashion-mnist: the IDX files are in none of {where} and the download from "
+                     f"{FMNIST_URL} failed; install them with `apt-get install dataset-fashion-mnist` or pass "
+                     f"--data-dir DIR holding {{train,t10k}}-{{images-idx3,labels-idx1}}-ubyte[.gz]")
+
+
+def _fmnist(input_size: int, in_channels: int, seed: int, data_dir: str | None, limit: int | None,
+            download: bool) -> Splits:
+    files = find_fmnist(data_dir) or (_download_fmnist(_cache_dir()) if download else None)
+    if files is None:
+        raise _missing_fmnist(data_dir)
+    arrays = {key: _read_idx(p, key[1], key[0]) for key, p in files.items()}
+    x, y = arrays["train", "images"], arrays["train", "labels"]
+    xt, yt = arrays["test", "images"], arrays["test", "labels"]
+    return _train_test(x, y, xt, yt, "fashion-mnist", input_size, in_channels, seed, limit)
+
+
+def _train_test(x: np.ndarray, y: np.ndarray, xt: np.ndarray, yt: np.ndarray, name: str, input_size: int,
+                in_channels: int, seed: int, limit: int | None = None) -> Splits:
+    """Validation = a seeded 10 % of the training set; test = the dataset's own test set. ``limit`` caps both."""
+    perm = np.random.default_rng(seed).permutation(len(x))
+    if limit is not None:
+        perm, xt, yt = perm[:limit], xt[:limit], yt[:limit]
+    n_val = max(1, len(perm) // 10)
     va, tr = perm[:n_val], perm[n_val:]
-    a, b, c = _normalise(x_all[tr], x_all[va], x_te)
-    return Splits(TensorDataset(a, y_all[tr]), TensorDataset(b, y_all[va]), TensorDataset(c, y_te), k, name)
+
+    def prep(a: np.ndarray) -> torch.Tensor:
+        return _resize(_to_nchw(np.asarray(a, dtype=np.float32) / 255.0, name), input_size, in_channels, name)
+
+    y_all, k = _labels(y, name)
+    y_te, k_te = _labels(yt, name)
+    a, b, c = _normalise(prep(x[tr]), prep(x[va]), prep(xt))
+    return Splits(TensorDataset(a, y_all[tr]), TensorDataset(b, y_all[va]), TensorDataset(c, y_te), max(k, k_te), name)
 
 
-def load_data(spec: str, input_size: int, in_channels: int, seed: int = 0, data_dir: str | None = None) -> Splits:
-    """Load ``spec`` as fixed train / validation / test splits (70/15/15 unless the dataset has a test split)."""
+def default_data(data_dir: str | None = None) -> tuple[str, str]:
+    """The data a run uses when none is named: Fashion-MNIST when its files are here, else digits; and a note."""
+    files = find_fmnist(data_dir)
+    if files:
+        return "fashion-mnist", f"fashion-mnist ({files['train', 'images'].parent})"
+    return "digits", ("digits (fallback: Fashion-MNIST not found; apt-get install dataset-fashion-mnist or "
+                      "--data-dir DIR)")
+
+
+def load_data(spec: str, input_size: int, in_channels: int, seed: int = 0, data_dir: str | None = None,
+              limit: int | None = None, download: bool = True) -> Splits:
+    """Load ``spec`` as fixed train / validation / test splits (70/15/15 unless the dataset has a test split).
+
+    ``limit`` (Fashion-MNIST) reads only a seeded ``limit`` of the training set and the first ``limit`` test images;
+    ``download=False`` never touches the network.
+    """
+    if spec == "fashion-mnist":
+        return _fmnist(input_size, in_channels, seed, data_dir, limit, download)
     if spec == "digits":
         return _digits(input_size, in_channels, seed)
     if spec in TORCHVISION:
@@ -194,5 +338,5 @@ def load_data(spec: str, input_size: int, in_channels: int, seed: int = 0, data_
     p = Path(spec)
     if p.is_dir():
         return _image_folder(p, input_size, in_channels, seed)
-    raise DataError(f"unknown --data {spec!r}: use digits, cifar10, fashion-mnist, mnist, npz:PATH or an image "
+    raise DataError(f"unknown --data {spec!r}: use fashion-mnist, digits, cifar10, mnist, npz:PATH or an image "
                     "folder directory")

@@ -7,10 +7,11 @@ direction S on the simplex of cost terms). Three ways to pick controls:
 * :func:`derive_budgets` — for each (latency, params) budget, the control with the *least penalty pressure* whose
   architecture meets it: a log-spaced grid over the magnitude, refined by bisection between the last failing and
   the first meeting grid point, for every direction of a small simplex grid; the least magnitude wins (ties: the
-  slower, more accuracy-leaning architecture). Its architecture then uses the budget's slack: layers where it
-  differs from the less-pressured architectures on its ray (nearest first) take their ops while the budget holds
-  (:func:`fill_budget`; ``fill=False`` / ``--no-fill`` turns it off). When no control meets a budget the result
-  says so and carries the closest architecture;
+  slower, more accuracy-leaning architecture). Then the budget's slack is used honestly: the nearest
+  less-pressured architecture on its ray (over the budget) gets the fewest layers changed back that meet it, and
+  the result is marked ``kind: filled`` with its ``nearest_control`` and ``layers_changed``, since no control
+  produces it (:func:`fill_budget`; ``fill=False`` / ``--no-fill`` turns it off). When no control meets a budget
+  the result says so and carries the closest architecture;
 * :func:`derive_family` — N distinct architectures spanning the control range, Pareto-filtered on (predicted
   latency, params, penalty pressure — the accuracy proxy) and spread evenly over predicted latency.
 
@@ -92,7 +93,9 @@ class Candidate:
     choices: tuple[str, ...]
     latency_ms: float
     params: int
-    filled: int = 0  # layers that took a less-pressured architecture's op to use a budget's slack (fill_budget)
+    filled: int = 0  # fill_budget: layers of the nearest control's architecture changed to meet the budget
+    nearest_control: dict[str, Any] | None = None  # fill_budget: the control whose architecture it started from
+    changed: tuple[tuple[int, str, str], ...] = ()  # fill_budget: (layer, op there, op here) per changed layer
 
     @property
     def key(self) -> tuple[str, ...]:
@@ -223,9 +226,10 @@ class BudgetResult:
     def message(self) -> str:
         if self.found is not None:
             f = self.found
-            fill = f" + {f.filled} layer(s) from less-pressured architectures on the ray" if f.filled else ""
-            return (f"budget {self.budget.label()}: met at {_fmt_control(f.control)}{fill} "
-                    f"({f.latency_ms:.3f} ms, {f.params:,} params)")
+            at = (f"filled: the architecture of {_fmt_control(f.nearest_control)} with {f.filled} layer(s) "
+                  f"changed (no control gives it)" if f.nearest_control is not None else
+                  f"met at {_fmt_control(f.control)}")
+            return f"budget {self.budget.label()}: {at} ({f.latency_ms:.3f} ms, {f.params:,} params)"
         c = self.closest
         return (f"budget {self.budget.label()}: no control of this run meets it; closest is "
                 f"{_fmt_control(c.control)} ({c.latency_ms:.3f} ms, {c.params:,} params, "
@@ -259,33 +263,47 @@ def _least_meeting_on_ray(d: Deriver, direction: list[float] | None,
 
 
 def fill_budget(d: Deriver, meet: Candidate, towards: Sequence[Candidate], budget: Budget) -> Candidate:
-    """Use the slack a budget leaves. The family is discrete: the least-pressure architecture that meets a budget can
-    sit well under it while every architecture with less pressure on its ray (``towards``, nearest first) is over.
-    Layers where ``meet`` differs from the nearest of those take its op one at a time -- the step that uses the least
-    of the budget (:meth:`Budget.excess`) first -- while the budget holds; then the next one's, and so on. The result
-    keeps ``meet``'s control and counts the layers it changed in ``filled``; it is ``meet`` itself when no step fits."""
-    cur = meet
-    seen: set[tuple[str, ...]] = set()
+    """Use the slack a budget leaves, changing as little as possible. The family is discrete: the least-pressure
+    architecture that meets a budget (``meet``) can sit well under it while the less-pressured ones on its ray
+    (``towards``, nearest first) are over. Starting from the nearest of those, the fewest layers go back to
+    ``meet``'s op that bring it within the budget -- the layer that saves the most first, so for a latency (or
+    params) budget no smaller set of layers would do; when that uses the budget no better than ``meet``, the next
+    one is tried. No control produces the result: it is marked filled (``nearest_control``, ``changed``, ``filled``
+    = how many layers). It is ``meet`` itself when no architecture on the ray gives a closer fill."""
+    seen: set[tuple[str, ...]] = {meet.choices}
     for target in towards:
         if target.choices in seen:
             continue
         seen.add(target.choices)
-        todo = [i for i, (a, b) in enumerate(zip(cur.choices, target.choices)) if a != b]
-        while todo:
-            steps = []
-            for i in todo:
-                trial = cur.choices[:i] + (target.choices[i],) + cur.choices[i + 1:]
-                c = Candidate(meet.control, meet.pressure, trial, d.costs.latency_ms(trial), d.costs.params(trial))
-                if budget.meets(c):
-                    steps.append((budget.excess(c), i, c))  # the step that uses the least of the budget first
-            if not steps:
-                break
-            _, i, cur = min(steps, key=lambda s: (s[0], s[1]))
-            todo.remove(i)
-    filled = sum(a != b for a, b in zip(cur.choices, meet.choices))
-    if not filled or budget.excess(cur) < budget.excess(meet):  # only ever closer to the budget
-        return meet
-    return dataclasses.replace(cur, filled=filled)
+        filled = _fill_from(d, target, meet, budget)
+        if filled is not None:
+            return filled
+    return meet
+
+
+def _fill_from(d: Deriver, target: Candidate, meet: Candidate, budget: Budget) -> Candidate | None:
+    """``target`` with the fewest layers set back to ``meet``'s op that meet ``budget``; None unless closer than
+    ``meet``."""
+    cur = target.choices
+    todo = [i for i, (a, b) in enumerate(zip(cur, meet.choices)) if a != b]
+    trial = target
+    while not budget.meets(trial) and todo:
+        options = []
+        for i in todo:
+            ch = cur[:i] + (meet.choices[i],) + cur[i + 1:]
+            options.append((budget.excess(_priced(d, ch)), i, ch))
+        _, i, cur = min(options)
+        todo.remove(i)
+        trial = _priced(d, cur)
+    if not todo or not budget.meets(trial) or budget.excess(trial) <= budget.excess(meet):
+        return None  # every layer went back (that is meet), or no closer to the budget than meet
+    changed = tuple((i, a, b) for i, (a, b) in enumerate(zip(target.choices, cur)) if a != b)
+    return dataclasses.replace(trial, control={}, pressure=target.pressure, filled=len(changed),
+                               nearest_control=dict(target.control), changed=changed)
+
+
+def _priced(d: Deriver, choices: tuple[str, ...]) -> Candidate:
+    return Candidate({}, 0.0, choices, d.costs.latency_ms(choices), d.costs.params(choices))
 
 
 def derive_budgets(d: Deriver, budgets: Sequence[Budget], fill: bool = True) -> list[BudgetResult]:
@@ -536,8 +554,11 @@ SUMMARY_COLUMNS = ["name", "file", "digest", "control", "predicted_ms", "params"
 
 def to_arch(run: RunLike, cand: Candidate, how: str, run_dir: str | None = None) -> Arch:
     meta = {"derived": how, **({"run": str(run_dir)} if run_dir else {})}
-    if cand.filled:
-        meta["filled_layers"] = cand.filled  # ops taken from less-pressured architectures on the ray
+    if cand.nearest_control is not None:  # fill_budget's answer: no control produces it, the trained family did not
+        names = [layer.name for layer in run.space.layers]
+        meta.update(kind="filled", nearest_control=dict(cand.nearest_control), filled_layers=cand.filled,
+                    layers_changed=[{"layer": names[i], "index": i, "from": a, "to": b} for i, a, b in cand.changed])
+        return make_arch(run.space, list(cand.choices), run.table, None, meta)
     return make_arch(run.space, list(cand.choices), run.table, cand.control, meta)
 
 
@@ -553,7 +574,9 @@ def write_derived(items: Sequence[Derived], out_dir: Path) -> Path:
     w.writerow(SUMMARY_COLUMNS)
     for it in items:
         a = it.arch
-        w.writerow([it.name, it.path.name if it.path else "", a.digest(), _fmt_control(a.control or {}),
+        ctl = (f"filled from {_fmt_control(a.source['nearest_control'])}" if a.source.get("kind") == "filled"
+               else _fmt_control(a.control or {}))
+        w.writerow([it.name, it.path.name if it.path else "", a.digest(), ctl,
                     "" if a.predicted_ms is None else f"{a.predicted_ms:.6g}", a.params, a.flops,
                     "" if not it.budget or it.budget.latency_ms is None else f"{it.budget.latency_ms:g}",
                     "" if not it.budget or it.budget.params is None else it.budget.params,

@@ -20,6 +20,7 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,9 @@ QUICK_PROTOCOL = Protocol(warmup_s=0.02, min_samples=5, min_seconds=0.03, max_se
 class RunConfig:
     device: str = "cpu"
     space: str = "fbnet-cifar:input_size=16,width=0.5"
-    data: str = "digits"
+    data: str = "digits"  # the CLI passes fashion-mnist when it is installed (search.data.default_data)
+    data_limit: int | None = None  # fashion-mnist: a seeded N of the training set (and N test images)
+    data_dir: str | None = None
     search_epochs: int = 10
     family: int = 6
     retrain_epochs: int = 8
@@ -224,7 +227,8 @@ def _stage_search(cfg: RunConfig, space: Space, table: Path, run_dir: Path, on_e
         return
     resume = (run_dir / "config.json").is_file()
     scfg = preset("hwnas", space=space.spec, tables=(str(table),), data=cfg.data, epochs=cfg.search_epochs,
-                  seed=cfg.seed, batch_size=cfg.batch_size, train_limit=cfg.train_limit)
+                  data_dir=cfg.data_dir, data_limit=cfg.data_limit, seed=cfg.seed, batch_size=cfg.batch_size,
+                  train_limit=cfg.train_limit)
 
     def prog(e: dict[str, Any]) -> None:
         if e.get("event") == "step":
@@ -235,7 +239,11 @@ def _stage_search(cfg: RunConfig, space: Space, table: Path, run_dir: Path, on_e
                 note += f" E[lat] {lat:.3f} ms"
             on_event(Event("search", e["epoch"] * steps + int(e["step"]), e["epochs"] * steps, note))
 
-    search(scfg, run_dir, resume=resume, on_progress=prog)
+    hist = search(scfg, run_dir, resume=resume, on_progress=prog)
+    if hist and "arch_max_prob" in hist[-1]:
+        k = len(space.ops)
+        notes.append(f"search: arch_max_prob {hist[-1]['arch_max_prob']:.3f} at the last epoch (uniform {1 / k:.3f}, "
+                     f"decided 1), entropy {hist[-1]['arch_entropy']:.3f} nats (uniform {math.log(k):.3f})")
     if resume:
         notes.append(f"search {run_dir}: resumed an interrupted run")
 
@@ -431,8 +439,8 @@ def _run_pipeline(cfg: RunConfig, out: Path, on_event: OnEvent) -> RunResult:
     paths = _stage_derive(cfg, out / "search", out / "family", on_event, notes)
     stage_s["derive"] = time.perf_counter() - t
 
-    tcfg = TrainConfig(data=cfg.data, epochs=cfg.retrain_epochs, batch_size=cfg.batch_size, seed=cfg.seed,
-                       max_train_batches=cfg.max_train_batches)
+    tcfg = TrainConfig(data=cfg.data, data_dir=cfg.data_dir, data_limit=cfg.data_limit, epochs=cfg.retrain_epochs,
+                       batch_size=cfg.batch_size, seed=cfg.seed, max_train_batches=cfg.max_train_batches)
     archs = [load_arch(p) for p in paths]
     fam_notes = _family_notes(out / "family")
     splits = load_splits(archs[0], tcfg) if archs else None

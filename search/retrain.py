@@ -34,6 +34,7 @@ class TrainConfig:
     grad_clip: float | None = 5.0
     seed: int = 0
     data_dir: str | None = None
+    data_limit: int | None = None  # fashion-mnist: a seeded N of the training set (and N test images)
     max_train_batches: int | None = None  # cap on batches per epoch (quick runs and tests); None = all
 
     def to_dict(self) -> dict[str, Any]:
@@ -65,7 +66,7 @@ def load_splits(arch: Arch, cfg: TrainConfig):
 
     space = arch.space
     splits = load_data(cfg.data, space.input_shape[1], space.input_shape[0], seed=cfg.seed,
-                       data_dir=cfg.data_dir)
+                       data_dir=cfg.data_dir, limit=cfg.data_limit)
     if splits.num_classes != space.num_classes:
         raise TrainError(f"data {cfg.data!r} has {splits.num_classes} classes but the architecture's space "
                          f"{arch.space_spec} has num_classes={space.num_classes}; search a space with "

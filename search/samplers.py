@@ -52,8 +52,15 @@ class Sampler:
 
 
 def temperature(cfg: TemperatureConfig, epoch: int, epochs: int) -> float:
-    """Temperature at ``epoch`` (0-based); always >= cfg.floor > 0."""
-    if cfg.schedule == "exponential":
+    """Temperature at ``epoch`` (0-based) of ``epochs``; always >= cfg.floor > 0.
+
+    With ``cfg.t_end``: t0 at epoch 0, t_end at epoch ``epochs - 1`` (geometric or straight in between)."""
+    frac = min(1.0, epoch / (epochs - 1)) if epochs > 1 else 1.0
+    if cfg.t_end is not None and cfg.schedule == "exponential":
+        t = cfg.t0 * (cfg.t_end / cfg.t0) ** frac
+    elif cfg.t_end is not None and cfg.schedule == "linear":
+        t = cfg.t0 + (cfg.t_end - cfg.t0) * frac
+    elif cfg.schedule == "exponential":
         t = cfg.t0 * cfg.decay ** epoch
     elif cfg.schedule == "linear":
         slope = cfg.slope if cfg.slope is not None else (cfg.t0 - cfg.floor) / max(1, epochs - 1)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -218,6 +219,33 @@ def default_control(control: Control, cfg: SearchConfig) -> Value:
     return control.value(plain)
 
 
+def control_grid(control: Control, n: int = 5) -> list[Value]:
+    """A fixed grid of control values: ``n`` log-spaced magnitudes (kappa / lambda) x the simplex's vertices and
+    centre (S); one value for controls without either. The same grid every epoch, so arch_max_prob is comparable."""
+    rng = control.control_range()
+    mags: list[dict[str, float]] = [{}]
+    for name in ("kappa", "lambda"):
+        if isinstance(rng.get(name), list):
+            mags = [{name: float(v)} for v in np.geomspace(rng[name][0], rng[name][1], n)]
+    dim = int(rng.get("S_dim", 0))
+    dirs: list[dict[str, list[float]]] = [{}]
+    if dim >= 1:
+        dirs = [{"S": row} for row in np.eye(dim).tolist()] + ([{"S": [1.0 / dim] * dim}] if dim > 1 else [])
+    return [control.value({**m, **d}) for d in dirs for m in mags]
+
+
+@torch.no_grad()
+def arch_decidedness(control: Control, grid: Sequence[Value]) -> dict[str, float]:
+    """``arch_max_prob``: mean over layers of the largest op probability; ``arch_entropy``: mean per-layer entropy
+    (nats; log K is uniform); both averaged over ``grid``."""
+    maxp = ent = 0.0
+    for c in grid:
+        p = torch.softmax(control(c), dim=-1)
+        maxp += float(p.max(dim=-1).values.mean())
+        ent += float(-(p * torch.log(p.clamp_min(1e-12))).sum(dim=-1).mean())
+    return {"arch_max_prob": maxp / len(grid), "arch_entropy": ent / len(grid)}
+
+
 def _subset(ds: TensorDataset, limit: int | None) -> TensorDataset:
     if limit is None or limit >= len(ds):
         return ds
@@ -266,7 +294,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-RESUME_FIELDS = ("preset", "space", "tables", "data", "seed", "batch_size")
+RESUME_FIELDS = ("preset", "space", "tables", "data", "data_limit", "seed", "batch_size")
 
 
 def _check_resume(out: Path, cfg: SearchConfig) -> SearchConfig:
@@ -319,7 +347,8 @@ def _search(cfg: SearchConfig, out: Path, resume: bool, splits: Splits | None, o
     cfg, space, model, control = setup.cfg, setup.space, setup.model, setup.control
     dev = torch.device(cfg.torch_device)
     if splits is None:
-        splits = load_data(cfg.data, space.input_shape[1], space.input_shape[0], cfg.seed, cfg.data_dir)
+        splits = load_data(cfg.data, space.input_shape[1], space.input_shape[0], cfg.seed, cfg.data_dir,
+                           limit=cfg.data_limit)
     if splits.num_classes > space.num_classes:
         raise SearchError(f"data {splits.name} has {splits.num_classes} classes but space {space.spec} has "
                           f"num_classes={space.num_classes}; use --space {space.name}:num_classes="
@@ -371,6 +400,7 @@ def _search(cfg: SearchConfig, out: Path, resume: bool, splits: Splits | None, o
         atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in history))
 
     eval_c = default_control(control, cfg)
+    grid = control_grid(control)
     ref_lat = cfg.ref_latency_ms
     if cfg.loss == "proxyless" and ref_lat is None:
         ref_lat = setup.costs.uniform("latency")
@@ -448,7 +478,7 @@ def _search(cfg: SearchConfig, out: Path, resume: bool, splits: Splits | None, o
         rec = {"epoch": epoch, "tau": tau, "lr": lr, "arch_trained": arch_on,
                **{f"train_{k}": v for k, v in tr.items()}, "val_loss": va["loss"], "val_acc": va["acc"],
                "eval_control": control.plain(eval_c), **{f"eval_E_{k}": v for k, v in exp.items()},
-               "eval_arch": arch, "wall_s": time.perf_counter() - t0,
+               "eval_arch": arch, **arch_decidedness(control, grid), "wall_s": time.perf_counter() - t0,
                "elapsed_s": time.perf_counter() - t_start}
         if main:
             with open(metrics_path, "a") as f:

@@ -183,19 +183,43 @@ def test_pareto_front_and_hypervolume():
     assert hypervolume([(5.0, 0.9)], 4.0) == 0.0
 
 
-def test_budget_fill_uses_the_slack_and_never_breaks_the_budget(run):
+def _fewest_needed(d, start, back, budget):
+    """The fewest layers of ``start`` that, set to ``back``'s op, bring it within a latency budget (savings add)."""
+    saves = sorted((start.latency_ms - d.costs.latency_ms(start.choices[:i] + (b,) + start.choices[i + 1:])
+                    for i, (a, b) in enumerate(zip(start.choices, back.choices)) if a != b), reverse=True)
+    need = start.latency_ms - budget.latency_ms
+    return next(k for k in range(len(saves) + 1) if sum(saves[:k]) >= need - 1e-12)
+
+
+def test_budget_fill_changes_the_fewest_layers_and_is_marked(run):
+    from search.derive import _least_meeting_on_ray
+
     d = Deriver(run)
     lats = sorted({c.latency_ms for c in d.sweep()})
     budgets = [Budget(latency_ms=float(b)) for b in np.linspace(lats[0], lats[-1], 14)[1:-1]]
     plain = derive_budgets(d, budgets, fill=False)
     filled = derive_budgets(d, budgets)
     assert all(p.ok and f.ok for p, f in zip(plain, filled))
+    n_filled = 0
     for p, f in zip(plain, filled):
         assert f.found.latency_ms <= f.budget.latency_ms  # never over the budget
         assert f.found.latency_ms >= p.found.latency_ms  # never further from it
-        assert f.found.control == p.found.control and f.found.pressure == p.found.pressure
-        assert f.found.filled == sum(a != b for a, b in zip(p.found.choices, f.found.choices))
         assert f.found.latency_ms == pytest.approx(run.table.predict_ms(run.space.arch_keys(list(f.found.choices))))
+        if f.found is p.found or f.found.nearest_control is None:
+            assert f.found.choices == p.found.choices and f.found.filled == 0
+            continue
+        n_filled += 1
+        nearest = d.evaluate(dict(f.found.nearest_control))  # the architecture the fill started from
+        assert not f.budget.meets(nearest) and nearest.pressure < p.found.pressure
+        assert f.found.filled == sum(a != b for a, b in zip(nearest.choices, f.found.choices)) == len(f.found.changed)
+        assert f.found.filled == _fewest_needed(d, nearest, p.found, f.budget)  # no more layers than needed
+        assert all(c in (a, b) for c, a, b in zip(f.found.choices, nearest.choices, p.found.choices))
+        arch = to_arch(run, f.found, "budget")
+        assert arch.control is None and arch.source["kind"] == "filled"  # nothing claims a control produced it
+        assert arch.source["nearest_control"] == f.found.nearest_control
+        assert [c["index"] for c in arch.source["layers_changed"]] == [i for i, _, _ in f.found.changed]
+        assert "filled: the architecture of" in f.message()
+    assert n_filled >= 1, "no budget of the sweep left slack to fill"
     # a params budget fills the same way, by params
     params = sorted({c.params for c in d.evaluated})
     pb = [Budget(params=int(p)) for p in np.linspace(params[0], params[-1], 8)[1:-1]]
@@ -203,40 +227,37 @@ def test_budget_fill_uses_the_slack_and_never_breaks_the_budget(run):
         assert p.ok and f.ok and p.found.params <= f.found.params <= f.budget.params
 
 
-def test_fill_takes_the_cheapest_steps_that_fit(run):
+def test_fill_changes_one_layer_when_one_is_enough(run):
     from search.derive import fill_budget
 
     d = Deriver(run)
     sweep = list({c.choices: c for c in d.sweep()}.values())  # one candidate per distinct architecture
 
-    def steps(meet, fail):
-        """Latency added by taking ``fail``'s op in one layer where the two differ, per such layer."""
-        out = []
-        for i, (a, b) in enumerate(zip(meet.choices, fail.choices)):
-            if a != b:
-                out.append(d.costs.latency_ms(meet.choices[:i] + (b,) + meet.choices[i + 1:]) - meet.latency_ms)
-        return sorted(out)
+    def saves(start, back):
+        """Latency saved by setting one layer of ``start`` to ``back``'s op, per layer where they differ."""
+        return sorted((start.latency_ms - d.costs.latency_ms(start.choices[:i] + (b,) + start.choices[i + 1:]), i)
+                      for i, (a, b) in enumerate(zip(start.choices, back.choices)) if a != b)
 
-    # a cheaper architecture and a slower one with less pressure that differ in two or more layers, each step costing
-    # latency (in a real derivation: the answer to a budget and the architectures below it on its ray)
+    # a cheaper architecture (meets) and a slower one with less pressure (over) that differ in three or more layers,
+    # each change saving latency (in a real derivation: a budget's answer and the nearest architecture on its ray)
     pair = next(((m, f) for m in sweep for f in sweep
-                 if f.pressure < m.pressure and f.latency_ms > m.latency_ms and len(steps(m, f)) >= 2
-                 and steps(m, f)[0] > 0), None)
-    assert pair is not None, "no two architectures of the sweep differ in two layers"
-    meet, fail = pair
-    first = steps(meet, fail)[0]
-    budget = Budget(latency_ms=meet.latency_ms + first + 1e-9)  # room for the cheapest single step only
-    f = fill_budget(d, meet, [fail], budget)
-    assert f.filled == 1 and f.latency_ms <= budget.latency_ms
-    assert f.latency_ms == pytest.approx(meet.latency_ms + first)
-    assert f.control == meet.control and f.pressure == meet.pressure
-    assert f.latency_ms == pytest.approx(run.table.predict_ms(run.space.arch_keys(list(f.choices))))
-    assert all(c in (a, b) for c, a, b in zip(f.choices, meet.choices, fail.choices))
+                 if f.pressure < m.pressure and f.latency_ms > m.latency_ms and len(saves(f, m)) >= 3
+                 and saves(f, m)[0][0] > 0), None)
+    assert pair is not None, "no two architectures of the sweep differ in three layers"
+    meet, over = pair
+    best_save, best_i = saves(over, meet)[-1]
+    budget = Budget(latency_ms=over.latency_ms - best_save + 1e-9)  # the largest single saving is just enough
+    f = fill_budget(d, meet, [over], budget)
+    assert f.filled == 1 and f.changed == ((best_i, over.choices[best_i], meet.choices[best_i]),)
+    assert f.latency_ms <= budget.latency_ms and f.latency_ms == pytest.approx(over.latency_ms - best_save)
+    assert f.nearest_control == over.control and f.control == {}
+    assert sum(a != b for a, b in zip(f.choices, over.choices)) == 1
     res = BudgetResult(budget, f, f)
-    assert "layer(s) from less-pressured architectures on the ray" in res.message()
-    assert to_arch(run, f, "budget").source["filled_layers"] == f.filled
-    # no slack: nothing taken; no neighbour: nothing to take from
-    assert fill_budget(d, meet, [fail], Budget(latency_ms=meet.latency_ms)) is meet
+    assert "1 layer(s) changed (no control gives it)" in res.message()
+    src = to_arch(run, f, "budget").source
+    assert src["kind"] == "filled" and src["filled_layers"] == 1 and src["layers_changed"][0]["index"] == best_i
+    # no slack beyond meet: nothing filled; no neighbour: nothing to start from
+    assert fill_budget(d, meet, [over], Budget(latency_ms=meet.latency_ms)) is meet
     assert fill_budget(d, meet, [], budget) is meet
 
 

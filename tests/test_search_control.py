@@ -9,7 +9,7 @@ import torch
 
 from profiler.spaces import get_space
 from profiler.tables import load_table
-from search.config import TemperatureConfig
+from search.config import PRESETS, TemperatureConfig
 from search.control import (ControlError, LambdaControl, SimplexOpsControl, StaticControl, TradeoffControl)
 from search.costs import CostModel
 from search.losses import search_loss
@@ -93,6 +93,20 @@ def test_temperature_stays_positive(cfg):
         assert taus[10] == pytest.approx(5.0 * 0.956 ** 10)
     if cfg.slope == 0.08:
         assert taus[13] == pytest.approx(0.1)  # 1 - 0.08*13 < 0 without the floor
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+@pytest.mark.parametrize("epochs", [1, 2, 6, 10, 37, 90])
+def test_preset_temperature_goes_t0_to_t_end_over_the_run(name, epochs):
+    t = PRESETS[name]().temperature
+    taus = [temperature(t, e, epochs) for e in range(epochs)]
+    if t.schedule == "constant":
+        assert taus == [t.t0] * epochs
+        return
+    assert taus[-1] == pytest.approx(t.t_end)  # decided at the last epoch, whatever the run's length
+    if epochs > 1:
+        assert taus[0] == pytest.approx(t.t0)
+    assert all(a >= b for a, b in zip(taus, taus[1:]))
 
 
 def test_lean_sampler_runs_only_the_sampled_op_and_carries_gradient():

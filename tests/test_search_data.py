@@ -58,3 +58,87 @@ def test_bad_data_specs_fail_with_one_line(tmp_path):
     if importlib.util.find_spec("torchvision") is None:  # with torchvision this would start a real download
         with pytest.raises(DataError, match="--data-dir"):
             load_data("cifar10", 32, 3, data_dir=str(tmp_path / "nowhere"))
+
+
+# ------------------------------------------------------------------------------------------------ Fashion-MNIST
+
+import gzip  # noqa: E402
+import os  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from search import data as data_mod  # noqa: E402
+
+FMNIST = data_mod.find_fmnist()
+needs_fmnist = pytest.mark.skipif(FMNIST is None, reason="Fashion-MNIST not installed "
+                                                          "(apt-get install dataset-fashion-mnist)")
+
+
+def _copy_with(tmp_path: Path, key: tuple[str, str], content: bytes, name: str) -> Path:
+    """A data dir holding links to the real files, with file ``key`` replaced by ``content`` under ``name``."""
+    d = tmp_path / "fm"
+    d.mkdir(parents=True)
+    for k, p in FMNIST.items():
+        if k != key:
+            os.symlink(p, d / p.name)
+    (d / name).write_bytes(content)
+    return d
+
+
+@needs_fmnist
+def test_fashion_mnist_reads_real_idx_subsets():
+    s = load_data("fashion-mnist", 16, 3, seed=0, limit=600, download=False)
+    assert s.name == "fashion-mnist" and s.num_classes == 10
+    assert (len(s.train), len(s.val), len(s.test)) == (540, 60, 600)
+    x, y = s.train.tensors
+    assert x.shape[1:] == (3, 16, 16) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert torch.equal(x[:, 0], x[:, 1]) and abs(float(x.mean())) < 1e-4
+    assert set(y.tolist()) == set(range(10))  # all ten classes in a random 540
+    other = load_data("fashion-mnist", 8, 1, seed=1, limit=600, download=False)
+    assert other.train.tensors[0].shape[1:] == (1, 8, 8)
+    assert not torch.equal(other.train.tensors[1], y)  # the seed picks the subset
+    t = s.test.tensors[1]
+    assert torch.equal(t, load_data("fashion-mnist", 16, 3, seed=5, limit=600, download=False).test.tensors[1])
+
+
+@needs_fmnist
+def test_fashion_mnist_refuses_truncated_and_corrupt_files(tmp_path):
+    key = ("test", "labels")
+    good = FMNIST[key].read_bytes()
+    raw = gzip.decompress(good) if FMNIST[key].suffix == ".gz" else good
+    cases = {
+        "t10k-labels-idx1-ubyte.gz": good[: len(good) // 2],  # truncated gzip stream
+        "t10k-labels-idx1-ubyte": raw[:-100],  # truncated plain IDX
+    }
+    bad_magic = bytearray(raw)
+    bad_magic[3] = 0x03  # images' magic in a labels file
+    for i, (name, content) in enumerate([*cases.items(), ("t10k-labels-idx1-ubyte", bytes(bad_magic))]):
+        d = _copy_with(tmp_path / str(i), key, content, name)
+        with pytest.raises(DataError) as e:
+            load_data("fashion-mnist", 8, 1, data_dir=str(d), limit=50, download=False)
+        msg = str(e.value)
+        assert "\n" not in msg and str(d / name) in msg
+        assert "truncated" in msg or "not Fashion-MNIST" in msg
+        assert "--data-dir" in msg or "delete it" in msg
+    corrupt = bytearray(gzip.compress(raw))
+    corrupt[len(corrupt) // 2] ^= 0xFF
+    d = _copy_with(tmp_path / "c", key, bytes(corrupt), "t10k-labels-idx1-ubyte.gz")
+    with pytest.raises(DataError, match="corrupt or truncated|truncated|not Fashion-MNIST|outside 0..9"):
+        load_data("fashion-mnist", 8, 1, data_dir=str(d), limit=50, download=False)
+
+
+def test_fashion_mnist_missing_everywhere_names_package_and_flag(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_mod, "FMNIST_DEB_DIR", tmp_path / "no-deb")
+    monkeypatch.setenv("HWNAS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("HWNAS_DATA", raising=False)
+    with pytest.raises(DataError) as e:
+        load_data("fashion-mnist", 16, 3, data_dir=str(tmp_path / "empty"), download=False)
+    msg = str(e.value)
+    assert "\n" not in msg and "apt-get install dataset-fashion-mnist" in msg and "--data-dir" in msg
+    spec, note = data_mod.default_data(str(tmp_path / "empty"))
+    assert spec == "digits" and note.startswith("digits (fallback:")
+
+
+@needs_fmnist
+def test_default_data_prefers_fashion_mnist():
+    spec, note = data_mod.default_data()
+    assert spec == "fashion-mnist" and "fashion-mnist" in note

@@ -10,6 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from profiler.spaces import get_space
 from search.cli import app
 from search.config import PRESETS, apply_overrides, preset
 from search.data import load_data
@@ -48,6 +49,9 @@ def test_each_preset_runs_one_short_epoch(name, spec, small_tables, digits, tmp_
     assert len(hist) == 1 and hist[0]["train_samples"] == n_w
     for k in ("train_loss", "train_ce", "val_acc", "eval_E_latency", "eval_E_params", "tau", "wall_s"):
         assert np.isfinite(hist[0][k]), k
+    k_ops = len(get_space(spec).ops)
+    assert 1 / k_ops - 1e-6 <= hist[0]["arch_max_prob"] <= 1.0  # decidedness is recorded every epoch
+    assert 0.0 <= hist[0]["arch_entropy"] <= np.log(k_ops) + 1e-6
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert json.loads(lines[0])["epoch"] == 0
     run = load_run(tmp_path / "run")
@@ -182,9 +186,16 @@ def test_cli_search_errors_are_one_line(small_tables, tmp_path):
 def test_cli_search_writes_a_run(small_tables, tmp_path):
     out = tmp_path / "cli"
     args = ["search", "--space", DARTS, "--table", str(small_tables[DARTS]), "--preset", "hwnas", "--epochs", "1",
-            "--out", str(out), "--batch-size", "16", "--set", "train_limit=32", "--set", "eval_limit=16"]
+            "--out", str(out), "--batch-size", "16", "--set", "train_limit=32", "--set", "eval_limit=16",
+            "--data-limit", "300"]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
+    assert "data: fashion-mnist (" in r.output or "data: digits (fallback:" in r.output  # the default, named
+    again = [a for a in args if a not in ("--data-limit", "300")]
+    again[again.index("--epochs") + 1] = "2"
+    r = CliRunner().invoke(app, again + ["--resume"])  # --resume takes the run's own data and limit
+    assert r.exit_code == 0, r.output
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     assert {p.name for p in out.iterdir()} >= {"config.json", "metrics.jsonl", "checkpoint.pt", "control.pt"}
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["preset"] == "hwnas" and cfg["train_limit"] == 32 and cfg["control"]["kind"] == "tradeoff"

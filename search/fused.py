@@ -251,7 +251,7 @@ class FusedMixedOp(nn.Module):
         out: dict[str, torch.Tensor] = {}
         for i, b in enumerate(self.blocks):
             sl = slice(self.offsets[i], self.offsets[i + 1])
-            inv = torch.argsort(b.perm)
+            inv = torch.argsort(b.perm).to(self.exp_w.device)
             ex, dw, pj = b.names
             out[f"{ex}.0.weight"] = _grouped(get(self.exp_w)[sl][inv], b.g_in)
             c = (self.kmax - b.kernel) // 2
@@ -265,7 +265,7 @@ class FusedMixedOp(nn.Module):
                                   ("running_var", "rv")):
                     t = getattr(self, f"{stage}_{attr}")
                     t = (get(t) if attr.startswith("bn") else t.detach())[s]
-                    out[f"{name}.1.{key}"] = t if p is None else t[p]
+                    out[f"{name}.1.{key}"] = t if p is None else t[p]  # (inv is on the device already)
         if self.skip is not None:
             for name, t in [*self.skip.named_parameters(), *self.skip.named_buffers()]:
                 if "num_batches" not in name:

@@ -9,6 +9,7 @@ layers, channel-changing (1x1 conv) and identity skips, k3/k5, grouped and shuff
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
@@ -36,6 +37,7 @@ def small_space() -> Space:
              Site("classifier", 64, 10, 1, (1, 1), op="classifier"))
     return Space("fbnet-cifar", "chain", {}, (3, 6, 6), 10, layers, fixed)
 REL = 1e-5
+DEVICE = os.environ.get("HWNAS_TEST_DEVICE", "cpu")  # bench/gpu_check.sh runs the comparison on cuda
 CASES = [("softmax", False), ("gumbel", False), ("gumbel", True), ("gumbel-hard", False), ("gumbel-hard", True),
          ("lean", False)]
 
@@ -55,13 +57,13 @@ def _pair(sampler: str, per_sample: bool) -> tuple[SearchModel, SearchModel]:
     for supernet in ("reference", "fused"):
         torch.manual_seed(0)
         models.append(SearchModel(space, copy.deepcopy(control), Sampler(sampler, per_sample), costs, ("params",),
-                                  supernet=supernet).double())
+                                  supernet=supernet).double().to(DEVICE))
     return models[0], models[1]
 
 
 def _step(model: SearchModel, x: torch.Tensor, y: torch.Tensor, seed: int, train: bool):
     model.zero_grad(set_to_none=True)
-    c = {k: v.double() for k, v in model.control.sample(torch.Generator().manual_seed(seed)).items()}
+    c = {k: v.double().to(DEVICE) for k, v in model.control.sample(torch.Generator().manual_seed(seed)).items()}
     r = model.run(x, c, 0.7, torch.Generator().manual_seed(seed))
     loss = torch.nn.functional.cross_entropy(r.out, y) + 0.1 * r.penalty
     loss.backward()
@@ -79,8 +81,8 @@ def test_fused_equals_reference_outputs_gradients_and_statistics(sampler, per_sa
     assert sum(isinstance(m, FusedMixedOp) for m in fused.modules()) == len(ref.space.layers)
     assert not any(isinstance(m, FusedMixedOp) for m in ref.modules())
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(6, 3, 6, 6, generator=g, dtype=torch.float64)
-    y = torch.randint(0, 10, (6,), generator=g)
+    x = torch.randn(6, 3, 6, 6, generator=g, dtype=torch.float64).to(DEVICE)
+    y = torch.randint(0, 10, (6,), generator=g).to(DEVICE)
     for step in range(3):  # two SGD steps side by side, then the compared one
         a, b = _step(ref, x, y, step, train=step < 2), _step(fused, x, y, step, train=step < 2)
         assert _rel(b, a) <= REL
@@ -97,7 +99,7 @@ def test_fused_equals_reference_outputs_gradients_and_statistics(sampler, per_sa
     ref.eval()
     fused.eval()
     with torch.no_grad():
-        c = {k: v.double() for k, v in ref.control.sample(torch.Generator().manual_seed(9)).items()}
+        c = {k: v.double().to(DEVICE) for k, v in ref.control.sample(torch.Generator().manual_seed(9)).items()}
         assert _rel(fused.run(x, c, 0.7, None, deterministic=True).out,
                     ref.run(x, c, 0.7, None, deterministic=True).out) <= REL
 

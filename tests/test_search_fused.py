@@ -33,8 +33,8 @@ def small_space() -> Space:
     FBNet space has 22 layers)."""
     layers = tuple(SearchLayer(f"L{i}", FBNET_OPS, (Site(f"L{i}", ci, co, s, (hw, hw)),))
                    for i, (ci, co, s, hw) in enumerate(LAYERS))
-    fixed = (Site("stem", 3, 8, 1, (6, 6), op="stem", params=(("kernel", 3),)), Site("head", 32, 64, 1, (1, 1), op="head"),
-             Site("classifier", 64, 10, 1, (1, 1), op="classifier"))
+    fixed = (Site("stem", 3, 8, 1, (6, 6), op="stem", params=(("kernel", 3),)),
+             Site("head", 32, 64, 1, (1, 1), op="head"), Site("classifier", 64, 10, 1, (1, 1), op="classifier"))
     return Space("fbnet-cifar", "chain", {}, (3, 6, 6), 10, layers, fixed)
 REL = 1e-5
 DEVICE = os.environ.get("HWNAS_TEST_DEVICE", "cpu")  # bench/gpu_check.sh runs the comparison on cuda

@@ -192,15 +192,23 @@ class FusedMixedOp(nn.Module):
         w = w[:, :, ch:k - ch, cw:k - cw]
         return F.conv2d(e, w, stride=self.stride, padding=(ph, pw), groups=e.shape[1])
 
-    def _all(self, x: torch.Tensor) -> torch.Tensor:
-        """Every block's BatchNormed projection, stacked: [N, blocks, c_out, H', W']."""
+    def _all(self, x: torch.Tensor, wb: torch.Tensor | None = None) -> torch.Tensor:
+        """Every block's BatchNormed projection, stacked: [N, blocks, c_out, H', W']; with op weights ``wb``
+        [blocks], each scaled by its weight inside the projection BatchNorm's affine (w * BN(z) = BN with w*gamma,
+        w*beta), which saves a pass over the stacked outputs."""
         e = F.relu(self._bn(F.conv2d(x, self._masked(self.exp_w, self.exp_mask)), "exp"))
         d = F.relu(self._bn(self._depthwise(e, self._masked(self.dw_w, self.dw_mask)), "dw"))
         z = []
         for i, (first, n, mid) in enumerate(self.buckets):
             a = self.offsets[first]
             z.append(F.conv2d(d[:, a:a + n * mid], self._proj_weight(i), groups=n))
-        z = self._bn(torch.cat(z, dim=1) if len(z) > 1 else z[0], "proj")
+        z = torch.cat(z, dim=1) if len(z) > 1 else z[0]
+        if wb is None:
+            z = self._bn(z, "proj")
+        else:
+            scale = wb.repeat_interleave(self.c_out)
+            z = F.batch_norm(z, self.proj_rm, self.proj_rv, self.proj_bn_w * scale, self.proj_bn_b * scale,
+                             self.training, BN_MOMENTUM, BN_EPS)
         return z.view(z.shape[0], len(self.blocks), self.c_out, *z.shape[2:])
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -210,8 +218,10 @@ class FusedMixedOp(nn.Module):
             k = int(w.detach().argmax())
             return self.single(x, k) * w[k]
         wb = w.index_select(-1, self.order)  # [blocks] or [N, blocks]
-        wb5 = wb.view(-1, len(self.blocks), 1, 1, 1)
-        out = (self._all(x) * wb5).sum(dim=1)
+        if wb.dim() == 1:
+            out = self._all(x, wb).sum(dim=1)
+        else:
+            out = (self._all(x) * wb.view(-1, len(self.blocks), 1, 1, 1)).sum(dim=1)
         coef = wb.sum(-1) if self.residual else None
         for k in self.identity:
             coef = w[..., k] if coef is None else coef + w[..., k]

@@ -24,6 +24,7 @@ LOSSES = ("additive", "fbnet", "proxyless")
 OPTIMISATIONS = ("single", "bilevel")
 COST_TERMS = ("params", "flops", "latency")
 HYPERNETS = ("pwl", "mlp")
+SUPERNETS = ("fused", "reference")
 
 
 class ConfigError(UserError, ValueError):
@@ -96,6 +97,7 @@ class SearchConfig:
     batch_size: int = 64
     seed: int = 0
     torch_device: str = "cpu"
+    supernet: str = "fused"  # fused: one kernel per stage where a space allows it (FBNet) | reference: one per op
     control: ControlConfig = field(default_factory=ControlConfig)
     sampler: str = "gumbel"  # softmax | gumbel | gumbel-hard | lean
     per_sample: bool = False  # independent Gumbel noise per sample (soft samplers only)
@@ -151,6 +153,8 @@ class SearchConfig:
             raise bad("batch_size", self.batch_size, "at least 1")
         if not 0 < self.arch_fraction < 1:
             raise bad("arch_fraction", self.arch_fraction, "strictly between 0 and 1")
+        if self.supernet not in SUPERNETS:
+            raise bad("supernet", self.supernet, "one of " + ", ".join(SUPERNETS))
         if self.torch_device not in ("cpu", "cuda") and not self.torch_device.startswith("cuda:"):
             raise bad("torch_device", self.torch_device, "cpu or cuda")
         for name, o in (("weights_opt", self.weights_opt), ("arch_opt", self.arch_opt)):

@@ -149,6 +149,12 @@ class Dist:
     def prepare(self, model: nn.Module) -> None:
         """Sync BatchNorm (unless ``--bn local``) and a sampler that slices per-sample noise."""
         if self.sync_bn:
+            from .fused import FusedMixedOp
+
+            if any(isinstance(m, FusedMixedOp) for m in model.modules()):
+                # the fused layer calls F.batch_norm on its own stacked buffers: no global statistics there yet
+                raise DistError("--bn sync: the fused supernet (default on FBNet spaces) keeps per-rank BatchNorm "
+                                "statistics; add --set supernet=reference for global-batch statistics, or --bn local")
             sync_batchnorm(model)
         sampler = getattr(model, "sampler", None)
         if sampler is not None and getattr(sampler, "per_sample", False):

@@ -17,7 +17,10 @@ from profiler.spaces import Site, Space
 
 from .control import Control, Value
 from .costs import CostModel
+from .fused import FusedMixedOp, fusable
 from .samplers import Sampler
+
+SUPERNETS = ("fused", "reference")
 
 
 class MixedOp(nn.Module):
@@ -42,8 +45,18 @@ class MixedOp(nn.Module):
         return sum(w[k] * op(x) for k, op in enumerate(self.ops))
 
 
-def build_supernet(space: Space) -> SpaceNet:
-    return SpaceNet(space, lambda row, site: MixedOp(site, space.layers[row].choices))
+def mixed_op(site: Site, choices: tuple[str, ...], supernet: str = "fused") -> nn.Module:
+    """The mixed layer of one site: fused (:mod:`search.fused`) where the candidates allow it and ``supernet`` is
+    ``fused``, else the per-op reference."""
+    if supernet not in SUPERNETS:
+        raise ValueError(f"supernet {supernet!r} is not one of {', '.join(SUPERNETS)}")
+    if supernet == "fused" and fusable(choices):
+        return FusedMixedOp(site, choices)
+    return MixedOp(site, choices)
+
+
+def build_supernet(space: Space, supernet: str = "fused") -> SpaceNet:
+    return SpaceNet(space, lambda row, site: mixed_op(site, space.layers[row].choices, supernet))
 
 
 @dataclass
@@ -57,16 +70,16 @@ class StepOut:
 
 class SearchModel(nn.Module):
     def __init__(self, space: Space, control: Control, sampler: Sampler, costs: CostModel,
-                 metric_terms: tuple[str, ...] = ()):
+                 metric_terms: tuple[str, ...] = (), supernet: str = "fused"):
         super().__init__()
         self.space = space
-        self.net = build_supernet(space)
+        self.net = build_supernet(space, supernet)
         self.control = control
         self.costs = costs
         self.sampler = sampler
         self.metric_terms = tuple(dict.fromkeys((*control.cost_terms, *metric_terms)))
         for m in self.net.modules():
-            if isinstance(m, MixedOp):
+            if isinstance(m, (MixedOp, FusedMixedOp)):
                 m.lean = sampler.lean
 
     def weight_parameters(self) -> list[nn.Parameter]:

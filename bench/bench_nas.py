@@ -1,7 +1,12 @@
 """Does the search search? Every method against random architectures, on the same engine and retrain recipe.
 
-    python bench/bench_nas.py --quick               # a few minutes on 2 cores (2 seeds, tiny subsets)
-    python bench/bench_nas.py [--seeds 3] [--measure]   # full mode (sizes in SCALES; see the README)
+    python bench/bench_nas.py --quick [--measure]       # ~10 min on 2 cores: 2 seeds, tiny subsets
+    python bench/bench_nas.py [--seeds 3] [--measure]   # full mode, estimated 80-90 min on 2 cores (not yet run)
+
+Sizes (``SCALES``): space fbnet-cifar:input_size=16,width=0.25; quick: family 3, search 2 epochs on 256 training
+samples, retrain 3 epochs on 512, val 128, test 256, batch 32; full: family 6, search 5 epochs on 640, retrain 6
+epochs on 2000, val 500, test 1000, batch 64. ``--data`` defaults to fashion-mnist when this checkout reads it
+offline, else digits (said in the output).
 
 Per seed, on one latency table (device ``--device``, default ``cpu-1t``) and one data subset:
 
@@ -62,7 +67,8 @@ class Scale:
     members: int  # family size of (a), (b), (e) and the number of uniform random architectures
     search_epochs: int
     retrain_epochs: int
-    n_train: int  # subset sizes (capped at what the data has)
+    n_search: int  # training samples the searches see (the first n_search of the retrain subset)
+    n_train: int  # retrain subset sizes (capped at what the data has)
     n_val: int
     n_test: int
     batch_size: int
@@ -71,8 +77,8 @@ class Scale:
 
 
 SCALES = {
-    "quick": Scale("fbnet-cifar:input_size=16,width=0.25", 3, 2, 2, 256, 128, 256, 32, 2, True),
-    "full": Scale("fbnet-cifar:input_size=16,width=0.25", 6, 6, 6, 1200, 300, 600, 64, 3, False),
+    "quick": Scale("fbnet-cifar:input_size=16,width=0.25", 3, 2, 3, 256, 512, 128, 256, 32, 2, True),
+    "full": Scale("fbnet-cifar:input_size=16,width=0.25", 6, 5, 6, 640, 2000, 500, 1000, 64, 3, False),
 }
 FBNET_KAPPAS = np.geomspace(0.01, 10.0, 8)
 MATCH_TOL = 0.03
@@ -126,16 +132,17 @@ def passes(metrics: list[dict], cfg, n_train: int) -> float:
 
 
 def run_search(cfg, out: Path, splits: Splits) -> tuple[object, float, float]:
-    """Search into ``out`` (fresh); returns the loaded run, wall seconds and passes over the data."""
+    """Search into ``out`` (fresh) on ``cfg.train_limit`` training samples; returns the loaded run, wall seconds and
+    passes over the data the search saw."""
     t = time.perf_counter()
     hist = search(cfg, out, splits=splits)
     wall = time.perf_counter() - t
-    return load_run(out), wall, passes(hist, cfg, len(splits.train))
+    return load_run(out), wall, passes(hist, cfg, min(cfg.train_limit or len(splits.train), len(splits.train)))
 
 
 def searched(name: str, sc: Scale, table: Path, seed: int, sets: list[str] = ()):
     cfg = preset(name, space=sc.space, tables=(str(table),), epochs=sc.search_epochs, seed=seed,
-                 batch_size=sc.batch_size)
+                 batch_size=sc.batch_size, train_limit=sc.n_search)
     return apply_overrides(cfg, list(sets))
 
 

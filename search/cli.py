@@ -18,7 +18,8 @@ def search_cmd(
     space: str = typer.Option(..., "--space", "-s", help="Space spec, e.g. fbnet-cifar:input_size=16,width=0.25."),
     table: list[str] = typer.Option([], "--table", "-t", help="Latency table(s) from hwprof measure (repeat for "
                                                               "more devices: cost terms latency, latency:1, ...)."),
-    preset_name: str = typer.Option("hwnas", "--preset", "-p", help="darts | fbnet | darts-cc | seed-simplex | hwnas."),
+    preset_name: str = typer.Option("hwnas", "--preset", "-p",
+                                    help="darts | fbnet | darts-cc | seed-simplex | seed | hwnas."),
     data: str = typer.Option("digits", "--data", help="digits, cifar10, fashion-mnist, mnist, npz:PATH or a folder."),
     epochs: int = typer.Option(10, "--epochs", "-e", help="Search epochs."),
     out: str = typer.Option(..., "--out", "-o", help="Run directory."),

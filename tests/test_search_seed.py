@@ -103,18 +103,18 @@ def _expected_latency(run) -> float:
 
 def _short_run(table, digits32, out, kappa: float, seed: int):
     cfg = preset("seed", space=DARTS, tables=(str(table),), epochs=2, batch_size=16, seed=seed)
-    cfg = apply_overrides(cfg, ["train_limit=96", "eval_limit=16", f"control.kappa={kappa}", "arch_opt.lr=0.03"])
+    cfg = apply_overrides(cfg, ["train_limit=96", "eval_limit=16", f"control.kappa={kappa}", "arch_opt.lr=0.1"])
     search(cfg, out, splits=digits32)
     return load_run(out)
 
 
 def test_larger_kappa_gives_lower_expected_latency(small_tables, digits32, tmp_path):
-    """kappa 0 vs 2/ms after two short epochs. Checked over seeds 0-9 on x86-64: the ratio high/low was 0.63-0.71;
-    the assertion allows 0.9."""
+    """kappa 0 vs 20/ms after two short epochs (12 steps). Checked over seeds 0-9 on x86-64: the expected latency of
+    the searchable layers fell to 0.69-0.74 of the kappa-0 run's; the assertion allows 0.85."""
     lo = _expected_latency(_short_run(small_tables[DARTS], digits32, tmp_path / "lo", 0.0, 0))
-    run = _short_run(small_tables[DARTS], digits32, tmp_path / "hi", 2.0, 0)
+    run = _short_run(small_tables[DARTS], digits32, tmp_path / "hi", 20.0, 0)
     hi = _expected_latency(run)
-    assert hi < 0.9 * lo, (lo, hi)
+    assert hi < 0.85 * lo, (lo, hi)
     # S is the control of derive, budgets and family
     d = Deriver(run)
     fam, stats = derive_family(d, 3)

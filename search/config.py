@@ -80,6 +80,7 @@ class SearchConfig:
     control: ControlConfig = field(default_factory=ControlConfig)
     sampler: str = "gumbel"  # softmax | gumbel | gumbel-hard | lean
     per_sample: bool = False  # independent Gumbel noise per sample (soft samplers only)
+    cost_under: str = "softmax"  # expected costs under softmax(alpha) | sample (the step's op weights, FBNet's form)
     temperature: TemperatureConfig = field(default_factory=TemperatureConfig)
     loss: str = "additive"  # additive | fbnet | proxyless
     loss_alpha: float = 0.2  # fbnet: CE * alpha * log(LAT_us)**beta; proxyless: CE * alpha * (log LAT/log REF)**beta
@@ -104,6 +105,8 @@ class SearchConfig:
             raise bad("sampler", self.sampler, "one of " + ", ".join(SAMPLERS))
         if self.per_sample and self.sampler in ("lean",):
             raise bad("per_sample", True, "per-sample noise needs a soft sampler (softmax, gumbel, gumbel-hard)")
+        if self.cost_under not in ("softmax", "sample"):
+            raise bad("cost_under", self.cost_under, "softmax or sample")
         if self.temperature.schedule not in SCHEDULES:
             raise bad("temperature.schedule", self.temperature.schedule, "one of " + ", ".join(SCHEDULES))
         if not self.temperature.floor > 0 or not self.temperature.t0 > 0:

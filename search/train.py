@@ -199,7 +199,8 @@ def build(cfg: SearchConfig, *, check_terms: bool = True, with_model: bool = Tru
     g = torch.Generator().manual_seed(cfg.seed)
     control = build_control(cfg.control, len(space.layers), space.ops, costs, generator=g)
     metric = tuple(t for t in ("params", "latency") if t in costs.info)
-    model = SearchModel(space, control, Sampler(cfg.sampler, cfg.per_sample), costs, metric) if with_model else None
+    model = SearchModel(space, control, Sampler(cfg.sampler, cfg.per_sample), costs, metric,
+                        cfg.cost_under) if with_model else None
     return Setup(cfg, space, tables, costs, control, model)
 
 

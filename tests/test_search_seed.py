@@ -123,3 +123,22 @@ def test_larger_kappa_gives_lower_expected_latency(small_tables, digits32, tmp_p
     res = derive_budgets(Deriver(run), [Budget(latency_ms=lats[len(lats) // 2]), Budget(latency_ms=lats[0] * 0.5)])
     assert res[0].ok and res[0].found.latency_ms <= lats[len(lats) // 2] and "S" in res[0].found.control
     assert not res[1].ok
+
+
+def test_cost_under_sample_takes_latency_under_the_steps_op_weights(small_tables, digits32):
+    """FBNet's form: LAT = sum m * LUT with m the step's Gumbel-softmax weights (cost_under=sample), not softmax."""
+    x = digits32.train.tensors[0][:4]
+    cfg = preset("fbnet", space=DARTS, tables=(str(small_tables[DARTS]),))
+    out = {}
+    for under in ("softmax", "sample"):
+        setup = build(apply_overrides(cfg, [f"cost_under={under}"]))
+        setup.control.requires_grad_(False)
+        logits = setup.control({})
+        r = setup.model.run(x, {}, 1.0, torch.Generator().manual_seed(3))
+        w = setup.model.sampler(logits, 1.0, torch.Generator().manual_seed(3))
+        out[under] = (float(r.expected["latency"]), float(setup.costs.expected("latency", w)),
+                      float(setup.costs.expected("latency", torch.softmax(logits, -1))))
+    assert out["softmax"][0] == pytest.approx(out["softmax"][2])
+    assert out["sample"][0] == pytest.approx(out["sample"][1]) and out["sample"][0] != pytest.approx(out["sample"][2])
+    with pytest.raises(ConfigError, match="cost_under"):
+        apply_overrides(cfg, ["cost_under=mean"])

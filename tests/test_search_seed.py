@@ -54,7 +54,7 @@ def _loss(name, table, x, y):
     setup = build(preset(name, space=DARTS, tables=(str(table),)))
     c = setup.control.sample(torch.Generator().manual_seed(1))
     r = setup.model.run(x, c, 1.0, torch.Generator().manual_seed(2))
-    return float(search_loss("additive", F.cross_entropy(r.out, y), r.penalty, r.expected.get("latency")))
+    return float(search_loss("additive", F.cross_entropy(r.out, y), r.penalty, r.expected.get("latency")).detach())
 
 
 def test_scaling_the_table_changes_the_seed_loss_only(small_tables, digits32, tmp_path):

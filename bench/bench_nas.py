@@ -1,11 +1,11 @@
 """Does the search search? Every method against random architectures, on the same engine and retrain recipe.
 
-    python bench/bench_nas.py --quick [--measure]       # ~10 min on 2 cores: 2 seeds, tiny subsets
-    python bench/bench_nas.py [--seeds 3] [--measure]   # full mode, estimated 80-90 min on 2 cores (not yet run)
+    python bench/bench_nas.py --quick [--measure]       # 10-17 min on 2 shared cores: 2 seeds, tiny subsets
+    python bench/bench_nas.py [--seeds 3] [--measure]   # full mode, estimated 75-90 min on 2 quiet cores (not run)
 
 Sizes (``SCALES``): space fbnet-cifar:input_size=16,width=0.25; quick: family 3, search 2 epochs on 256 training
-samples, retrain 3 epochs on 512, val 128, test 256, batch 32; full: family 6, search 5 epochs on 640, retrain 6
-epochs on 2000, val 500, test 1000, batch 64. ``--data`` defaults to fashion-mnist when this checkout reads it
+samples, retrain 3 epochs on 512, val 128, test 256, batch 32; full: family 5, search 3 epochs on 384, retrain 4
+epochs on 1000, val 300, test 500, batch 32. ``--data`` defaults to fashion-mnist when this checkout reads it
 offline, else digits (said in the output).
 
 Per seed, on one latency table (device ``--device``, default ``cpu-1t``) and one data subset:
@@ -78,7 +78,7 @@ class Scale:
 
 SCALES = {
     "quick": Scale("fbnet-cifar:input_size=16,width=0.25", 3, 2, 3, 256, 512, 128, 256, 32, 2, True),
-    "full": Scale("fbnet-cifar:input_size=16,width=0.25", 6, 5, 6, 640, 2000, 500, 1000, 64, 3, False),
+    "full": Scale("fbnet-cifar:input_size=16,width=0.25", 5, 3, 4, 384, 1000, 300, 500, 32, 3, False),
 }
 FBNET_KAPPAS = np.geomspace(0.01, 10.0, 8)
 MATCH_TOL = 0.03

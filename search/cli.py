@@ -36,7 +36,8 @@ def search_cmd(
     space: str = typer.Option(..., "--space", "-s", help="Space spec, e.g. fbnet-cifar:input_size=16,width=0.25."),
     table: list[str] = typer.Option([], "--table", "-t", help="Latency table(s) from hwprof measure (repeat for "
                                                               "more devices: cost terms latency, latency:1, ...)."),
-    preset_name: str = typer.Option("hwnas", "--preset", "-p", help="darts | fbnet | darts-cc | seed-simplex | hwnas."),
+    preset_name: str = typer.Option("hwnas", "--preset", "-p",
+                                    help="darts | fbnet | darts-cc | seed-simplex | seed | hwnas."),
     data: str = typer.Option(None, "--data", help="fashion-mnist, digits, cifar10, mnist, npz:PATH or a folder "
                                                   "(default: fashion-mnist when installed, else digits)."),
     data_limit: int = typer.Option(None, "--data-limit", help="fashion-mnist: a seeded N training images (and N "

@@ -17,13 +17,15 @@ from typing import Any, Callable
 
 from profiler.errors import UserError
 
-CONTROLS = ("static", "lambda", "simplex-ops", "tradeoff")
+CONTROLS = ("static", "lambda", "simplex-ops", "seed", "tradeoff")
 SAMPLERS = ("softmax", "gumbel", "gumbel-hard", "lean")
 SCHEDULES = ("constant", "exponential", "linear")
 LOSSES = ("additive", "fbnet", "proxyless")
 OPTIMISATIONS = ("single", "bilevel")
 COST_TERMS = ("params", "flops", "latency")
-HYPERNETS = ("pwl", "mlp")
+HYPERNETS = {"tradeoff": ("pwl", "mlp"), "seed": ("rbf", "pwl")}
+SEED_REGS = ("usage", "params")
+S_DISTS = ("concrete", "dirichlet")
 SUPERNETS = ("fused", "reference")
 
 
@@ -57,16 +59,21 @@ class TemperatureConfig:
 
 @dataclass
 class ControlConfig:
-    kind: str = "static"  # static | lambda | simplex-ops | tradeoff
+    kind: str = "static"  # static | lambda | simplex-ops | seed | tradeoff
     cost_terms: tuple[str, ...] = ("latency",)  # terms of the penalty; "latency" = first table, "latency:N" = table N
     weights: tuple[float, ...] = ()  # static + additive: fixed penalty weight per cost term (default 0)
     range_min: float = 0.01  # lambda / kappa: log-uniform range
     range_max: float = 10.0
     anchors: int = 4  # lambda / tradeoff-pwl: anchor logit tensors (M)
-    hypernet: str = "pwl"  # tradeoff: pwl | mlp
+    hypernet: str = "pwl"  # tradeoff: pwl | mlp; seed: rbf | pwl
     hidden: int = 64  # tradeoff-mlp hidden width
-    kappa: float = 50.0  # simplex-ops: fixed penalty magnitude
-    sigma: float = 0.25  # simplex-ops: pivot bandwidth
+    kappa: float = 50.0  # simplex-ops: fixed penalty magnitude; seed: latency weight per ms
+    sigma: float = 0.25  # simplex-ops, seed-rbf: pivot bandwidth
+    lam: float = 0.1  # seed: weight of the regulariser
+    reg: str = "usage"  # seed: usage (S-weighted op usage) | params (E[params]/ref)
+    s_dist: str = "concrete"  # seed: S each step from concrete(theta, s_tau) | dirichlet (Dirichlet(1))
+    s_theta: tuple[float, ...] = ()  # seed: concrete logits, one per op (default 0: symmetric)
+    s_tau: float = 1.0  # seed: concrete temperature
     eval_control: dict[str, Any] = field(default_factory=dict)  # control used for validation metrics
 
 
@@ -101,6 +108,7 @@ class SearchConfig:
     control: ControlConfig = field(default_factory=ControlConfig)
     sampler: str = "gumbel"  # softmax | gumbel | gumbel-hard | lean
     per_sample: bool = False  # independent Gumbel noise per sample (soft samplers only)
+    cost_under: str = "softmax"  # expected costs under softmax(alpha) | sample (the step's op weights, FBNet's form)
     temperature: TemperatureConfig = field(default_factory=TemperatureConfig)
     loss: str = "additive"  # additive | fbnet | proxyless
     loss_alpha: float = 0.2  # fbnet: CE * alpha * log(LAT_us)**beta; proxyless: CE * alpha * (log LAT/log REF)**beta
@@ -125,6 +133,8 @@ class SearchConfig:
             raise bad("sampler", self.sampler, "one of " + ", ".join(SAMPLERS))
         if self.per_sample and self.sampler in ("lean",):
             raise bad("per_sample", True, "per-sample noise needs a soft sampler (softmax, gumbel, gumbel-hard)")
+        if self.cost_under not in ("softmax", "sample"):
+            raise bad("cost_under", self.cost_under, "softmax or sample")
         if self.temperature.schedule not in SCHEDULES:
             raise bad("temperature.schedule", self.temperature.schedule, "one of " + ", ".join(SCHEDULES))
         if not self.temperature.floor > 0 or not self.temperature.t0 > 0:
@@ -136,8 +146,11 @@ class SearchConfig:
             raise bad("loss", self.loss, "one of " + ", ".join(LOSSES))
         if self.optimisation not in OPTIMISATIONS:
             raise bad("optimisation", self.optimisation, "one of " + ", ".join(OPTIMISATIONS))
-        if c.hypernet not in HYPERNETS:
-            raise bad("control.hypernet", c.hypernet, "one of " + ", ".join(HYPERNETS))
+        nets = HYPERNETS.get(c.kind)
+        if nets and c.hypernet not in nets:
+            raise bad("control.hypernet", c.hypernet, f"for control {c.kind}: one of " + ", ".join(nets))
+        if c.kind == "seed":
+            self._validate_seed(bad)
         for t in c.cost_terms:
             if t.partition(":")[0] not in COST_TERMS:
                 raise bad("control.cost_terms", t, "terms are params, flops, latency, latency:N (N-th table)")
@@ -166,6 +179,20 @@ class SearchConfig:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise bad(name, getattr(self, name), "at least 1 (or null for all)")
         return self
+
+    def _validate_seed(self, bad) -> None:
+        c = self.control
+        if c.reg not in SEED_REGS:
+            raise bad("control.reg", c.reg, "one of " + ", ".join(SEED_REGS))
+        if c.s_dist not in S_DISTS:
+            raise bad("control.s_dist", c.s_dist, "one of " + ", ".join(S_DISTS))
+        if not c.s_tau > 0 or not c.sigma > 0:
+            raise bad("control.s_tau/sigma", (c.s_tau, c.sigma), "both must be > 0")
+        if c.kappa < 0 or c.lam < 0:
+            raise bad("control.kappa/lam", (c.kappa, c.lam), "both must be >= 0")
+        want = ("latency",) if c.reg == "usage" else ("params", "latency")
+        if tuple(c.cost_terms) != want:
+            raise bad("control.cost_terms", c.cost_terms, f"control seed with reg={c.reg} uses {list(want)}")
 
 
 def _darts_weights() -> OptimConfig:
@@ -213,6 +240,18 @@ def _preset_seed_simplex() -> SearchConfig:
                         arch_opt=OptimConfig(lr=1e-3, betas=(0.5, 0.999), weight_decay=1e-3))
 
 
+def _preset_seed() -> SearchConfig:
+    # kappa is per ms of the table: 0.5 makes the latency gradient of a 0.1 ms entry comparable to CE's on the small
+    # spaces; lambda prices each op by S (the family's axis)
+    return SearchConfig(preset="seed", control=ControlConfig(kind="seed", cost_terms=("latency",), hypernet="rbf",
+                                                             kappa=0.5, lam=0.1, sigma=0.25, reg="usage",
+                                                             s_dist="concrete", s_tau=1.0),
+                        sampler="gumbel", per_sample=True,
+                        temperature=TemperatureConfig("linear", 1.0, floor=0.2, t_end=0.2),
+                        loss="additive", optimisation="single", weights_opt=_darts_weights(),
+                        arch_opt=OptimConfig(lr=3e-3, betas=(0.5, 0.999), weight_decay=0.0))
+
+
 def _preset_hwnas() -> SearchConfig:
     return SearchConfig(preset="hwnas",
                         control=ControlConfig(kind="tradeoff", cost_terms=("params", "latency"), range_min=0.01,
@@ -230,7 +269,7 @@ def _preset_hwnas() -> SearchConfig:
 
 
 PRESETS = {"darts": _preset_darts, "fbnet": _preset_fbnet, "darts-cc": _preset_darts_cc,
-           "seed-simplex": _preset_seed_simplex, "hwnas": _preset_hwnas}
+           "seed-simplex": _preset_seed_simplex, "seed": _preset_seed, "hwnas": _preset_hwnas}
 
 
 def preset(name: str, **fields: Any) -> SearchConfig:

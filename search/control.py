@@ -8,6 +8,12 @@ Each control is an ``nn.Module`` whose parameters are trained by the architectur
 * :class:`SimplexOpsControl` -- the simplex hypernetwork of the paper's public code, done right: S ~ Dirichlet(1)
   over the K ops, alpha(S) = sum_r w_r(S) A_r with w = softmax_r(-||S - p_r||^2 / sigma) (nearest pivots weigh
   most); penalty kappa * sum_layers sum_k p_k S_k.
+* :class:`SeedControl` -- the paper's method (preset ``seed``): S on the simplex over the K ops, drawn every step
+  from a concrete (Gumbel-Softmax) distribution with configured logits theta and temperature (or Dirichlet(1));
+  alpha(S) from an RBF hypernetwork with learnable pivots (w = softmax_r(-||S - p_r||^2 / sigma)) or the
+  barycentric piecewise-linear form alpha(S) = sum_k S_k A_k; penalty lambda * Reg + kappa * E[latency_ms], Reg the
+  S-weighted op usage sum_layers sum_k p_k S_k (or E[params]/ref). Latency is in table units (ms), not normalised,
+  so the table's scale is in the loss.
 * :class:`TradeoffControl` -- ours: a magnitude kappa (log-uniform) and a direction S on the simplex over the cost
   terms; penalty kappa * sum_j S_j E[cost_j] / ref_j; alpha(kappa~, S) from a piecewise-linear ("pwl": one anchor
   chain per cost term, mixed by S) or an MLP hypernetwork.
@@ -209,6 +215,69 @@ class SimplexOpsControl(Control):
         return {"S_dim": len(self.ops), "ops": list(self.ops), "kappa": self.kappa, "cost_terms": []}
 
 
+class SeedControl(Control):
+    """S over the ops is the control; latency (ms, from the table) and an S-weighted regulariser form the penalty."""
+
+    kind = "seed"
+
+    def __init__(self, layers: int, ops: Sequence[str], cost_terms: Sequence[str], refs: Sequence[float],
+                 kappa: float, lam: float, reg: str = "usage", hypernet: str = "rbf", sigma: float = 0.25,
+                 s_dist: str = "concrete", s_theta: Sequence[float] = (), s_tau: float = 1.0,
+                 init_std: float = 1e-3, generator: torch.Generator | None = None):
+        super().__init__(layers, ops, cost_terms, refs)
+        K = len(ops)
+        if "latency" not in self.cost_terms:
+            raise ControlError("control seed needs the latency cost term (pass --table)")
+        self.kappa, self.lam, self.reg, self.sigma = float(kappa), float(lam), reg, float(sigma)
+        self.hypernet, self.s_dist, self.s_tau = hypernet, s_dist, float(s_tau)
+        theta = list(s_theta) or [0.0] * K
+        if len(theta) != K:
+            raise ControlError(f"control.s_theta={list(s_theta)!r}: need one logit per op ({K}: {', '.join(ops)})")
+        self.register_buffer("theta", torch.tensor([float(t) for t in theta], dtype=torch.float32))
+        self.anchors = nn.Parameter(init_std * torch.randn(K, layers, K, generator=generator))
+        if hypernet == "rbf":  # pivots p_r = softmax(pivot_logits_r): on the simplex, start near the vertices
+            self.pivot_logits = nn.Parameter(3.0 * torch.eye(K))
+
+    def sample(self, g: torch.Generator) -> Value:
+        K = len(self.ops)
+        if self.s_dist == "dirichlet":
+            return {"S": _dirichlet1(K, g)}
+        u = torch.rand(K, generator=g).clamp(1e-10, 1.0 - 1e-7)
+        return {"S": torch.softmax((self.theta.cpu() - torch.log(-torch.log(u))) / self.s_tau, dim=0)}
+
+    def value(self, control: dict[str, Any]) -> Value:
+        extra = set(control) - {"S"}
+        if extra:
+            raise ControlError(f"control seed takes only S (one weight per op: {', '.join(self.ops)}), "
+                               f"got {sorted(extra)}")
+        return {"S": _simplex(control, len(self.ops), self.kind, self.ops)}
+
+    def pivots(self) -> torch.Tensor:
+        return torch.softmax(self.pivot_logits, dim=1)
+
+    def mixing(self, s: torch.Tensor) -> torch.Tensor:
+        if self.hypernet == "pwl":
+            return s  # barycentric: linear between the vertex anchors
+        d2 = ((s[None, :] - self.pivots()) ** 2).sum(dim=1)
+        return torch.softmax(-d2 / self.sigma, dim=0)  # the minus sign: the nearest pivots weigh most
+
+    def forward(self, c: Value) -> torch.Tensor:
+        w = self.mixing(c["S"].to(self.anchors.device))
+        return torch.einsum("r,rlk->lk", w, self.anchors)
+
+    def regulariser(self, c: Value, probs: torch.Tensor, expected: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.reg == "params":
+            return expected["params"] / self.refs[self.cost_terms.index("params")].to(probs.device)
+        return (probs * c["S"].to(probs.device)).sum()  # S-weighted op usage: S acts as a per-op price
+
+    def penalty(self, c: Value, probs: torch.Tensor, expected: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.lam * self.regulariser(c, probs, expected) + self.kappa * expected["latency"]
+
+    def control_range(self) -> dict[str, Any]:
+        return {"S_dim": len(self.ops), "ops": list(self.ops), "kappa_per_ms": self.kappa, "lambda_reg": self.lam,
+                "reg": self.reg, "hypernet": self.hypernet, "cost_terms": list(self.cost_terms)}
+
+
 class TradeoffControl(Control):
     kind = "tradeoff"
 
@@ -273,6 +342,9 @@ def build_control(cfg, layers: int, ops: Sequence[str], costs: CostModel,
         return LambdaControl(layers, ops, terms, refs, cfg.range_min, cfg.range_max, cfg.anchors, generator=generator)
     if cfg.kind == "simplex-ops":
         return SimplexOpsControl(layers, ops, cfg.kappa, cfg.sigma, generator=generator)
+    if cfg.kind == "seed":
+        return SeedControl(layers, ops, terms, refs, cfg.kappa, cfg.lam, cfg.reg, cfg.hypernet, cfg.sigma,
+                           cfg.s_dist, cfg.s_theta, cfg.s_tau, generator=generator)
     if cfg.kind == "tradeoff":
         return TradeoffControl(layers, ops, terms, refs, cfg.range_min, cfg.range_max, cfg.hypernet, cfg.anchors,
                                cfg.hidden, generator=generator)

@@ -171,8 +171,8 @@ class Deriver:
     def sweep(self) -> list[Candidate]:
         """Every (magnitude, direction) grid point, evaluated."""
         if self.kind == "static" or self.magnitude_name is None:
-            if self.kind == "simplex-ops":
-                return [self.evaluate({"S": s}) for s in self._op_simplex()]
+            if "S_dim" in self.range:  # simplex-ops, seed: S over the ops is the whole control
+                return [self.evaluate({"S": s}) for s in self._op_simplex(2 * self.grid)]
             return [self.evaluate({})]
         return [self.evaluate(self.control(m, d)) for d in self.directions() for m in self.magnitudes()]
 

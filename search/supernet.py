@@ -70,8 +70,9 @@ class StepOut:
 
 class SearchModel(nn.Module):
     def __init__(self, space: Space, control: Control, sampler: Sampler, costs: CostModel,
-                 metric_terms: tuple[str, ...] = (), supernet: str = "fused"):
+                 metric_terms: tuple[str, ...] = (), cost_under: str = "softmax", supernet: str = "fused"):
         super().__init__()
+        self.cost_under = cost_under  # softmax: costs under softmax(alpha); sample: under the step's op weights
         self.space = space
         self.net = build_supernet(space, supernet)
         self.control = control
@@ -97,5 +98,6 @@ class SearchModel(nn.Module):
             w = self.sampler(logits, tau, g, n=x.shape[0])
         out = self.net(x, w.transpose(0, 1) if w.dim() == 3 else w)
         probs = torch.softmax(logits, dim=-1)
-        expected = {t: self.costs.expected(t, probs) for t in self.metric_terms}
-        return StepOut(out, logits, probs, self.control.penalty(c, probs, expected), expected)
+        p = probs if deterministic or self.cost_under == "softmax" else (w.mean(dim=0) if w.dim() == 3 else w)
+        expected = {t: self.costs.expected(t, p) for t in self.metric_terms}
+        return StepOut(out, logits, probs, self.control.penalty(c, p, expected), expected)

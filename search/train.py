@@ -205,7 +205,7 @@ def build(cfg: SearchConfig, *, check_terms: bool = True, with_model: bool = Tru
     control = build_control(cfg.control, len(space.layers), space.ops, costs, generator=g)
     metric = tuple(t for t in ("params", "latency") if t in costs.info)
     model = SearchModel(space, control, Sampler(cfg.sampler, cfg.per_sample), costs, metric,
-                        supernet=cfg.supernet) if with_model else None
+                        cfg.cost_under, supernet=cfg.supernet) if with_model else None
     return Setup(cfg, space, tables, costs, control, model)
 
 

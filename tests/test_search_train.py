@@ -57,7 +57,8 @@ def test_each_preset_runs_one_short_epoch(name, spec, small_tables, digits, tmp_
     run = load_run(tmp_path / "run")
     assert run.control_kind == cfg.control.kind
     control = {"static": {}, "lambda": {"lambda": 0.1}, "tradeoff": {"kappa": 1.0, "S": [0.5, 0.5]},
-               "simplex-ops": {"S": [1.0] * len(run.space.ops)}}[run.control_kind]
+               "simplex-ops": {"S": [1.0] * len(run.space.ops)},
+               "seed": {"S": [1.0] * len(run.space.ops)}}[run.control_kind]
     logits = run.logits(control)
     assert logits.shape == (len(run.space.layers), len(run.space.ops))
     choices = run.choices(control)

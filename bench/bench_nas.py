@@ -1,0 +1,365 @@
+"""Does the search search? Every method against random architectures, on the same engine and retrain recipe.
+
+    python bench/bench_nas.py --quick [--measure]       # 10-17 min on 2 shared cores: 2 seeds, tiny subsets
+    python bench/bench_nas.py [--seeds 3] [--measure]   # full mode, estimated 75-90 min on 2 quiet cores (not run)
+
+Sizes (``SCALES``): space fbnet-cifar:input_size=16,width=0.25; quick: family 3, search 2 epochs on 256 training
+samples, retrain 3 epochs on 512, val 128, test 256, batch 32; full: family 5, search 3 epochs on 384, retrain 4
+epochs on 1000, val 300, test 500, batch 32. ``--data`` defaults to fashion-mnist when this checkout reads it
+offline, else digits (said in the output).
+
+Per seed, on one latency table (device ``--device``, default ``cpu-1t``) and one data subset:
+
+(a) one ``hwnas`` run -> ``derive --family N``;  (b) one ``seed`` run (S over the ops) -> its family of N;
+(c) 8 ``fbnet`` runs (FBNet's loss, sampler, temperature and bilevel split) with an additive latency penalty
+    kappa * E[latency] / ref at 8 kappa log-spaced over [0.01, 10];
+(d) random architectures, N uniform (every layer's op uniform) and, for every member of (a) and (b), one
+    rejection-sampled to its predicted latency (within 3 %; the proposal takes each layer's cheapest op with
+    probability w ~ U(0, 1), else a uniform op, so every latency is reachable; 20000 draws at most, else the nearest);
+(e) one ``darts-cc`` run -> its family of N over lambda.
+
+Every architecture is retrained from scratch with one :class:`search.retrain.TrainConfig` (best epoch chosen on the
+validation split; the test split is read once, at the end). Derivation reads no data at all. Figures per method:
+each architecture's test accuracy and predicted (``--measure``: and measured) latency, the Pareto hypervolume of
+(latency, test accuracy) with one reference per seed (1.2x the slowest architecture of any method, accuracy 0;
+divided by the reference latency, so 1.0 = 100 % accuracy at 0 ms), mean +- std over seeds, search cost in wall
+seconds and passes over the training subset, and accuracy at matched latency against (d), mean +- std of the
+difference. Then the three goals of issue 9 with PASS / MISS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from profiler.arch import export_arch, make_arch  # noqa: E402
+from profiler.devices import get_device  # noqa: E402
+from profiler.model_measure import measure_model  # noqa: E402
+from profiler.spaces import get_space  # noqa: E402
+from profiler.stats import summarize  # noqa: E402
+from profiler.tables import atomic_write_text, load_table  # noqa: E402
+from search.config import apply_overrides, preset  # noqa: E402
+from search.data import DataError, Splits, load_data  # noqa: E402
+from search.derive import Deriver, derive_family, to_arch  # noqa: E402
+from search.pipeline import QUICK_PROTOCOL, RunConfig, ensure_table  # noqa: E402
+from search.report import hypervolume  # noqa: E402
+from search.retrain import TrainConfig, retrain  # noqa: E402
+from search.run import load_run  # noqa: E402
+from search.train import search  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    space: str
+    members: int  # family size of (a), (b), (e) and the number of uniform random architectures
+    search_epochs: int
+    retrain_epochs: int
+    n_search: int  # training samples the searches see (the first n_search of the retrain subset)
+    n_train: int  # retrain subset sizes (capped at what the data has)
+    n_val: int
+    n_test: int
+    batch_size: int
+    seeds: int  # default --seeds
+    quick_protocol: bool
+
+
+SCALES = {
+    "quick": Scale("fbnet-cifar:input_size=16,width=0.25", 3, 2, 3, 256, 512, 128, 256, 32, 2, True),
+    "full": Scale("fbnet-cifar:input_size=16,width=0.25", 5, 3, 4, 384, 1000, 300, 500, 32, 3, False),
+}
+FBNET_KAPPAS = np.geomspace(0.01, 10.0, 8)
+MATCH_TOL = 0.03
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ data, table
+
+
+def _cut(ds: TensorDataset, n: int) -> TensorDataset:
+    return TensorDataset(*(t[:n] for t in ds.tensors))
+
+
+def load_subsets(name: str, space, seed: int, sc: Scale, data_dir: str | None) -> tuple[Splits, str]:
+    """The data subsets of one seed and a note naming the data; Fashion-MNIST falls back to digits when absent."""
+    note = ""
+    try:
+        s = load_data(name, space.input_shape[1], space.input_shape[0], seed, data_dir)
+    except DataError as e:
+        if name == "digits":
+            raise
+        note = f"--data {name} unavailable here ({e}); using digits (sklearn, the small fallback)"
+        s = load_data("digits", space.input_shape[1], space.input_shape[0], seed)
+    cut = Splits(_cut(s.train, sc.n_train), _cut(s.val, sc.n_val), _cut(s.test, sc.n_test), s.num_classes, s.name)
+    return cut, note
+
+
+def default_data() -> str:
+    """fashion-mnist when this checkout's loader reads it offline, else digits."""
+    try:
+        load_data("fashion-mnist", 8, 1, 0)
+        return "fashion-mnist"
+    except (DataError, OSError):
+        return "digits"
+
+
+# ------------------------------------------------------------------------------------------------ searches
+
+
+def passes(metrics: list[dict], cfg, n_train: int) -> float:
+    """Passes over the training subset: weight-step samples plus, for bilevel runs, architecture-step samples."""
+    total = 0.0
+    for m in metrics:
+        total += m["train_samples"]
+        if cfg.optimisation == "bilevel" and m["arch_trained"]:
+            total += m["train_steps"] * cfg.batch_size
+    return total / max(1, n_train)
+
+
+def run_search(cfg, out: Path, splits: Splits) -> tuple[object, float, float]:
+    """Search into ``out`` (fresh) on ``cfg.train_limit`` training samples; returns the loaded run, wall seconds and
+    passes over the data the search saw."""
+    t = time.perf_counter()
+    hist = search(cfg, out, splits=splits)
+    wall = time.perf_counter() - t
+    return load_run(out), wall, passes(hist, cfg, min(cfg.train_limit or len(splits.train), len(splits.train)))
+
+
+def searched(name: str, sc: Scale, table: Path, seed: int, sets: list[str] = ()):
+    cfg = preset(name, space=sc.space, tables=(str(table),), epochs=sc.search_epochs, seed=seed,
+                 batch_size=sc.batch_size, train_limit=sc.n_search)
+    return apply_overrides(cfg, list(sets))
+
+
+def family(run, n: int, tag: str) -> tuple[list, float]:
+    t = time.perf_counter()
+    members, _ = derive_family(Deriver(run), n)
+    return [to_arch(run, c, tag, str(run.path)) for c in members], time.perf_counter() - t
+
+
+# ------------------------------------------------------------------------------------------------ random
+
+
+def _proposal(space, cheapest, rng: random.Random) -> list[str]:
+    w = rng.random()
+    return [cheap if rng.random() < w else rng.choice(layer.choices) for layer, cheap in zip(space.layers, cheapest)]
+
+
+def random_archs(space, table, seed: int, n_uniform: int, targets: list[float]) -> tuple[list, list]:
+    """N uniform random architectures, and one rejection-sampled to each target latency (within MATCH_TOL)."""
+    rng = random.Random(seed * 7919 + 1)
+    uniform = [make_arch(space, [rng.choice(layer.choices) for layer in space.layers], table, None,
+                         {"derived": "random-uniform"}) for _ in range(n_uniform)]
+    cheapest = [min(layer.choices, key=lambda op, layer=layer: sum(table.entry_ms(s.key(op)) for s in layer.sites))
+                for layer in space.layers]
+    matched = []
+    for target in targets:
+        best, best_err = None, float("inf")
+        for _ in range(20000):
+            ch = _proposal(space, cheapest, rng)
+            err = abs(table.predict_ms(space.arch_keys(ch)) - target) / target
+            if err < best_err:
+                best, best_err = ch, err
+            if err <= MATCH_TOL:
+                break
+        matched.append(make_arch(space, best, table, None, {"derived": "random-matched", "target_ms": target,
+                                                            "rel_err": best_err}))
+    return uniform, matched
+
+
+# ------------------------------------------------------------------------------------------------ retrain, measure
+
+
+class Trainer:
+    """The one retrain recipe, cached by architecture digest (the same architecture, seed and data train alike)."""
+
+    def __init__(self, tcfg: TrainConfig, splits: Splits, out: Path, device, measure: bool):
+        self.tcfg, self.splits, self.out, self.device, self.measure = tcfg, splits, out, device, measure
+        self.cache: dict[str, dict] = {}
+
+    def __call__(self, arch) -> dict:
+        key = arch.digest()
+        if key not in self.cache:
+            d = self.out / key
+            tr = retrain(arch, self.tcfg, d if self.measure else None, splits=self.splits)
+            row = {"digest": key, "predicted_ms": arch.predicted_ms, "params": arch.params, "val_acc": tr.val_acc,
+                   "test_acc": tr.test_acc, "train_s": tr.wall_s, "measured_ms": None}
+            if self.measure:
+                path, _ = export_arch(arch, d / "model.onnx", tr.weights)
+                res = measure_model(path, self.device, QUICK_PROTOCOL)
+                row["measured_ms"] = summarize(res.samples_ms).median_ms if res.ok else None
+            self.cache[key] = row
+        return dict(self.cache[key])
+
+
+# ------------------------------------------------------------------------------------------------ one seed
+
+
+def one_seed(seed: int, sc: Scale, table_path: Path, splits: Splits, trainer: Trainer, out: Path) -> dict:
+    table = load_table(table_path)
+    space = get_space(sc.space)
+    res: dict[str, dict] = {}
+
+    def method(name: str, archs: list, wall: float, npass: float) -> None:
+        rows = [trainer(a) for a in archs]
+        res[name] = {"rows": rows, "search_s": wall, "passes": npass}
+        log(f"  seed {seed} {name}: " + ", ".join(f"{r['predicted_ms']:.3f} ms {r['test_acc'] * 100:.1f} %"
+                                                  for r in rows))
+
+    for name, tag in (("hwnas", "hwnas"), ("seed", "seed"), ("darts-cc", "darts-cc")):
+        log(f"seed {seed}: {name} search ({sc.search_epochs} epochs) ...")
+        run, wall, npass = run_search(searched(name, sc, table_path, seed), out / f"{name}-s{seed}", splits)
+        archs, derive_s = family(run, sc.members, tag)
+        method(name, archs, wall + derive_s, npass)
+    fb_archs, fb_wall, fb_pass = [], 0.0, 0.0
+    for i, k in enumerate(FBNET_KAPPAS):
+        log(f"seed {seed}: fbnet run {i + 1}/{len(FBNET_KAPPAS)} at kappa {k:.3g} ...")
+        cfg = searched("fbnet", sc, table_path, seed, [f"control.weights=[{float(k)}]"])
+        run, wall, npass = run_search(cfg, out / f"fbnet{i}-s{seed}", splits)
+        fb_archs.append(make_arch(run.space, run.choices({}), table, {"kappa": float(k)}, {"derived": "fbnet"}))
+        fb_wall, fb_pass = fb_wall + wall, fb_pass + npass
+    method("fbnet-8", fb_archs, fb_wall, fb_pass)
+    targets = [r["predicted_ms"] for m in ("hwnas", "seed") for r in res[m]["rows"]]
+    uniform, matched = random_archs(space, table, seed, sc.members, targets)
+    method("random-uniform", uniform, 0.0, 0.0)
+    method("random-matched", matched, 0.0, 0.0)
+    return res
+
+
+# ------------------------------------------------------------------------------------------------ figures
+
+
+def hv_of(rows: list[dict], ref: float, lat_key: str) -> float:
+    pts = [(r[lat_key], r["test_acc"]) for r in rows if r.get(lat_key)]
+    return hypervolume(pts, ref, 0.0) / ref
+
+
+def figures(per_seed: list[dict], lat_key: str) -> dict:
+    methods = list(per_seed[0])
+    hv = {m: [] for m in methods}
+    for res in per_seed:
+        ref = 1.2 * max(r[lat_key] for m in methods for r in res[m]["rows"] if r.get(lat_key))
+        for m in methods:
+            hv[m].append(hv_of(res[m]["rows"], ref, lat_key))
+    diffs = {}
+    for fam in ("hwnas", "seed"):
+        d = []
+        for res in per_seed:
+            n_h = len(res["hwnas"]["rows"])
+            rnd = res["random-matched"]["rows"]
+            rnd = rnd[:n_h] if fam == "hwnas" else rnd[n_h:]
+            d += [a["test_acc"] - b["test_acc"] for a, b in zip(res[fam]["rows"], rnd)]
+        diffs[fam] = d
+    return {"hv": hv, "matched_diff": diffs}
+
+
+def _ms(v: list[float], scale: float = 1.0, digits: int = 4) -> str:
+    a = np.asarray(v, dtype=float) * scale
+    sd = float(a.std(ddof=1)) if len(a) > 1 else float("nan")
+    return f"{a.mean():.{digits}f} +- {sd:.{digits}f}"
+
+
+def print_report(per_seed: list[dict], fig: dict, lat_key: str, head: str) -> dict:
+    print()
+    print(head)
+    for m in per_seed[0]:
+        print(f"-- {m}: hypervolume {_ms(fig['hv'][m])}; search "
+              f"{_ms([r[m]['search_s'] for r in per_seed], digits=1)} s, "
+              f"{_ms([r[m]['passes'] for r in per_seed], digits=1)} passes over the data")
+        for s, res in enumerate(per_seed):
+            print(f"   seed {s}: " + "  ".join(
+                f"{r['predicted_ms']:.3f}" + (f"/{r['measured_ms']:.3f}" if r.get("measured_ms") else "")
+                + f" ms {r['test_acc'] * 100:.1f} %" for r in res[m]["rows"]))
+    goals = {}
+    for fam in ("hwnas", "seed"):
+        hv_f, hv_r = np.array(fig["hv"][fam]), np.array(fig["hv"]["random-matched"])
+        d = hv_f - hv_r
+        sd = float(d.std(ddof=1)) if len(d) > 1 else float("inf")
+        g1 = bool(d.mean() > 2 * sd)
+        cost = np.array([r[fam]["search_s"] / r["fbnet-8"]["search_s"] for r in per_seed])
+        g2 = bool(hv_f.mean() >= np.mean(fig["hv"]["fbnet-8"]) and cost.mean() <= 0.25)
+        diffs = np.array(fig["matched_diff"][fam]) * 100
+        g3 = bool(diffs.mean() >= 1.0)
+        print(f"== goals for the {fam} family")
+        print(f"   1. hypervolume beats random (matched) by > 2 std over seeds: diff {_ms(d)} "
+              f"-> {'PASS' if g1 else 'MISS'}")
+        print(f"   2. hypervolume >= the 8 fbnet runs' ({hv_f.mean():.4f} vs {np.mean(fig['hv']['fbnet-8']):.4f}) at "
+              f"<= 0.25x their search cost ({cost.mean():.3f}x) -> {'PASS' if g2 else 'MISS'}")
+        print(f"   3. members beat random at matched {'measured' if lat_key == 'measured_ms' else 'predicted'} "
+              f"latency by >= 1 pp: {_ms(diffs, digits=2)} pp over {len(diffs)} pairs -> {'PASS' if g3 else 'MISS'}")
+        goals[fam] = {"g1": g1, "g2": g2, "g3": g3, "hv_diff": d.tolist(), "cost_ratio": cost.tolist(),
+                      "matched_diff_pp": diffs.tolist()}
+    return goals
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny subsets, 2 seeds (a few minutes)")
+    ap.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 3; --quick 2)")
+    ap.add_argument("--data", default=None, help="fashion-mnist when its loader reads it here, else digits")
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--device", default="cpu-1t", help="device of the latency table (and of --measure)")
+    ap.add_argument("--table", type=Path, default=None, help="an existing table of the space (default: measured)")
+    ap.add_argument("--measure", action="store_true", help="also export and time every architecture on --device")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--out", type=Path, default=Path("/tmp/bench_nas"))
+    a = ap.parse_args()
+    sc = SCALES["quick" if a.quick else "full"]
+    seeds = a.seeds or sc.seeds
+    torch.set_num_threads(a.threads)
+    out = a.out / ("quick" if a.quick else "full")
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    t_all = time.perf_counter()
+    data = a.data or default_data()
+    space = get_space(sc.space)
+    device = get_device(a.device)
+    notes: list[str] = []
+    rcfg = RunConfig(device=a.device, space=sc.space, table=str(a.table or out / "table.csv"), quick=sc.quick_protocol)
+    table_path = ensure_table(rcfg, device, space, out, lambda e: None, notes)
+    for n in notes:
+        log(n)
+    per_seed, data_notes = [], set()
+    for seed in range(seeds):
+        splits, note = load_subsets(data, space, seed, sc, a.data_dir)
+        if note and note not in data_notes:
+            data_notes.add(note)
+            log(note)
+        tcfg = TrainConfig(data=splits.name, epochs=sc.retrain_epochs, batch_size=sc.batch_size, seed=seed)
+        trainer = Trainer(tcfg, splits, out / f"models-s{seed}", device, a.measure)
+        per_seed.append(one_seed(seed, sc, table_path, splits, trainer, out))
+    lat_key = "measured_ms" if a.measure else "predicted_ms"
+    fig = figures(per_seed, lat_key)
+    head = (f"== bench_nas ({'quick' if a.quick else 'full'}): {sc}; data {splits.name} "
+            f"(train/val/test {len(splits.train)}/{len(splits.val)}/{len(splits.test)}), {seeds} seeds, table "
+            f"{a.device}, latency {'measured' if a.measure else 'predicted'}; torch {torch.__version__}, "
+            f"{a.threads} thread(s), {platform.processor() or platform.machine()}; shared machine"
+            + "".join(f"\n   note: {n}" for n in sorted(data_notes)))
+    goals = print_report(per_seed, fig, lat_key, head)
+    wall = time.perf_counter() - t_all
+    print(f"wall {wall:.0f} s; summary {out / 'summary.json'}")
+    atomic_write_text(out / "summary.json", json.dumps({"scale": dataclasses.asdict(sc), "data": splits.name,
+                                                         "seeds": per_seed, "figures": fig, "goals": goals,
+                                                         "wall_s": wall}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -60,15 +60,17 @@ def _runner(device):
     from .rpc import RpcError, preflight
     from .runners import make_runner
 
+    try:
+        runner = make_runner(device)  # configuration errors (a bad target) first
+    except (UserError, NotImplementedError, ImportError) as e:
+        fail(str(e))
     if device.rpc is not None:  # a dead tracker or an unserved key: one line now, not an error row per key
         try:
             preflight(device.rpc.tracker, device.rpc.key, device.rpc.request_timeout_s, device.threads)
         except RpcError as e:
+            runner.close()
             fail(f"device {device.name!r}: {e}")
-    try:
-        return make_runner(device)
-    except (UserError, NotImplementedError, ImportError) as e:
-        fail(str(e))
+    return runner
 
 
 @app.command()

@@ -50,11 +50,13 @@ def build(device, space, out: Path) -> dict:
 
 def agreement(a: Path, b: Path) -> dict:
     ta, tb = load_table(a), load_table(b)
-    common = [k for k in ta.rows if k in tb.rows and ta.rows[k]["status"] != "error" and tb.rows[k]["status"] != "error"]
+    usable = lambda t, k: k in t.rows and t.rows[k]["status"] != "error"  # noqa: E731
+    common = [k for k in ta.rows if usable(ta, k) and usable(tb, k)]
     diff = np.array([abs(tb.rows[k]["median_ms"] / ta.rows[k]["median_ms"] - 1) * 100 for k in common])
     within = float(np.mean(diff <= AGREE_PCT) * 100) if diff.size else 0.0
     return {"entries": len(common), f"within_{AGREE_PCT:g}_pct": round(within, 1),
-            "median_diff_pct": round(float(np.median(diff)), 2), "p95_diff_pct": round(float(np.percentile(diff, 95)), 2),
+            "median_diff_pct": round(float(np.median(diff)), 2),
+            "p95_diff_pct": round(float(np.percentile(diff, 95)), 2),
             "goal": f">= {AGREE_GOAL:g} % within ±{AGREE_PCT:g} %", "reached": within >= AGREE_GOAL}
 
 

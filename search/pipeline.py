@@ -40,7 +40,7 @@ QUICK_PROTOCOL = Protocol(warmup_s=0.02, min_samples=5, min_seconds=0.03, max_se
 
 @dataclass(frozen=True)
 class RunConfig:
-    device: str = "cpu"
+    device: str = "cpu-1t"  # measured: stable whole-network timing on a shared 2-core host (hwprof doctor)
     space: str = "fbnet-cifar:input_size=16,width=0.5"
     data: str = "digits"
     search_epochs: int = 10

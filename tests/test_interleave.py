@@ -189,3 +189,34 @@ def test_real_onnxruntime_interleaved_table_has_a_verdict_in_its_header(tmp_path
     again = measure_space(devs["c"], space, make_runner(devs["c"]), out, only="*avg_pool*")
     assert again.measured == 0 and again.validity is None
     assert json.loads(meta_path(out).read_text())["validity"] == meta["validity"]  # nothing measured: kept
+
+
+def test_hwnas_run_notes_the_table_verdict(tmp_path):
+    from profiler.devices import get_device
+    from search import pipeline as pl
+
+    cfg = pl.RunConfig(space=SPACE, quick=True)
+    notes: list[str] = []
+    path = pl.ensure_table(cfg, get_device("cpu-1t"), get_space(SPACE), tmp_path, lambda e: None, notes)
+    assert any(n.startswith("table validity: VALID") or n.startswith("table validity: INVALID") for n in notes)
+    notes2: list[str] = []
+    assert pl.ensure_table(cfg, get_device("cpu-1t"), get_space(SPACE), tmp_path, lambda e: None, notes2) == path
+    assert [n for n in notes2 if "validity" in n] == [n for n in notes if "validity" in n]  # said again on a rerun
+    assert pl.RunConfig().device == "cpu-1t"
+
+
+def test_show_prints_the_verdict(tmp_path):
+    from typer.testing import CliRunner
+
+    from profiler.cli import app
+
+    runner = RecordingRunner(steady)
+    out = tmp_path / "t.csv"
+    with TableWriter(out, META) as w:
+        prog = sweep(keys(3), runner, Protocol(rounds=2), w)
+    from profiler.measure import write_validity
+
+    write_validity(out, sweep_validity(prog, Protocol(rounds=2)), fresh=True)
+    r = CliRunner().invoke(app, ["show", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "validity: VALID (reference drift 0.0 %, 0/3 noisy)" in r.output

@@ -281,7 +281,7 @@ def sweep_validity(prog: SweepProgress, protocol: Protocol) -> Validity:
                        f"%): too busy to time reliably")
     if reasons:
         load = f"load average {prog.load_end:.1f} on {os.cpu_count()} cores" if prog.load_end is not None else ""
-        fix = "stop other jobs or use a 1-thread device (cpu-1t), then re-measure with --fresh"
+        fix = "stop other jobs (a 1-thread device such as cpu-1t suffers least), then re-measure with --fresh"
         reasons.append(f"{load + '; ' if load else ''}{fix}")
     return Validity(INVALID if reasons else VALID, tuple(reasons), details)
 

@@ -336,7 +336,7 @@ def verify_validity(table: LatencyTable, rows: list[dict[str, Any]], reference_m
         reasons.append(f"{noisy} of {len(ok)} networks have a CV above {2 * protocol.cv_threshold * 100:.0f} % "
                        f"(limit {protocol.max_noisy_fraction * 100:.0f} % of them): too busy to time reliably")
     if reasons:
-        reasons.append("stop other jobs or use a 1-thread device (cpu-1t), then rerun")
+        reasons.append("stop other jobs (a 1-thread device such as cpu-1t suffers least), then rerun")
     details = {"reference_ms": [round(x, 6) for x in reference_ms], "reference_drift": drift, "noisy": noisy,
                "entries": len(ok), "table_verdict": tv.verdict if tv else None}
     return Validity(INVALID if reasons else VALID, tuple(reasons), details)

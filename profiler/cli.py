@@ -154,8 +154,9 @@ def measure(
             task = bar.add_task(f"{dev.name} {sp.spec}", total=None, noisy=0, err=0, op="")
 
             def on_progress(p) -> None:
+                parts = p.current.split("|")  # a key, or "round i/n of k keys" in interleaved sweeps
                 bar.update(task, total=p.total, completed=p.done, noisy=p.noisy, err=p.errors,
-                           op=p.current.split("|")[1] + " " + p.current.split("|")[2] if p.current else "")
+                           op=f"{parts[1]} {parts[2]}" if len(parts) > 2 else p.current)
 
             summary = measure_space(dev, sp, runner, path, fresh=fresh, only=only, on_progress=on_progress)
     except TableError as e:
@@ -168,6 +169,9 @@ def measure(
     console.print(f"{path}: measured {summary.measured} ({summary.ok} ok, {summary.noisy} noisy, "
                   f"{summary.errors} error, {summary.remeasured} re-measured), {summary.skipped} already there, "
                   f"{summary.wall_s:.1f} s")
+    if summary.validity is not None:
+        style = "green" if summary.validity.valid else "bold red"
+        console.print(f"validity: [{style}]{summary.validity.line()}[/]", highlight=False, soft_wrap=True)
     if summary.errors:
         print_errors([(r.key, r.error) for r in summary.rows if r.status == "error"])
         raise typer.Exit(1)
@@ -190,6 +194,7 @@ def show(table: Path = typer.Argument(..., help="Table CSV written by hwprof mea
     """Show a table: where it came from (machine and versions, or the imported file), protocol, counts, slowest."""
     import math
 
+    from .protocol import validity_line
     from .tables import TableError, load_table
 
     try:
@@ -205,6 +210,8 @@ def show(table: Path = typer.Argument(..., help="Table CSV written by hwprof mea
         "counts": t.counts(), "median_cv": cvs[len(cvs) // 2] if cvs else None,
         "calibrated": bool(t.calibration), "calibration": (t.calibration or {}).get("fit"),
         "fingerprint": t.meta.get("fingerprint"), "protocol": t.meta.get("protocol"), "imported": imported,
+        "validity": "not measured here (imported)" if imported else validity_line(t.meta),
+        "validity_verdict": (t.meta.get("validity") or {}).get("verdict"),
         "slowest": [{"key": r["key"], "median_ms": r["median_ms"], "cv": r["cv"], "status": r["status"]}
                     for r in slowest],
     }
@@ -232,6 +239,7 @@ def show(table: Path = typer.Argument(..., help="Table CSV written by hwprof mea
     c = info["counts"]
     med = f"{info['median_cv'] * 100:.2f} %" if info["median_cv"] is not None else "-"
     p(f"entries: {sum(c.values())}  ok {c['ok']}  noisy {c['noisy']}  error {c['error']}  median CV {med}")
+    p("validity: " + info["validity"])
     p("calibrated: " + ("yes " + json.dumps(info["calibration"]) if info["calibrated"] else "no"))
     tt = Table(title=f"slowest {len(slowest)} entries")
     for col in ("key", "median ms", "CV %", "status"):
@@ -421,6 +429,7 @@ def verify(
     devices: Optional[Path] = DevicesOpt,
 ) -> None:
     """Measure whole networks end to end, compare with the table's prediction, fit a calibration (resumable)."""
+    from .protocol import Validity
     from .tables import TableError, default_table_path
     from .verify import VerifyError, run_verify
 
@@ -452,6 +461,9 @@ def verify(
     s = rep.summary
     out.print(f"{s['n_test']} held-out networks ({s['n_calib']} for calibration), {len(s['failed'])} failed",
               highlight=False, soft_wrap=True)
+    v = Validity.from_dict(s.get("validity"))
+    if v is not None:
+        out.print(f"validity: [{'green' if v.valid else 'bold red'}]{v.line()}[/]", highlight=False, soft_wrap=True)
     out.print(f"raw table sum : {_fmt_metrics(s['raw'])} ({s.get('stat', 'median')}s)", highlight=False,
               soft_wrap=True)
     if s.get("calibrated"):

@@ -195,3 +195,192 @@ def ssh_checks(device: Device) -> list[Check]:
     finally:
         runner.close()
     return out
+
+
+# -- local runtimes: onnxruntime and torch -------------------------------------------------------------------------
+
+# the whole network whose timing stability the doctor checks: `make run`'s space, a mid-sized architecture
+STABILITY_SPACE = "fbnet-cifar:input_size=16,width=0.5"
+STABILITY_REPEATS = 6  # short measurements of the network, as hwprof verify samples it (auto calls per sample)
+STABILITY_PROTOCOL = Protocol(warmup_s=0.1, min_samples=15, min_seconds=0.25, max_seconds=2.0, retries=0)
+
+
+def usable_cores() -> int:
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def threads_check(device: Device, cores: int) -> Check:
+    if device.threads == 0:
+        return Check("threads", True, f"threads 0: the runtime's default, all {cores} usable core(s)")
+    return Check("threads", device.threads <= cores, f"threads {device.threads}, {cores} usable core(s)",
+                 f"set threads: {cores} or fewer in devices.yaml (or use cpu-1t)")
+
+
+def load_check(cores: int) -> Check:
+    """The 1-minute load average against the cores: informational (never fails), it explains noisy timings."""
+    import os
+
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return Check("load", True, "load average not readable here")
+    busy = load >= max(1.0, cores - 0.5)
+    return Check("load", True, f"1-minute load average {load:.2f} on {cores} core(s)"
+                               + (" - busy: other jobs will disturb timings" if busy else ""))
+
+
+def stability_choices(space: Any) -> list[str]:
+    """A mid-sized architecture: at every layer the choice in the middle of its list."""
+    return [layer.choices[len(layer.choices) // 2] for layer in space.layers]
+
+
+def robust_cv(samples_ms: list[float]) -> float:
+    """1.4826 MAD / median: the spread of the bulk of the samples (a few preempted ones do not count)."""
+    import numpy as np
+
+    x = np.asarray(samples_ms, dtype=float)
+    med = float(np.median(x))
+    return float(1.4826 * np.median(np.abs(x - med)) / med) if med > 0 else 0.0
+
+
+def stability_verdict(medians_ms: list[float], cvs: list[float], threads_label: str,
+                      cv_threshold: float, threads: int = 0) -> Check:
+    """How repeatable whole-network timing is: the median robust CV of the samples within a repeat, and how far
+    the repeats' medians spread. Within ``cv_threshold``: stable; within twice that: marginal (ok); else
+    unstable."""
+    import numpy as np
+
+    from .stats import round_spread
+
+    cv = float(np.median(cvs))
+    spread = round_spread(medians_ms)
+    worst = max(cv, spread)
+    verdict = "stable" if worst <= cv_threshold else ("marginal" if worst <= 2 * cv_threshold else "unstable")
+    detail = (f"{verdict} at {threads_label}: whole network {float(np.median(medians_ms)):.3f} ms, CV {cv * 100:.1f} "
+              f"% (robust) within a repeat, {len(medians_ms)} repeats' medians within {spread * 100:.1f} % (limit "
+              f"{cv_threshold * 100:.0f} %)")
+    fewer = "" if threads == 1 else ", or use a 1-thread device (cpu-1t)"
+    fix = f"stop other jobs on this machine{fewer}; tables and verifies timed now would likely be marked INVALID"
+    return Check("whole-network timing", verdict != "unstable", detail, fix)
+
+
+def stability_check(device: Device, measure_once: Callable[[], list[float]], threads_label: str) -> Check:
+    import numpy as np
+
+    medians, cvs = [], []
+    for _ in range(STABILITY_REPEATS):
+        samples = measure_once()
+        if not samples:
+            return Check("whole-network timing", False, "the network gave no samples", "run hwprof measure-model")
+        medians.append(float(np.median(samples)))
+        cvs.append(robust_cv(samples))
+    return stability_verdict(medians, cvs, threads_label, device.protocol.cv_threshold, device.threads)
+
+
+def _ort_network_check(device: Device, runner: Any) -> Check:
+    from .model_measure import export_network
+    from .runners.base import MeasureRequest
+    from .spaces import get_space
+
+    space = get_space(STABILITY_SPACE)
+    path, _ = export_network(space, stability_choices(space))
+    req = MeasureRequest("doctor-network", path, (1, *space.input_shape))
+
+    def once() -> list[float]:
+        res = runner.measure(req, STABILITY_PROTOCOL)
+        if not res.ok:
+            raise RuntimeError(res.error)
+        return list(res.samples_ms)
+
+    label = f"{device.threads} thread(s)" if device.threads else f"all {usable_cores()} cores (threads 0)"
+    return stability_check(device, once, label)
+
+
+@register_checks("onnxruntime")
+def ort_checks(device: Device) -> list[Check]:
+    """onnxruntime and the provider, threads against the usable cores, load, one tiny op, whole-network stability."""
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        return [Check("onnxruntime installed", False, _one_line(e), "pip install onnxruntime")]
+    available = ort.get_available_providers()
+    out = [Check("onnxruntime installed", True, f"onnxruntime {ort.__version__}, providers {', '.join(available)}")]
+    want = "CUDAExecutionProvider" if device.provider == "cuda" else "CPUExecutionProvider"
+    out.append(Check("provider", want in available, f"{want} " + ("available" if want in available else
+                                                                   "not offered by this onnxruntime"),
+                     "pip install onnxruntime-gpu (with CUDA and a GPU), or pick a CPU device"))
+    if want not in available:
+        return out
+    cores = usable_cores()
+    out += [threads_check(device, cores), load_check(cores)]
+    if not out[-2].ok:
+        return out
+    from .runners.ort import OrtRunner
+
+    runner = OrtRunner(device)
+    try:
+        out.append(tiny_op_check(device, runner))
+        if out[-1].ok:
+            out.append(_ort_network_check(device, runner))
+    finally:
+        runner.close()
+    return out
+
+
+@register_checks("torch")
+def torch_checks(device: Device) -> list[Check]:
+    """torch and its device, threads, load, one tiny op, whole-network stability (eager module)."""
+    try:
+        import torch
+    except ImportError as e:
+        return [Check("torch installed", False, _one_line(e), "make setup (installs the CPU torch pin)")]
+    out = [Check("torch installed", True, f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads")]
+    if device.torch_device == "cuda":
+        ok = torch.cuda.is_available()
+        out.append(Check("cuda", ok, torch.cuda.get_device_name(0) if ok else "torch.cuda.is_available() is False",
+                         "use torch-cpu, or a CUDA build of torch on a machine with a GPU"))
+        if not ok:
+            return out
+    cores = usable_cores()
+    out += [threads_check(device, cores), load_check(cores)]
+    if not out[-2].ok:
+        return out
+    from .runners.torch_runner import TorchRunner
+
+    runner = TorchRunner(device)
+    out.append(tiny_op_check(device, runner))
+    if out[-1].ok:
+        out.append(_torch_network_check(device, runner))
+    return out
+
+
+def _torch_network_check(device: Device, runner: Any) -> Check:
+    import torch
+
+    from .network import build_network
+    from .spaces import get_space
+    from .timing import time_calls
+
+    space = get_space(STABILITY_SPACE)
+    torch.manual_seed(0)
+    net = build_network(space, stability_choices(space)).eval().to(runner.dev)
+    x = torch.randn(1, *space.input_shape, device=runner.dev)
+    p = STABILITY_PROTOCOL
+
+    def call() -> None:
+        net(x)
+        if runner.dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    def once() -> list[float]:
+        with torch.inference_mode():
+            samples, _ = time_calls(call, p.warmup_s, p.min_samples, p.min_seconds, p.max_seconds,
+                                    p.calls_per_sample, p.target_sample_ms)
+        return samples
+
+    return stability_check(device, once, f"{torch.get_num_threads()} thread(s)")

@@ -48,3 +48,24 @@ def summarize(samples_ms: list[float] | np.ndarray) -> Summary:
         mad_outliers=mad_outlier_count(x),
         n=int(x.size),
     )
+
+
+def round_spread(round_medians_ms: list[float] | np.ndarray) -> float:
+    """How far the per-round medians of one entry disagree, relative to their median: (max - min) / median, after
+    dropping the highest and the lowest round when there are 5 or more (one burst of load does not count)."""
+    x = np.sort(np.asarray(round_medians_ms, dtype=float))
+    if x.size == 0:
+        raise ValueError("no rounds to compare")
+    if x.size >= 5:
+        x = x[1:-1]
+    med = float(np.median(x))
+    return float((x[-1] - x[0]) / med) if med > 0 else 0.0
+
+
+def drift_ratio(reference_ms: list[float] | np.ndarray) -> float:
+    """The reference op's drift over a sweep: p90 / p10 of its round medians minus 1 (max / min below 10 rounds)."""
+    x = np.asarray(reference_ms, dtype=float)
+    if x.size == 0:
+        raise ValueError("no reference rounds")
+    lo, hi = (np.percentile(x, [10, 90]) if x.size >= 10 else (x.min(), x.max()))
+    return float(hi / lo - 1.0) if lo > 0 else float("inf")

@@ -18,7 +18,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -30,10 +30,10 @@ from .calibrate import (GOALS, STATS, CalibrationFit, fit_calibration, goals_rea
 from .devices import Device
 from .export import cache_dir
 from .model_measure import arch_label, measure_network, measure_with_retries
-from .protocol import Protocol
+from .protocol import INVALID, VALID, Protocol, Validity
 from .runners import MeasureRequest, Runner
 from .spaces import Space
-from .stats import summarize
+from .stats import drift_ratio, summarize
 from .tables import LatencyTable, atomic_write_text, read_json_or_none
 
 PLAN_VERSION = 1
@@ -250,6 +250,8 @@ def run_verify(device: Device, space: Space, table: LatencyTable, runner: Runner
     prog = VerifyProgress(total=len(order))
     notify = on_progress or (lambda p: None)
     net_root = cache_dir() / "networks"  # shared export cache: reruns and other folders reuse the files
+    reference = ReferenceProbe(runner, protocol)
+    reference.probe()
     results: dict[tuple[str, str], dict[str, Any]] = {}
     with open(csv_path, "a", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
@@ -280,17 +282,71 @@ def run_verify(device: Device, space: Space, table: LatencyTable, runner: Runner
             results[(split, label)] = row
             prog.done += 1
             prog.errors += row["status"] == "error"
+            if (prog.done - prog.skipped) % REFERENCE_EVERY == 0:
+                reference.probe()
             notify(prog)
         prog.current = "empty graph"
         notify(prog)
     empty_ms = measure_empty_graph(runner, protocol, (1, *space.input_shape), net_root) if calib else None
-    return summarize_verify(device, space, table, out_dir, test, calib, results, empty_ms, write_calib, plot, stat)
+    reference.probe()
+    return summarize_verify(device, space, table, out_dir, test, calib, results, empty_ms, write_calib, plot, stat,
+                            reference.ms)
+
+
+REFERENCE_EVERY = 10  # networks measured between two timings of the drift reference op
+
+
+class ReferenceProbe:
+    """Times the table sweep's drift reference op now and then during a verification (medians, in ms)."""
+
+    def __init__(self, runner: Runner, protocol: Protocol):
+        from .export import export_key
+        from .measure import REFERENCE_KEY
+
+        self.runner, self.protocol = runner, replace(protocol, rounds=5).per_round()
+        self.ms: list[float] = []
+        try:
+            exp = export_key(REFERENCE_KEY)
+            self.request: MeasureRequest | None = MeasureRequest(REFERENCE_KEY, exp.path, exp.input_shape)
+        except Exception:  # noqa: BLE001 - without a reference the verdict says so
+            self.request = None
+
+    def probe(self) -> None:
+        if self.request is None:
+            return
+        res = self.runner.measure(self.request, self.protocol)
+        if res.ok:
+            self.ms.append(float(np.median(res.samples_ms)))
+
+
+def verify_validity(table: LatencyTable, rows: list[dict[str, Any]], reference_ms: Sequence[float],
+                    protocol: Protocol) -> Validity:
+    """INVALID when the table is, when the reference op drifted during the verification, or when more than
+    ``max_noisy_fraction`` of the networks spread more than twice ``cv_threshold`` (CV of their samples)."""
+    reasons: list[str] = []
+    tv = Validity.from_dict(table.meta.get("validity"))
+    if tv is not None and not tv.valid:
+        reasons.append(f"the table is INVALID ({'; '.join(tv.reasons[:1])})")
+    drift = drift_ratio(list(reference_ms)) if len(reference_ms) >= 2 else None
+    if drift is not None and drift > protocol.drift_threshold:
+        reasons.append(f"the reference op drifted {drift * 100:.0f} % during the verification (limit "
+                       f"{protocol.drift_threshold * 100:.0f} %)")
+    ok = [r for r in rows if r["status"] == "ok"]
+    noisy = sum(float(r["cv"]) > 2 * protocol.cv_threshold for r in ok)
+    if ok and noisy / len(ok) > protocol.max_noisy_fraction:
+        reasons.append(f"{noisy} of {len(ok)} networks have a CV above {2 * protocol.cv_threshold * 100:.0f} % "
+                       f"(limit {protocol.max_noisy_fraction * 100:.0f} % of them): too busy to time reliably")
+    if reasons:
+        reasons.append("stop other jobs (a 1-thread device such as cpu-1t suffers least), then rerun")
+    details = {"reference_ms": [round(x, 6) for x in reference_ms], "reference_drift": drift, "noisy": noisy,
+               "entries": len(ok), "table_verdict": tv.verdict if tv else None}
+    return Validity(INVALID if reasons else VALID, tuple(reasons), details)
 
 
 def summarize_verify(device: Device, space: Space, table: LatencyTable, out_dir: Path,
                      test: list[tuple[str, ...]], calib: list[tuple[str, ...]],
                      results: dict[tuple[str, str], dict[str, Any]], empty_ms: float | None, write_calib: bool,
-                     plot: bool, stat: str = "median") -> VerifyReport:
+                     plot: bool, stat: str = "median", reference_ms: Sequence[float] = ()) -> VerifyReport:
     col = "measured_ms" if stat == "median" else "p10_ms"
 
     def ok_of(split: str, archs: list[tuple[str, ...]]) -> tuple[list[tuple[str, ...]], np.ndarray, np.ndarray]:
@@ -312,6 +368,8 @@ def summarize_verify(device: Device, space: Space, table: LatencyTable, out_dir:
         "raw": metrics(t_raw, t_meas), "goals": GOALS,
     }
     summary["raw"]["goals_reached"] = goals_reached(summary["raw"])
+    summary["validity"] = verify_validity(table, list(results.values()), reference_ms,
+                                          table_protocol(table, Protocol())).to_dict()
     if table.calibration and not calib:
         # an existing calibration, checked on networks it was (by seed) not fitted on
         pred = [table.predict_ms(space.arch_keys(list(a))) for a in t_archs]

@@ -324,7 +324,8 @@ QUICK_FMNIST_LIMIT = 1200
 
 @app.command("run")
 def run_cmd(
-    device: str = typer.Option("cpu", "--device", "-d", help="Device name from devices.yaml."),
+    device: str = typer.Option("cpu-1t", "--device", "-d", help="Device name from devices.yaml (default cpu-1t: "
+                               "see hwprof doctor for whether all cores time stably here)."),
     quick: bool = typer.Option(False, "--quick", help="~2 min: small space, fast protocol, short training."),
     out: _Opt[_Path] = typer.Option(None, "--out", "-o", help="Output directory (default runs/DEVICE[-quick])."),
     space: _Opt[str] = typer.Option(None, "--space", help="Space spec (default fbnet-cifar:input_size=16,width=0.5)."),

@@ -29,7 +29,7 @@ from typing import Any, Callable
 from profiler.errors import UserError
 from profiler.arch import Arch, export_arch, load_arch
 from profiler.devices import Device, get_device
-from profiler.protocol import Protocol
+from profiler.protocol import Protocol, Validity, validity_line
 from profiler.spaces import Space, get_space
 from profiler.tables import atomic_write_text, default_table_path, load_table, read_json_or_none
 
@@ -42,7 +42,7 @@ QUICK_PROTOCOL = Protocol(warmup_s=0.02, min_samples=5, min_seconds=0.03, max_se
 
 @dataclass(frozen=True)
 class RunConfig:
-    device: str = "cpu"
+    device: str = "cpu-1t"  # measured: stable whole-network timing on a shared 2-core host (hwprof doctor)
     space: str = "fbnet-cifar:input_size=16,width=0.5"
     data: str = "digits"  # the CLI passes fashion-mnist when it is installed (search.data.default_data)
     data_limit: int | None = None  # fashion-mnist: a seeded N of the training set (and N test images)
@@ -118,6 +118,7 @@ def ensure_table(cfg: RunConfig, device: Device, space: Space, out: Path, on_eve
         missing = table.missing(space.candidate_keys(int(table.meta.get("batch", 1))))
         if not missing:
             notes.append(f"table {path}: present ({len(table.rows)} entries), not re-measured")
+            notes.append(f"table validity: {validity_line(table.meta)}")
             on_event(Event("table", 1, 1, "present"))
             return path
     dev = device
@@ -127,12 +128,14 @@ def ensure_table(cfg: RunConfig, device: Device, space: Space, out: Path, on_eve
     runner = make_runner(dev)
     try:
         def prog(p: Any) -> None:
-            on_event(Event("table", p.done, p.total, p.current.split("|")[1] if p.current else ""))
+            parts = p.current.split("|")  # a key, or "round i/n of k keys" in an interleaved sweep
+            on_event(Event("table", p.done, p.total, parts[1] if len(parts) > 2 else p.current))
 
         s = measure_space(dev, space, runner, path, on_progress=prog)
     finally:
         runner.close()
     notes.append(f"table {path}: measured {s.measured} entries ({s.errors} errors) in {s.wall_s:.0f} s")
+    notes.append(f"table validity: {validity_line(load_table(path).meta)}")
     if s.errors:
         raise PipelineError(f"{path}: {s.errors} table entries failed to measure (e.g. "
                             f"{next(r for r in s.rows if r.status == 'error').error}); see hwprof show {path}")
@@ -167,6 +170,9 @@ def ensure_calibration(cfg: RunConfig, device: Device, space: Space, table_path:
     finally:
         runner.close()
     s = rep.summary
+    verdict = Validity.from_dict(s.get("validity"))
+    if verdict is not None:
+        notes.append(f"verify validity: {verdict.line()}")
     raw, cal = s.get("raw") or {}, s.get("calibrated") or {}
     msg = (f"calibration: {s['n_calib']} random networks fitted, {s['n_test']} held out; table sum off by "
            f"{raw.get('mape_pct', float('nan')):.1f} % (mean abs)")

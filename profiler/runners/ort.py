@@ -22,6 +22,7 @@ class ProviderMissing(UserError, RuntimeError):
 
 class OrtRunner(LocalRunner):
     name = "onnxruntime"
+    max_sessions = 32  # sessions kept between visits (interleaved rounds come back to the same keys)
 
     def __init__(self, device: Device):
         import onnxruntime as ort
@@ -37,6 +38,7 @@ class OrtRunner(LocalRunner):
             self.providers = ["CUDAExecutionProvider"]
         else:
             self.providers = ["CPUExecutionProvider"]
+        self._calls: dict[str, Any] = {}
 
     def session_options(self) -> Any:
         so = self.ort.SessionOptions()
@@ -55,29 +57,47 @@ class OrtRunner(LocalRunner):
 
     def measure(self, request: MeasureRequest, protocol: Protocol) -> MeasureResult:
         try:
-            sess = self.ort.InferenceSession(str(request.onnx_path), self.session_options(), providers=self.providers)
-            used = sess.get_providers()
-            if used[0] != self.providers[0]:
-                return MeasureResult.failed(request.key, f"session runs on {used[0]}, not {self.providers[0]}")
-            x = np.random.default_rng(0).standard_normal(request.input_shape).astype(np.float32)
-            name = sess.get_inputs()[0].name
-            if self.providers[0] == "CUDAExecutionProvider":
-                binding = sess.io_binding()
-                binding.bind_ortvalue_input(name, self.ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
-                for out in sess.get_outputs():
-                    binding.bind_output(out.name, "cuda", 0)
-
-                def call() -> None:
-                    sess.run_with_iobinding(binding)
-                    binding.synchronize_outputs()
-            else:
-                feed = {name: x}
-
-                def call() -> None:
-                    sess.run(None, feed)
-
+            call = self._call_for(request)
             samples, calls = time_calls(call, protocol.warmup_s, protocol.min_samples, protocol.min_seconds,
                                         protocol.max_seconds, protocol.calls_per_sample, protocol.target_sample_ms)
             return MeasureResult(request.key, tuple(samples), calls)
         except Exception as e:  # a failure is a value: one bad op never ends a sweep
             return MeasureResult.failed(request.key, e)
+
+    def _call_for(self, request: MeasureRequest) -> Any:
+        """The timed call of a request's model: a session and its input, cached by (path, shape)."""
+        cache_key = f"{request.onnx_path}|{request.input_shape}"
+        if cache_key in self._calls:
+            return self._calls[cache_key]
+        call = self._new_call(request)
+        if len(self._calls) >= self.max_sessions:
+            self._calls.pop(next(iter(self._calls)))
+        self._calls[cache_key] = call
+        return call
+
+    def close(self) -> None:
+        self._calls.clear()
+
+    def _new_call(self, request: MeasureRequest) -> Any:
+        sess = self.ort.InferenceSession(str(request.onnx_path), self.session_options(), providers=self.providers)
+        used = sess.get_providers()
+        if used[0] != self.providers[0]:
+            raise RuntimeError(f"session runs on {used[0]}, not {self.providers[0]}")
+        x = np.random.default_rng(0).standard_normal(request.input_shape).astype(np.float32)
+        name = sess.get_inputs()[0].name
+        if self.providers[0] == "CUDAExecutionProvider":
+            binding = sess.io_binding()
+            binding.bind_ortvalue_input(name, self.ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
+            for out in sess.get_outputs():
+                binding.bind_output(out.name, "cuda", 0)
+
+            def call() -> None:
+                sess.run_with_iobinding(binding)
+                binding.synchronize_outputs()
+        else:
+            feed = {name: x}
+
+            def call() -> None:
+                sess.run(None, feed)
+
+        return call

@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine:
-#   make run    set up .venv with the core only (CPU torch pin, onnxruntime) and run the main job on the `cpu` device
+#   make run    set up .venv with the core only (CPU torch pin, onnxruntime) and run the main job on `cpu-1t`
 #   make test   everything the tests use: Debian packages (.ci/apt-packages, installed as root, else listed with the
 #               tests that skip), every Python extra (TVM, SSH, pytest), then the whole suite. CI runs this (.ci/run).
 VENV ?= .venv
@@ -30,7 +30,7 @@ deps:
 	bash .ci/deps.sh
 
 run: setup-core
-	$(VENV)/bin/hwnas run --device cpu
+	$(VENV)/bin/hwnas run --device cpu-1t
 
 test: deps setup
 	$(PY) -m pytest -q -ra

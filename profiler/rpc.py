@@ -180,15 +180,16 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1", "0.0.0.0")
 def board_server_command(tracker: str, key: str, threads: int | None = None) -> str:
     """The command that registers a board's rpc_server for ``key``, as it must be typed *on the board*.
 
-    A loopback tracker address names the board itself there, so it is replaced by HOST (this machine's address as
-    the board sees it). TVM runs one thread unless ``TVM_NUM_THREADS`` is set, so the device's thread count goes in.
+    A loopback tracker stays on loopback: the board reaches it through an SSH tunnel from this machine (TVM RPC has
+    no authentication, so a tracker on 0.0.0.0 lets anyone run code or feed fake timings). TVM runs one thread
+    unless ``TVM_NUM_THREADS`` is set, so the device's thread count goes in.
     """
     host, port = parse_addr(tracker)
     env = f"TVM_NUM_THREADS={threads} " if threads else ""
-    cmd = f"{env}python -m tvm.exec.rpc_server --tracker {'HOST' if host in LOOPBACK else host}:{port} --key {key}"
+    cmd = f"{env}python -m tvm.exec.rpc_server --tracker {'127.0.0.1' if host in LOOPBACK else host}:{port} --key {key}"
     if host in LOOPBACK:
-        cmd += (f" (HOST: this machine's address as the board reaches it, e.g. from 'hostname -I'; the tracker "
-                f"must listen there: python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port {port})")
+        cmd += (f" (the board reaches this machine's tracker through an SSH tunnel opened here: ssh -N -R "
+                f"{port}:127.0.0.1:{port} USER@BOARD; keep the tracker on 127.0.0.1, see README)")
     return cmd
 
 

@@ -79,14 +79,13 @@ def search_cmd(
 
     if nproc < 1:
         fail(f"--nproc {nproc}: at least 1")
+    data_note = None
     stored = _stored_data(out) if resume else None
     if stored is not None:  # --resume: the run's own data unless given again
         data = stored["data"] if data is None else data
         data_limit = stored.get("data_limit") if data_limit is None else data_limit
     elif data is None:
-        data, note = default_data(data_dir)
-        if os.environ.get("RANK", "0") == "0":
-            con.print(f"data: {note}", highlight=False)
+        data, data_note = default_data(data_dir)
     if nproc > 1:
         args = _search_args(space, table, preset_name, data, epochs, out, resume, seed, torch_device, batch_size,
                             data_dir, threads or distributed.default_threads(nproc), overrides, bn, data_limit)
@@ -103,6 +102,8 @@ def search_cmd(
         cfg = preset(preset_name, space=space, tables=tuple(table), data=data, epochs=epochs, seed=seed,
                      torch_device=torch_device, batch_size=batch_size, data_dir=data_dir, data_limit=data_limit)
         cfg = apply_overrides(cfg, overrides)
+        if data_note and os.environ.get("RANK", "0") == "0" and not os.environ.get(distributed.LAUNCHED_ENV):
+            con.print(f"data: {data_note}", highlight=False)  # once the options are known to be good
         cols = [TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                 TimeElapsedColumn(), TextColumn("loss {task.fields[loss]}  E\\[lat] {task.fields[lat]} ms  "
                                                 "tau {task.fields[tau]}  [dim]{task.fields[note]}")]

@@ -324,9 +324,12 @@ def search(cfg: SearchConfig, out: str | Path, *, resume: bool = False, splits: 
     passes already loaded data (tests). One process at a time writes a run directory (a second gets a
     ``LockedError`` naming the first one's PID).
     """
+    from contextlib import nullcontext
+
     from profiler.fileio import locked_dir
 
-    with locked_dir(out, "run directory"):
+    ddp = distributed.current()  # several ranks share one run directory: only rank 0 writes it, so only it locks
+    with locked_dir(out, "run directory") if ddp is None or ddp.is_main else nullcontext():
         return _search(cfg, Path(out), resume, splits, on_progress, stop_after)
 
 

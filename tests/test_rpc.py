@@ -209,12 +209,12 @@ def test_cli_measure_without_tracker_fails_fast_in_one_line(tmp_path):
     assert r.exit_code == 2, r.output
     assert r.output.count("error:") == 1, r.output
     text = " ".join(r.output.split())
-    assert f"tracker 127.0.0.1:{port}: cannot connect" in text and "rpc_tracker --host 0.0.0.0" in text
+    assert f"tracker 127.0.0.1:{port}: cannot connect" in text and "rpc_tracker" in text and "0.0.0.0" not in text
     assert "session lost" not in text and not out.exists()
 
 
 def test_cli_measure_key_nobody_serves_gives_the_board_command(loop, tmp_path):
-    """A tracker but no board: one line whose command is right on the board (HOST, TVM_NUM_THREADS)."""
+    """A tracker but no board: one line whose command is right on the board (SSH tunnel, TVM_NUM_THREADS)."""
     from typer.testing import CliRunner
 
     from profiler.cli import app
@@ -226,8 +226,8 @@ def test_cli_measure_key_nobody_serves_gives_the_board_command(loop, tmp_path):
     assert r.exit_code == 2 and r.output.count("error:") == 1, r.output
     text = " ".join(r.output.split())
     port = loop["tracker"].addr.rpartition(":")[2]
-    assert f"TVM_NUM_THREADS=1 python -m tvm.exec.rpc_server --tracker HOST:{port} --key ghost" in text, text
-    assert "--tracker 127.0.0.1" not in text and not out.exists()
+    assert f"TVM_NUM_THREADS=1 python -m tvm.exec.rpc_server --tracker 127.0.0.1:{port} --key ghost" in text, text
+    assert f"ssh -N -R {port}:127.0.0.1:{port}" in text and "0.0.0.0" not in text and not out.exists()
 
 
 def test_board_server_command():
@@ -236,7 +236,8 @@ def test_board_server_command():
     assert board_server_command("10.0.0.5:9190", "rpi4", 4) == \
         "TVM_NUM_THREADS=4 python -m tvm.exec.rpc_server --tracker 10.0.0.5:9190 --key rpi4"
     assert board_server_command("127.0.0.1:9190", "rpi4").startswith(
-        "python -m tvm.exec.rpc_server --tracker HOST:9190 --key rpi4 (HOST: ")
+        "python -m tvm.exec.rpc_server --tracker 127.0.0.1:9190 --key rpi4 (the board reaches this machine's tracker "
+        "through an SSH tunnel opened here: ssh -N -R 9190:127.0.0.1:9190 ")
 
 
 def test_errors_are_grouped_once(capsys):

@@ -316,20 +316,9 @@ def ort_checks(device: Device) -> list[Check]:
                      "pip install onnxruntime-gpu (with CUDA and a GPU), or pick a CPU device"))
     if want not in available:
         return out
-    cores = usable_cores()
-    out += [threads_check(device, cores), load_check(cores)]
-    if not out[-2].ok:
-        return out
     from .runners.ort import OrtRunner
 
-    runner = OrtRunner(device)
-    try:
-        out.append(tiny_op_check(device, runner))
-        if out[-1].ok:
-            out.append(_ort_network_check(device, runner))
-    finally:
-        runner.close()
-    return out
+    return _local_runner_checks(device, out, OrtRunner, _ort_network_check)
 
 
 @register_checks("torch")
@@ -346,16 +335,24 @@ def torch_checks(device: Device) -> list[Check]:
                          "use torch-cpu, or a CUDA build of torch on a machine with a GPU"))
         if not ok:
             return out
+    from .runners.torch_runner import TorchRunner
+
+    return _local_runner_checks(device, out, TorchRunner, _torch_network_check)
+
+
+def _local_runner_checks(device: Device, out: list[Check], make_runner, network_check) -> list[Check]:
+    """The checks every local runtime shares: threads vs cores, load, one tiny op, whole-network stability."""
     cores = usable_cores()
     out += [threads_check(device, cores), load_check(cores)]
     if not out[-2].ok:
         return out
-    from .runners.torch_runner import TorchRunner
-
-    runner = TorchRunner(device)
-    out.append(tiny_op_check(device, runner))
-    if out[-1].ok:
-        out.append(_torch_network_check(device, runner))
+    runner = make_runner(device)
+    try:
+        out.append(tiny_op_check(device, runner))
+        if out[-1].ok:
+            out.append(network_check(device, runner))
+    finally:
+        runner.close()
     return out
 
 

@@ -339,6 +339,9 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
 
 
 def config_from_dict(data: dict[str, Any], where: str = "config.json") -> SearchConfig:
+    if isinstance(data, dict) and "supernet" not in data:
+        # a run written before the fused supernet existed trained the per-op modules: resume and load it as such
+        data = {**data, "supernet": "reference"}
     return _build(SearchConfig, data, where).validate()
 
 

@@ -132,3 +132,13 @@ def test_fused_runs_in_float32_and_only_where_it_applies():
 def test_supernet_config_value_is_checked():
     with pytest.raises(ConfigError, match="supernet"):
         SearchConfig(preset="x", supernet="fast").validate()
+
+
+def test_a_run_config_from_before_the_fused_supernet_loads_as_the_per_op_layout():
+    """config.json files without ``supernet`` were written by per-op runs: they must resume with the reference path."""
+    from search.config import config_from_dict, config_to_dict, preset
+
+    data = config_to_dict(preset("hwnas", space="fbnet-cifar:input_size=16,width=0.25", tables=("t.csv",)))
+    assert config_from_dict(data).supernet == "fused"
+    data.pop("supernet")
+    assert config_from_dict(data).supernet == "reference"

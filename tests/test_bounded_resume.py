@@ -77,3 +77,56 @@ def test_real_onnxruntime_key_with_a_tiny_limit_is_an_error_row(tmp_path):
     assert s.measured > 0 and s.errors == s.measured
     assert all("timed out after 0.05 s" in r.error for r in s.rows)
     assert time.perf_counter() - t0 < 5.0 * s.measured
+
+
+from profiler.tables import MIXED_COLUMNS, TableError, load_table, setup_hash  # noqa: E402
+
+
+class OkRunner(LocalRunner):
+    name = "ok"
+
+    def __init__(self, host="a"):
+        self.host = host
+
+    def fingerprint(self):
+        return {"runtime": "ok", "hostname": self.host}
+
+    def measure(self, request, protocol):
+        return MeasureResult(request.key, (1.0, 1.0, 1.0), 1)
+
+
+def _device(**protocol):
+    return parse_devices({"devices": {"cpu-fast": {"runtime": "onnxruntime", "threads": 1,
+                                                   "protocol": {**FAST, **protocol}}}}, "t")["cpu-fast"]
+
+
+def test_resume_under_another_protocol_or_fingerprint_is_refused(tmp_path):
+    space, out = get_space(SPACE), tmp_path / "t.csv"
+    first = measure_space(_device(), space, OkRunner(), out, only="*avg_pool*")
+    assert first.measured > 0
+    with pytest.raises(TableError) as e:
+        measure_space(_device(max_seconds=1.0), space, OkRunner(), out)
+    msg = str(e.value)
+    assert str(out) in msg and "protocol" in msg and "max_seconds 5.0 -> 1.0" in msg and "--fresh" in msg
+    assert "--mixed" in msg and "\n" not in msg
+    with pytest.raises(TableError, match=r"fingerprint \(hostname 'a' -> 'b'\)"):
+        measure_space(_device(), space, OkRunner("b"), out)
+    # the same setup resumes as before
+    assert measure_space(_device(), space, OkRunner(), out, only="*avg_pool*").measured == 0
+
+
+def test_mixed_resume_records_each_rows_setup(tmp_path):
+    space, out = get_space(SPACE), tmp_path / "t.csv"
+    measure_space(_device(), space, OkRunner(), out, only="*avg_pool*")
+    old_hash = setup_hash(load_table(out).meta)
+    s = measure_space(_device(), space, OkRunner("b"), out, only="*classifier*", mixed=True)
+    assert s.measured > 0
+    t = load_table(out)
+    assert list(t.to_frame().columns) == MIXED_COLUMNS
+    setups = {r["op"]: r["setup"] for r in t.rows.values()}
+    assert setups["avg_pool_3x3"] == old_hash and setups["classifier"] != old_hash
+    assert set(t.meta["setups"]) == {old_hash, setups["classifier"]}
+    assert t.meta["setups"][setups["classifier"]]["fingerprint"]["hostname"] == "b"
+    # resuming the mixed table again keeps its column
+    measure_space(_device(), space, OkRunner("b"), out, only="*darts_stem*", mixed=True)
+    assert list(load_table(out).to_frame().columns) == MIXED_COLUMNS

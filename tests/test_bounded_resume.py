@@ -130,3 +130,18 @@ def test_mixed_resume_records_each_rows_setup(tmp_path):
     # resuming the mixed table again keeps its column
     measure_space(_device(), space, OkRunner("b"), out, only="*darts_stem*", mixed=True)
     assert list(load_table(out).to_frame().columns) == MIXED_COLUMNS
+
+
+def test_resume_with_a_differing_set_is_refused_in_one_line():
+    from search.config import ConfigError, apply_overrides, check_resume_overrides, config_to_dict, preset
+
+    cfg = preset("hwnas", space="darts-3ops:C=8,cells=3,nodes=2", tables=("t.csv",), data="digits", epochs=2)
+    stored = config_to_dict(cfg)
+    same = apply_overrides(cfg, ["epochs=5", f"loss_beta={cfg.loss_beta}"])
+    check_resume_overrides(stored, same, ["epochs=5", f"loss_beta={cfg.loss_beta}"], "run/config.json")
+    items = ["loss_beta=0.123", "weights_opt.lr=0.5"]
+    with pytest.raises(ConfigError) as e:
+        check_resume_overrides(stored, apply_overrides(cfg, items), items, "run/config.json")
+    msg = str(e.value)
+    assert "run/config.json" in msg and "loss_beta=0.123" in msg and "weights_opt.lr=0.5" in msg
+    assert "ignored" in msg and "--out" in msg and "\n" not in msg

@@ -120,6 +120,8 @@ def measure(
     space: str = typer.Option("fbnet-cifar", "--space", "-s", help="Space spec, e.g. fbnet-cifar or darts-3ops:C=8."),
     out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="Table path (default tables/DEVICE/SPACE.csv)."),
     fresh: bool = typer.Option(False, "--fresh", help="Start over instead of measuring only missing/errored keys."),
+    mixed: bool = typer.Option(False, "--mixed", help="Resume a table measured under another protocol or machine "
+                                                      "fingerprint; each row then records its setup hash."),
     only: Optional[str] = typer.Option(None, "--only", help="Measure only keys (or op names) matching this glob."),
     tune_trials: Optional[int] = typer.Option(None, "--tune-trials", min=0,
                                               help="TVM devices: MetaSchedule trials per task (0 = untuned; default "
@@ -158,7 +160,8 @@ def measure(
                 bar.update(task, total=p.total, completed=p.done, noisy=p.noisy, err=p.errors,
                            op=f"{parts[1]} {parts[2]}" if len(parts) > 2 else p.current)
 
-            summary = measure_space(dev, sp, runner, path, fresh=fresh, only=only, on_progress=on_progress)
+            summary = measure_space(dev, sp, runner, path, fresh=fresh, only=only, mixed=mixed,
+                                    on_progress=on_progress)
     except TableError as e:
         fail(str(e))
     except KeyboardInterrupt:

@@ -297,13 +297,16 @@ def write_validity(table: Path, validity: Validity, fresh: bool) -> Validity:
 
 
 def measure_space(device: Device, space: Space, runner: Runner, out: Path, *, fresh: bool = False,
-                  only: str | None = None, batch: int = 1,
+                  only: str | None = None, batch: int = 1, mixed: bool = False,
                   on_progress: Callable[[SweepProgress], None] | None = None) -> SweepSummary:
-    """Measure every key of ``space`` missing from the table at ``out`` (all of them with ``fresh``)."""
+    """Measure every key of ``space`` missing from the table at ``out`` (all of them with ``fresh``).
+
+    Resuming a table under another protocol or fingerprint is a :class:`TableError` unless ``mixed``."""
     protocol = device.protocol
     t0 = time.perf_counter()
     keys = select_keys(space.candidate_keys(batch), only)
-    with TableWriter(out, table_meta(device, space, runner, protocol, batch), fresh=fresh) as writer:
+    with TableWriter(out, table_meta(device, space, runner, protocol, batch), fresh=fresh,
+                     mixed=mixed) as writer:
         todo = [k for k in keys if k not in writer.existing]
         prog = sweep(todo, runner, protocol, writer, on_progress)
     validity = write_validity(out, sweep_validity(prog, protocol), fresh) if todo else None

@@ -10,8 +10,9 @@ from .errors import InputError
 
 VALID, INVALID = "VALID", "INVALID"
 MAX_PROTOCOL_S = 3600.0  # no warm-up or sampling time over an hour: an infinite one would hang the sweep
-_POSITIVE = ("max_seconds", "target_sample_ms", "cv_threshold")
-_TIMES_S = ("warmup_s", "min_seconds", "max_seconds")
+_POSITIVE = ("max_seconds", "target_sample_ms", "cv_threshold", "key_timeout_s")
+KEY_TIMEOUT_MARGIN = 3.0  # the default per-key limit: (warm-up + max sampling time per attempt) x attempts x this
+_TIMES_S = ("warmup_s", "min_seconds", "max_seconds")  # key_timeout_s may exceed an hour (it bounds all attempts)
 _AT_LEAST_ONE = ("min_samples", "rounds", "chunk")
 
 
@@ -37,6 +38,14 @@ class Protocol:
     chunk: int = 24  # keys interleaved together; rows are written when their chunk finishes (resumable per chunk)
     drift_threshold: float = 0.10  # reference op: max/min of its round medians above 1 + this -> INVALID
     max_noisy_fraction: float = 0.10  # more entries than this fraction noisy -> INVALID
+    # per-key time limit of one local measurement (all its calls); past it the key is an error row "timed out after
+    # N s" and the sweep goes on. 0 here = derived: (warmup_s + max_seconds) * (retries + 1) * KEY_TIMEOUT_MARGIN
+    key_timeout_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.key_timeout_s:
+            derived = (self.warmup_s + self.max_seconds) * (self.retries + 1) * KEY_TIMEOUT_MARGIN
+            object.__setattr__(self, "key_timeout_s", float(derived))
 
     @property
     def interleaved(self) -> bool:
@@ -68,7 +77,7 @@ class Protocol:
             if k in _TIMES_S and v > MAX_PROTOCOL_S:
                 raise ProtocolError(f"{where}.{k}: {v!r} s is over the {MAX_PROTOCOL_S:g} s limit of one timing")
         cast = {k: (int(v) if known[k] in ("int", int) else float(v)) for k, v in data.items()}
-        return replace(cls(), **cast)
+        return cls(**cast)  # an absent key_timeout_s is derived from the given times
 
     def calls_for(self, one_call_ms: float) -> int:
         """How many consecutive calls one sample times, given a rough single-call time."""

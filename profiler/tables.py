@@ -29,6 +29,10 @@ SCHEMA_VERSION = 1
 COLUMNS = ["key", "op", "input_shape", "c_out", "stride", "params", "median_ms", "p10_ms", "p90_ms", "mean_ms",
            "std_ms", "cv", "mad_outliers", "n", "calls_per_sample", "attempts", "status", "variant", "error",
            "max_abs_err", "samples_ms"]
+# a table resumed with ``hwprof measure --mixed`` under another protocol or fingerprint gets one more column: each
+# row's setup hash (see :func:`setup_hash`), resolved by the header's ``setups``; readers accept both headers
+SETUP_COLUMN = "setup"
+MIXED_COLUMNS = COLUMNS + [SETUP_COLUMN]
 STATUSES = ("ok", "noisy", "error")
 # variant of a row that costs 0 ms by construction: an identity block (a skipped layer) that a peer LUT has no entry
 # for because its estimator counts it as free (written by hwprof import only)
@@ -165,15 +169,19 @@ def _read_rows(path: Path) -> tuple[dict[str, dict[str, Any]], int]:
                          f"line or re-measure with hwprof measure --fresh)") from None
     reader = csv.reader(io.StringIO(text))
     header = next(reader, None)
-    if header != COLUMNS:
+    if header == MIXED_COLUMNS:
+        columns = MIXED_COLUMNS
+    elif header != COLUMNS:
         raise TableError(f"{path}: not a hwprof table (header {','.join(header or [])[:80]!r}); "
                          f"re-measure with hwprof measure --fresh")
+    else:
+        columns = COLUMNS
     rows: dict[str, dict[str, Any]] = {}
     for lineno, rec in enumerate(reader, start=2):
-        if len(rec) != len(COLUMNS):
-            raise TableError(f"{path}: line {lineno} has {len(rec)} fields, expected {len(COLUMNS)} "
+        if len(rec) != len(columns):
+            raise TableError(f"{path}: line {lineno} has {len(rec)} fields, expected {len(columns)} "
                              f"(corrupt; fix the line or re-measure with --fresh)")
-        r = dict(zip(COLUMNS, rec))
+        r = dict(zip(columns, rec))
         if r["status"] not in STATUSES:
             raise TableError(f"{path}: line {lineno}: status {r['status']!r} is not one of {', '.join(STATUSES)}")
         try:
@@ -271,10 +279,57 @@ def load_table(path: str | Path, device: str | None = None, space: str | None = 
     return LatencyTable(path, meta, rows, calibration)
 
 
-class TableWriter:
-    """Appends rows to a table, flushing each one. Opening an existing table keeps its ok/noisy rows."""
+def setup_hash(meta: dict[str, Any]) -> str:
+    """A short sha256 of a header's protocol and fingerprint: what a row of a mixed table was measured under."""
+    import hashlib
 
-    def __init__(self, path: Path, meta: dict[str, Any], fresh: bool = False):
+    blob = json.dumps({"protocol": _protocol_dict(meta.get("protocol")), "fingerprint": meta.get("fingerprint")},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _protocol_dict(proto: Any) -> Any:
+    """A stored protocol with its defaults filled in (older headers lack newer fields), for comparison."""
+    if not isinstance(proto, dict):
+        return proto
+    from .protocol import Protocol
+
+    try:
+        return Protocol.from_dict(proto).to_dict()
+    except UserError:
+        return proto
+
+
+def _differences(old: Any, new: Any, limit: int = 3) -> str:
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return f"{old!r} -> {new!r}"
+    diff = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return ", ".join(diff[:limit]) + (f" (+{len(diff) - limit} more)" if len(diff) > limit else "")
+
+
+def resume_mismatch(path: Path, old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """Which of protocol / fingerprint differs between a table's header and this sweep, and how (None: same)."""
+    parts = []
+    if "protocol" in old and "protocol" in new:
+        a, b = _protocol_dict(old["protocol"]), _protocol_dict(new["protocol"])
+        if a != b:
+            parts.append(f"protocol ({_differences(a, b)})")
+    if "fingerprint" in old and "fingerprint" in new and old["fingerprint"] != new["fingerprint"]:
+        parts.append(f"fingerprint ({_differences(old['fingerprint'], new['fingerprint'])})")
+    if not parts:
+        return None
+    return f"{path}: resumed under another {' and '.join(parts)}"
+
+
+class TableWriter:
+    """Appends rows to a table, flushing each one. Opening an existing table keeps its ok/noisy rows.
+
+    Resuming under another protocol or fingerprint is refused unless ``mixed``; then every row gets a ``setup``
+    column (the short hash of what it was measured under, listed in the header's ``setups``).
+    """
+
+    def __init__(self, path: Path, meta: dict[str, Any], fresh: bool = False, mixed: bool = False):
+        self.mixed = mixed
         self.path = path
         self._lock = FileLock(path, "table", fix="wait for that hwprof to finish or stop it (two writers would "
                                                  "measure the same keys twice)")
@@ -292,21 +347,41 @@ class TableWriter:
             csv.writer(buf, lineterminator="\n").writerow(COLUMNS)
             atomic_write_text(path, buf.getvalue())
             self.existing: dict[str, dict[str, Any]] = {}
+            self._setup = None
         else:
             old = read_meta(path)
             for field in ("device", "space"):
                 if old.get(field) != meta.get(field):
                     raise TableError(f"{path}: table is for {field} {old.get(field)!r}, not {meta.get(field)!r}; "
                                      f"use another --out or --fresh")
+            self._setup = None
+            columns = COLUMNS
+            with open(path, newline="") as f:
+                was_mixed = f.readline().strip() == ",".join(MIXED_COLUMNS)
+            mismatch = resume_mismatch(path, old, meta)
+            if mismatch and not self.mixed:
+                raise TableError(mismatch, fix="hwprof measure --fresh to start over, or --mixed to keep both "
+                                               "(each new row records its protocol and fingerprint hash)")
             rows, complete = _read_rows(path)
+            if mismatch or was_mixed:
+                columns = MIXED_COLUMNS
+                self._setup = setup_hash(meta)
+                setups = dict(old.get("setups") or {})
+                for m in (old, meta):
+                    setups.setdefault(setup_hash(m), {"protocol": m.get("protocol"), "fingerprint": m.get("fingerprint")})
+                old["setups"] = setups
+                atomic_write_text(meta_path(path), json.dumps(old, indent=2, sort_keys=True))
+                first = setup_hash(old)
+                for r in rows.values():
+                    r[SETUP_COLUMN] = r.get(SETUP_COLUMN) or first
             kept = {k: r for k, r in rows.items() if r["status"] != "error"}
-            if len(kept) != len(rows) or complete != path.stat().st_size:
+            if len(kept) != len(rows) or complete != path.stat().st_size or (columns is MIXED_COLUMNS and not was_mixed):
                 # drop error rows (they are re-measured) and any torn last line; rewrite atomically
                 buf = io.StringIO()
                 w = csv.writer(buf, lineterminator="\n")
-                w.writerow(COLUMNS)
+                w.writerow(columns)
                 for r in kept.values():
-                    w.writerow([r[c] if not (isinstance(r[c], float) and math.isnan(r[c])) else "" for c in COLUMNS])
+                    w.writerow([r[c] if not (isinstance(r[c], float) and math.isnan(r[c])) else "" for c in columns])
                 atomic_write_text(path, buf.getvalue())
             self.existing = kept
         self._f = open(path, "a", newline="")
@@ -314,7 +389,7 @@ class TableWriter:
 
     def append(self, row: Row) -> None:
         try:
-            self._w.writerow(row.to_record())
+            self._w.writerow(row.to_record() + ([self._setup] if self._setup else []))
             self._f.flush()
             os.fsync(self._f.fileno())
         except OSError as e:

@@ -102,6 +102,12 @@ def search_cmd(
         cfg = preset(preset_name, space=space, tables=tuple(table), data=data, epochs=epochs, seed=seed,
                      torch_device=torch_device, batch_size=batch_size, data_dir=data_dir, data_limit=data_limit)
         cfg = apply_overrides(cfg, overrides)
+        if stored is not None and overrides:
+            from pathlib import Path
+
+            from .config import check_resume_overrides
+
+            check_resume_overrides(stored, cfg, overrides, str(Path(out) / "config.json"))
         if data_note and os.environ.get("RANK", "0") == "0" and not os.environ.get(distributed.LAUNCHED_ENV):
             con.print(f"data: {data_note}", highlight=False)  # once the options are known to be good
         cols = [TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),

@@ -370,3 +370,26 @@ def apply_overrides(cfg: SearchConfig, items: list[str]) -> SearchConfig:
             raise ConfigError(f"--set {item!r}: unknown field {parts[-1]!r}; fields here: {', '.join(node)}")
         node[parts[-1]] = _parse_value(raw)
     return config_from_dict(data, "--set")
+
+
+RESUMABLE_OVERRIDES = ("epochs", "torch_device")  # what a resumed run may change; the rest is the stored config
+
+
+def check_resume_overrides(stored: dict[str, Any], cfg: SearchConfig, items: list[str], where: str) -> None:
+    """``--resume`` with ``--set``: refuse, in one line, every override that differs from the run's stored config
+    (a resumed run keeps its config, so such an override would be ignored without a word)."""
+    old = config_to_dict(config_from_dict(stored, where))
+    new = config_to_dict(cfg)
+    differ = []
+    for item in items:
+        path = item.partition("=")[0]
+        if path in RESUMABLE_OVERRIDES:
+            continue
+        a, b = old, new
+        for p in path.split("."):
+            a, b = (a.get(p) if isinstance(a, dict) else None), (b.get(p) if isinstance(b, dict) else None)
+        if a != b:
+            differ.append(f"{path}={b!r} (run has {a!r})")
+    if differ:
+        raise ConfigError(f"{where}: --resume keeps the run's stored config, so --set {', '.join(differ)} would be "
+                          f"ignored", fix="drop those --set options, or start a new run with another --out")

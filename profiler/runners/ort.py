@@ -59,7 +59,8 @@ class OrtRunner(LocalRunner):
         try:
             call = self._call_for(request)
             samples, calls = time_calls(call, protocol.warmup_s, protocol.min_samples, protocol.min_seconds,
-                                        protocol.max_seconds, protocol.calls_per_sample, protocol.target_sample_ms)
+                                        protocol.max_seconds, protocol.calls_per_sample, protocol.target_sample_ms,
+                                        limit_s=protocol.key_timeout_s)
             return MeasureResult(request.key, tuple(samples), calls)
         except Exception as e:  # a failure is a value: one bad op never ends a sweep
             return MeasureResult.failed(request.key, e)

@@ -47,7 +47,8 @@ class TorchRunner(LocalRunner):
                 else:
                     samples, calls = time_calls(lambda: module(x), protocol.warmup_s, protocol.min_samples,
                                                 protocol.min_seconds, protocol.max_seconds,
-                                                protocol.calls_per_sample, protocol.target_sample_ms)
+                                                protocol.calls_per_sample, protocol.target_sample_ms,
+                                                limit_s=protocol.key_timeout_s)
             return MeasureResult(request.key, tuple(samples), calls)
         except Exception as e:
             return MeasureResult.failed(request.key, e)

@@ -12,6 +12,7 @@ at import time.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import zlib
 from dataclasses import dataclass
@@ -30,6 +31,10 @@ FMNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"  # th
 FMNIST_FILES = {("train", "images"): "train-images-idx3-ubyte", ("train", "labels"): "train-labels-idx1-ubyte",
                 ("test", "images"): "t10k-images-idx3-ubyte", ("test", "labels"): "t10k-labels-idx1-ubyte"}
 FMNIST_COUNTS = {"train": 60000, "test": 10000}
+FMNIST_MD5 = {"train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",  # as published upstream
+              "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+              "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+              "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310"}
 IDX_MAGIC = {"images": 2051, "labels": 2049}  # 0x00000803: uint8, 3 dims; 0x00000801: uint8, 1 dim
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".tif", ".tiff", ".webp"}
 
@@ -267,12 +272,26 @@ def _download_fmnist(dest: Path, timeout: float = 20.0) -> dict[tuple[str, str],
         tmp = target.with_name(target.name + ".part")
         try:
             with urllib.request.urlopen(FMNIST_URL + name + ".gz", timeout=timeout) as r:
-                tmp.write_bytes(r.read())
+                body = r.read()
         except (urllib.error.URLError, OSError, TimeoutError):
-            tmp.unlink(missing_ok=True)
             return None
+        check_download(name + ".gz", body)
+        tmp.write_bytes(body)
         os.replace(tmp, target)
     return _find_in(dest)
+
+
+def check_download(name: str, body: bytes) -> None:
+    """A downloaded file must be byte for byte the published one (its upstream MD5); nothing else is kept.
+
+    Only downloads are checked this way: Debian re-gzipped its copies, whose decompressed content ``_read_idx``
+    checks instead.
+    """
+    got = hashlib.md5(body, usedforsecurity=False).hexdigest()
+    want = FMNIST_MD5.get(name)
+    if want is None or got != want:
+        raise DataError(f"{FMNIST_URL}{name}: downloaded file has MD5 {got}, the published one is {want}; nothing was "
+                        f"kept. Retry later, or install the data with `apt-get install dataset-fashion-mnist`")
 
 
 def _missing_fmnist(data_dir: str | None) -> DataError:

@@ -142,3 +142,14 @@ def test_fashion_mnist_missing_everywhere_names_package_and_flag(tmp_path, monke
 def test_default_data_prefers_fashion_mnist():
     spec, note = data_mod.default_data()
     assert spec == "fashion-mnist" and "fashion-mnist" in note
+
+
+def test_a_download_must_match_the_published_md5():
+    """Downloaded files are kept only when they are byte for byte the published ones (Debian's copies differ)."""
+    import gzip
+
+    from search.data import DataError, check_download
+
+    with pytest.raises(DataError, match="MD5") as e:
+        check_download("train-labels-idx1-ubyte.gz", gzip.compress(b"\0\0\x08\x01" + bytes(8)))
+    assert "\n" not in str(e.value) and "dataset-fashion-mnist" in str(e.value)

@@ -124,3 +124,19 @@ def test_cross_compile_for_the_rpi4_target(tmp_path):
         lib = export_lib(c.executable, tmp_path / "a.so", rpi4.cross_compiler)
         head = lib.read_bytes()[:20]
         assert head[:4] == b"\x7fELF" and int.from_bytes(head[18:20], "little") == 183  # EM_AARCH64
+
+
+def test_a_key_planned_past_its_time_limit_is_an_error_row_and_the_next_key_still_runs(tmp_path):
+    """time_evaluator cannot be interrupted, so the TVM runner refuses a plan longer than key_timeout_s up front."""
+    from profiler.export import export_key
+    from profiler.runners.base import MeasureRequest
+    from profiler.runners.tvm_runner import TvmRunner
+
+    key = "v1|skip_connect|1x8x32x32|c8|s1|float32"
+    req = MeasureRequest(key, export_key(key).path, (1, 8, 32, 32))
+    fast = Protocol(warmup_s=0.01, min_samples=3, min_seconds=0.01, max_seconds=0.1)
+    with TvmRunner(tvm_device()) as runner:
+        slow = runner.measure(req, dataclasses.replace(fast, key_timeout_s=1e-4))
+        ok = runner.measure(req, fast)
+    assert not slow.ok and "timed out" in slow.error and "key_timeout_s" in slow.error
+    assert ok.ok and len(ok.samples_ms) >= 2

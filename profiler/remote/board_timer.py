@@ -81,7 +81,8 @@ def time_model(ort, np, model, opts, providers, protocol):
     def call():
         sess.run(None, feed)
 
-    samples, calls = time_calls(call, *(protocol[k] for k in PROTOCOL_FIELDS))
+    # the host's per-key limit (older hosts send none: unbounded as before)
+    samples, calls = time_calls(call, *(protocol[k] for k in PROTOCOL_FIELDS), limit_s=protocol.get("key_timeout_s"))
     return {"key": model["key"], "samples_ms": samples, "calls_per_sample": calls}
 
 

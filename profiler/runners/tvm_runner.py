@@ -40,6 +40,7 @@ import numpy as np
 from ..errors import UserError
 from ..devices import Device
 from ..protocol import Protocol
+from ..timing import KeyTimeout
 from ..rpc import RpcError, RpcProcess, connect_session, request_session, start_server
 from .base import MeasureRequest, MeasureResult, host_fingerprint, library_versions
 
@@ -473,9 +474,15 @@ class TvmRunner:
                                      min_repeat_ms=max(1, int(protocol.warmup_s * 1000)))("main")
             one_call_ms = float(warm.mean) * 1000.0
             number, repeat = evaluator_plan(protocol, one_call_ms)
-            res = vm.time_evaluator("invoke_stateful", dev, number=number, repeat=repeat, min_repeat_ms=0)("main")
-            out = vm.get_outputs("main")
-            y = out.numpy() if hasattr(out, "numpy") else out[0].numpy()
+            # time_evaluator cannot be interrupted: a key whose planned samples would run past the protocol's
+            # per-key limit is an error row before it starts (the plan itself is capped by max_seconds)
+            planned_s = protocol.warmup_s + number * repeat * one_call_ms / 1000.0
+            over = planned_s > protocol.key_timeout_s
+            if not over:
+                res = vm.time_evaluator("invoke_stateful", dev, number=number, repeat=repeat, min_repeat_ms=0)("main")
+                out = vm.get_outputs("main")
+                y = out.numpy() if hasattr(out, "numpy") else out[0].numpy()
+            del vm, rlib
             try:
                 sess.remove(name)
             except Exception:  # noqa: BLE001 - a leftover file in the session's temp dir is harmless
@@ -485,6 +492,9 @@ class TvmRunner:
                 self._drop_session()
                 raise SessionLost(" ".join(str(e).split())[:300]) from None
             raise
+        if over:
+            raise KeyTimeout(f"timed out: {repeat} samples of {number} call(s) at {one_call_ms:.4g} ms would take "
+                             f"{planned_s:.3g} s > {protocol.key_timeout_s:g} s (protocol key_timeout_s)")
         err, rel = _err_vs_ort(request.onnx_path, x, y) if lib.variant != "copy" else (0.0, 0.0)
         if not rel <= MAX_REL_ERR:
             raise RuntimeError(f"TVM output differs from onnxruntime by {rel:.3g} relative to its largest value "

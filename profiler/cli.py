@@ -14,6 +14,7 @@ from rich.table import Table
 
 from .cliapp import UserErrorApp
 from .errors import UserError
+from .keys import key_label
 from .progress import progress
 
 app = UserErrorApp(help="hwprof: build latency lookup tables (LUTs) of NAS search-space ops on real devices.",
@@ -156,9 +157,9 @@ def measure(
             task = bar.add_task(f"{dev.name} {sp.spec}", total=None, noisy=0, err=0, op="")
 
             def on_progress(p) -> None:
-                parts = p.current.split("|")  # a key, or "round i/n of k keys" in interleaved sweeps
+                label = key_label(p.current)  # a key, or "round i/n of k keys" in interleaved sweeps
                 bar.update(task, total=p.total, completed=p.done, noisy=p.noisy, err=p.errors,
-                           op=f"{parts[1]} {parts[2]}" if len(parts) > 2 else p.current)
+                           op=" ".join(label) if label else p.current)
 
             summary = measure_space(dev, sp, runner, path, fresh=fresh, only=only, mixed=mixed,
                                     on_progress=on_progress)

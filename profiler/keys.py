@@ -70,6 +70,20 @@ def _parse_value(s: str) -> Any:
     return s
 
 
+def key_label(key: str) -> tuple[str, str] | None:
+    """``(op, input shape)`` of a table key for a progress line, or None when ``key`` is no key (a free label)."""
+    parts = key.split("|")
+    return (parts[1], parts[2]) if len(parts) > 2 and parts[0] == _PREFIX else None
+
+
+def key_op(key: str) -> str:
+    """The op name of a table key (cheap: no full parse)."""
+    label = key_label(key)
+    if label is None:
+        raise ValueError(f"malformed op key {key!r}: expected {_PREFIX}|op|shape|...")
+    return label[0]
+
+
 def parse_key(key: str) -> OpKey:
     """Inverse of :func:`op_key`; raises ``ValueError`` naming the key on any malformation."""
     parts = key.split("|")

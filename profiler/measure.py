@@ -22,7 +22,7 @@ from .devices import Device
 from .export import OPSET, ExportResult, export_key
 import numpy as np
 
-from .keys import KEY_VERSION, op_key
+from .keys import KEY_VERSION, key_op, op_key
 from .protocol import INVALID, VALID, Protocol, Validity
 from .runners import MeasureRequest, MeasureResult, Runner
 from .spaces import Space
@@ -91,7 +91,7 @@ def table_meta(device: Device, space: Space, runner: Runner, protocol: Protocol,
 def select_keys(keys: list[str], only: str | None) -> list[str]:
     if not only:
         return keys
-    return [k for k in keys if fnmatch.fnmatchcase(k, only) or fnmatch.fnmatchcase(k.split("|")[1], only)]
+    return [k for k in keys if fnmatch.fnmatchcase(k, only) or fnmatch.fnmatchcase(key_op(k), only)]
 
 
 def sweep(keys: Iterable[str], runner: Runner, protocol: Protocol, writer: TableWriter,

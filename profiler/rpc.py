@@ -174,7 +174,17 @@ class TrackerClient:
         return str(host), int(port), str(matchkey)
 
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1", "0.0.0.0")
+def _this_machine(host: str) -> bool:
+    """A tracker address that means this machine itself (loopback, or the unspecified address)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return ip.is_loopback or ip.is_unspecified
 
 
 def board_server_command(tracker: str, key: str, threads: int | None = None) -> str:
@@ -186,8 +196,9 @@ def board_server_command(tracker: str, key: str, threads: int | None = None) -> 
     """
     host, port = parse_addr(tracker)
     env = f"TVM_NUM_THREADS={threads} " if threads else ""
-    cmd = f"{env}python -m tvm.exec.rpc_server --tracker {'127.0.0.1' if host in LOOPBACK else host}:{port} --key {key}"
-    if host in LOOPBACK:
+    local = _this_machine(host)
+    cmd = f"{env}python -m tvm.exec.rpc_server --tracker {'127.0.0.1' if local else host}:{port} --key {key}"
+    if local:
         cmd += (f" (the board reaches this machine's tracker through an SSH tunnel opened here: ssh -N -R "
                 f"{port}:127.0.0.1:{port} USER@BOARD; keep the tracker on 127.0.0.1, see README)")
     return cmd

@@ -23,7 +23,7 @@ import numpy as np
 from .errors import UserError
 from .errors import InputError
 from .fileio import FileLock, atomic_write_text, loads_json, read_text  # atomic_write_text: also re-exported
-from .keys import KEY_VERSION, parse_key
+from .keys import KEY_VERSION, key_op, parse_key
 
 SCHEMA_VERSION = 1
 COLUMNS = ["key", "op", "input_shape", "c_out", "stride", "params", "median_ms", "p10_ms", "p90_ms", "mean_ms",
@@ -131,7 +131,7 @@ class LatencyTable:
         if self.calibration.get("stat", "median") == "p10":  # fitted on p10s (robust on a busy host)
             p10 = float(self.rows[key]["p10_ms"])
             raw = p10 if p10 > 0 else raw
-        op = key.split("|")[1]
+        op = key_op(key)
         return raw * float(self.calibration.get("scale_by_op", {}).get(op, self.calibration.get("scale", 1.0)))
 
     @property

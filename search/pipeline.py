@@ -29,6 +29,7 @@ from typing import Any, Callable
 from profiler.errors import UserError
 from profiler.arch import Arch, export_arch, load_arch
 from profiler.devices import Device, get_device
+from profiler.keys import key_label
 from profiler.protocol import Protocol, Validity, validity_line
 from profiler.spaces import Space, get_space
 from profiler.tables import atomic_write_text, default_table_path, load_table, read_json_or_none
@@ -128,8 +129,8 @@ def ensure_table(cfg: RunConfig, device: Device, space: Space, out: Path, on_eve
     runner = make_runner(dev)
     try:
         def prog(p: Any) -> None:
-            parts = p.current.split("|")  # a key, or "round i/n of k keys" in an interleaved sweep
-            on_event(Event("table", p.done, p.total, parts[1] if len(parts) > 2 else p.current))
+            label = key_label(p.current)  # a key, or "round i/n of k keys" in an interleaved sweep
+            on_event(Event("table", p.done, p.total, label[0] if label else p.current))
 
         s = measure_space(dev, space, runner, path, on_progress=prog)
     finally:

@@ -63,7 +63,7 @@ def read_json_or_none(path: Path) -> Any:
     """The JSON stored in ``path``, or None when the file is missing or not valid JSON (a torn or foreign file)."""
     try:
         return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
         return None
 
 

@@ -21,13 +21,11 @@ def _main(version: bool = version_option("hwnas")) -> None:
 
 def _stored_data(out: str) -> dict | None:
     """``data`` and ``data_limit`` of the run in ``out`` (for --resume), or None when there is none to read."""
-    import json
     from pathlib import Path
 
-    try:
-        cfg = json.loads((Path(out) / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
+    from profiler.tables import read_json_or_none
+
+    cfg = read_json_or_none(Path(out) / "config.json")
     return cfg if isinstance(cfg, dict) and isinstance(cfg.get("data"), str) else None
 
 

@@ -78,8 +78,8 @@ class Scale:
 
 
 SCALES = {
-    "quick": Scale("fbnet-cifar:input_size=16,width=0.25", 3, 3, 4, 600, 1200, 300, 500, 32, 2, True),
-    "full": Scale("fbnet-cifar:input_size=16,width=0.25", 5, 5, 6, 1500, 3000, 500, 1000, 32, 3, False),
+    "quick": Scale("fbnet-cifar:input_size=16,width=0.25", 3, 2, 3, 400, 800, 200, 500, 32, 2, True),
+    "full": Scale("fbnet-cifar:input_size=16,width=0.25", 5, 3, 4, 600, 1200, 300, 1000, 32, 3, False),
 }
 FBNET_KAPPAS = np.geomspace(0.01, 10.0, 8)
 MATCH_TOL = 0.03
@@ -257,6 +257,9 @@ def figures(per_seed: list[dict], lat_key: str) -> dict:
         ref = 1.2 * max(r[lat_key] for m in methods for r in res[m]["rows"] if r.get(lat_key))
         for m in methods:
             hv[m].append(hv_of(res[m]["rows"], ref, lat_key))
+        n_h, rnd = len(res["hwnas"]["rows"]), res["random-matched"]["rows"]
+        for fam, part in (("hwnas", rnd[:n_h]), ("seed", rnd[n_h:])):  # the random twins of that family only
+            hv.setdefault(f"random-matched-{fam}", []).append(hv_of(part, ref, lat_key))
     diffs = {}
     for fam in ("hwnas", "seed"):
         d = []
@@ -288,7 +291,7 @@ def print_report(per_seed: list[dict], fig: dict, lat_key: str, head: str) -> di
                 + f" ms {r['test_acc'] * 100:.1f} %" for r in res[m]["rows"]))
     goals = {}
     for fam in ("hwnas", "seed"):
-        hv_f, hv_r = np.array(fig["hv"][fam]), np.array(fig["hv"]["random-matched"])
+        hv_f, hv_r = np.array(fig["hv"][fam]), np.array(fig["hv"][f"random-matched-{fam}"])
         d = hv_f - hv_r
         sd = float(d.std(ddof=1)) if len(d) > 1 else float("inf")
         g1 = bool(d.mean() > 2 * sd)
@@ -297,7 +300,7 @@ def print_report(per_seed: list[dict], fig: dict, lat_key: str, head: str) -> di
         diffs = np.array(fig["matched_diff"][fam]) * 100
         g3 = bool(diffs.mean() >= 1.0)
         print(f"== goals for the {fam} family")
-        print(f"   1. hypervolume beats random (matched) by > 2 std over seeds: diff {_ms(d)} "
+        print(f"   1. hypervolume beats its random twins (matched latencies) by > 2 std over seeds: diff {_ms(d)} "
               f"-> {'PASS' if g1 else 'MISS'}")
         print(f"   2. hypervolume >= the 8 fbnet runs' ({hv_f.mean():.4f} vs {np.mean(fig['hv']['fbnet-8']):.4f}) at "
               f"<= 0.25x their search cost ({cost.mean():.3f}x) -> {'PASS' if g2 else 'MISS'}")
@@ -363,6 +366,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument("--jobs", type=int, default=1, help="seeds run at once, each in its own process (2 on 2 cores)")
     ap.add_argument("--only-seed", type=int, default=None, help=argparse.SUPPRESS)  # a --jobs worker
+    ap.add_argument("--report-only", action="store_true",
+                    help="print the report again from the seed-N.json files of an earlier --jobs run in --out")
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench_nas"))
     a = ap.parse_args()
     sc = SCALES["quick" if a.quick else "full"]
@@ -375,12 +380,15 @@ def main() -> None:
         r = seed_result(a.only_seed, sc, data, a, a.table, device, out)
         atomic_write_text(out / f"seed-{a.only_seed}.json", json.dumps(r) + "\n")
         return
+    t_all = time.perf_counter()
+    if a.report_only:
+        results = [json.loads((out / f"seed-{s}.json").read_text()) for s in range(seeds)]
+        return report(results, sc, seeds, a, out, t_all)
     if out.exists():
         import shutil
 
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    t_all = time.perf_counter()
     space = get_space(sc.space)
     notes: list[str] = []
     rcfg = RunConfig(device=a.device, space=sc.space, table=str(a.table or out / "table.csv"), quick=sc.quick_protocol)
@@ -388,6 +396,10 @@ def main() -> None:
     for n in notes:
         log(n)
     results = run_seeds(seeds, sc, data, a, Path(table_path), device, out)
+    report(results, sc, seeds, a, out, t_all)
+
+
+def report(results: list[dict], sc: Scale, seeds: int, a, out: Path, t_all: float) -> None:
     per_seed = [r["res"] for r in results]
     data_notes = sorted({r["note"] for r in results if r["note"]})
     lat_key = "measured_ms" if a.measure else "predicted_ms"

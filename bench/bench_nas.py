@@ -1,12 +1,14 @@
 """Does the search search? Every method against random architectures, on the same engine and retrain recipe.
 
-    python bench/bench_nas.py --quick [--measure]       # 10-17 min on 2 shared cores: 2 seeds, tiny subsets
-    python bench/bench_nas.py [--seeds 3] [--measure]   # full mode, estimated 75-90 min on 2 quiet cores (not run)
+    python bench/bench_nas.py --quick [--measure] [--jobs 2]      # 2 seeds, tiny subsets
+    python bench/bench_nas.py [--seeds 3] [--measure] [--jobs 3]   # full: ~60-90 min on 2 shared cores with --jobs 3
 
-Sizes (``SCALES``): space fbnet-cifar:input_size=16,width=0.25; quick: family 3, search 2 epochs on 256 training
-samples, retrain 3 epochs on 512, val 128, test 256, batch 32; full: family 5, search 3 epochs on 384, retrain 4
-epochs on 1000, val 300, test 500, batch 32. ``--data`` defaults to fashion-mnist when this checkout reads it
-offline, else digits (said in the output).
+Sizes (``SCALES``), chosen so the full bench fits 90 minutes on 2 cores (the 8 fbnet runs, bilevel, are ~80 % of the
+search cost): space fbnet-cifar:input_size=16,width=0.25, batch 32; quick: 2 seeds, family 3, search 2 epochs on 400
+training samples, retrain 3 epochs on 800, val 200, test 500; full: 3 seeds, family 5, search 3 epochs on 600,
+retrain 4 epochs on 1200, val 300, test 1000. ``--data`` defaults to fashion-mnist when this checkout reads it
+offline, else digits (said in the output). ``--jobs N`` runs N seeds at once, each in its own process with
+``--threads`` torch threads; ``--report-only`` prints the report again from the seed files of such a run.
 
 Per seed, on one latency table (device ``--device``, default ``cpu-1t``) and one data subset:
 

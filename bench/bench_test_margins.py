@@ -61,7 +61,8 @@ def kappa_margins(seed: int, table: Path, splits, work: Path) -> dict[str, float
     quantities it asserts, worst over the three directions S (for all of them, larger is worse)."""
     cfg = preset("hwnas", space=DARTS, tables=(str(table),), epochs=3, batch_size=16, seed=seed)
     cfg = apply_overrides(cfg, ["train_limit=256", "eval_limit=64", "arch_opt.lr=0.03", "sampler=lean",
-                                "temperature.t0=1.0", "control.hypernet=pwl"])
+                                "temperature.t0=1.0", "control.hypernet=pwl",
+                                "entropy_weight=0"])
     out = work / f"fam-{seed}"
     search(cfg, out, splits=splits)
     run = load_run(out)

@@ -178,11 +178,7 @@ def table_ref(table: LatencyTable) -> TableRef:
 
 def predict_ms(space: Space, choices: list[str] | tuple[str, ...], table: LatencyTable) -> float:
     """The table's prediction for a concrete architecture; ``KeyError`` names the first missing key."""
-    keys = space.arch_keys(choices)
-    missing = table.missing(keys)
-    if missing:
-        raise KeyError(f"table {table.path} lacks {len(set(missing))} key(s) of this architecture, e.g. {missing[0]}")
-    return table.predict_ms(keys)
+    return table.model(space).exact(list(choices))
 
 
 def make_arch(space: Space, choices: list[str] | tuple[str, ...], table: LatencyTable | None = None,

@@ -34,6 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy.optimize import least_squares, lsq_linear
 
+from .latency import STATS
 from .spaces import Space
 from .tables import LatencyTable, atomic_write_text, calib_path
 from .errors import InputError
@@ -97,33 +98,21 @@ class Design:
         return self.by_op.sum(axis=1) + self.fixed_ms
 
 
-STATS = ("median", "p10")
-
-
-def raw_entry_ms(table: LatencyTable, key: str, stat: str = "median") -> float:
-    """An entry's raw statistic: the median, or the p10 (falls back to the median where a row has no p10)."""
-    med = table.latency_ms(key)
-    if stat == "median":
-        return med
-    if stat != "p10":
-        raise ValueError(f"stat {stat!r} is not one of {', '.join(STATS)}")
-    p10 = float(table.rows[key]["p10_ms"])
-    return p10 if p10 > 0 else med
-
-
 def design(table: LatencyTable, space: Space, archs: Sequence[Sequence[str]], stat: str = "median") -> Design:
-    """Raw per-op sums of each architecture (``KeyError`` names a key the table lacks)."""
+    """Raw per-op sums of each architecture, read from the table's raw :class:`LatencyModel` (``KeyError`` names a
+    key the table lacks)."""
+    model = table.model(space, None, stat)
     ops = tuple(space.ops)
     col = {op: j for j, op in enumerate(ops)}
-    fixed = sum(raw_entry_ms(table, s.key(), stat) for s in space.fixed)
     by_op = np.zeros((len(archs), len(ops)))
     for i, choices in enumerate(archs):
-        space.check_choices(list(choices))
-        for layer, op in zip(space.layers, choices):
-            for site in layer.sites:
-                by_op[i, col[op]] += raw_entry_ms(table, site.key(op), stat)
+        missing = model.missing_keys(list(choices))
+        if missing:
+            raise KeyError(missing[0])
+        for layer, (li, k) in zip(space.layers, enumerate(model.columns(list(choices)))):
+            by_op[i, col[layer.choices[k]]] += model.entries[li, k]
     n_keys = len(space.fixed) + sum(len(layer.sites) for layer in space.layers)
-    return Design(ops, by_op, np.full(len(archs), fixed), n_keys)
+    return Design(ops, by_op, np.full(len(archs), model.fixed_ms), n_keys)
 
 
 # ------------------------------------------------------------------------------------------------- models
@@ -346,11 +335,8 @@ def check_calibration(c: Any, where: str) -> None:
 
 
 def lowest_prediction_ms(table: LatencyTable, space: Space) -> float:
-    """The least prediction over every architecture of ``space`` (the model is linear in the entries, so the
-    per-layer minima add up)."""
-    return (table.offset_ms + sum(table.entry_ms(site.key()) for site in space.fixed)
-            + sum(min(sum(table.entry_ms(site.key(op)) for site in layer.sites) for op in layer.choices)
-                  for layer in space.layers))
+    """The least prediction over every architecture of ``space`` (see :meth:`LatencyModel.lowest`)."""
+    return table.model(space).lowest()
 
 
 def calibrated(table: LatencyTable, calibration: dict[str, Any] | None) -> LatencyTable:

@@ -329,7 +329,10 @@ def measure_model_cmd(
 
         arch = onnx_arch(model)
         if tab is not None:
-            predicted = tab.predict_ms(arch.keys()) if not tab.missing(arch.keys()) else None
+            try:
+                predicted = tab.model(arch.space).exact(arch.choices) if tab.space == arch.space_spec else None
+            except KeyError:
+                predicted = None
         elif arch.table is not None and arch.table.device == dev.name:
             predicted = arch.predicted_ms
     except UserError:

@@ -24,6 +24,7 @@ from .errors import UserError
 from .errors import InputError
 from .fileio import FileLock, atomic_write_text, loads_json, read_text  # atomic_write_text: also re-exported
 from .keys import KEY_VERSION, key_op, parse_key
+from .latency import TABLE_CALIBRATION, LatencyModel, build_model, calibration_terms, entry_ms
 
 SCHEMA_VERSION = 1
 COLUMNS = ["key", "op", "input_shape", "c_out", "stride", "params", "median_ms", "p10_ms", "p90_ms", "mean_ms",
@@ -121,22 +122,38 @@ class LatencyTable:
             raise KeyError(key)
         return float(row["median_ms"])
 
-    # Prediction = offset_ms + sum of entry_ms over an architecture's keys: linear in the entries, so the search's
-    # expected latency stays a dot product. A calibration (``<table>.calib.json``, see profiler.calibrate) rescales
-    # entries per op and sets the offset; without one, entries are raw medians and the offset is 0.
+    @property
+    def batch(self) -> int:
+        return int(self.meta.get("batch", 1))
+
+    def model(self, space: Any = None, calibration: Any = TABLE_CALIBRATION, stat: str | None = None) -> LatencyModel:
+        """The :class:`profiler.latency.LatencyModel` of ``space`` (default: the table's) on this table, built once
+        per (space, calibration, statistic). Every prediction of an architecture goes through it."""
+        if space is None:
+            from .spaces import get_space
+
+            space = get_space(self.space)
+        if not (calibration is TABLE_CALIBRATION or calibration is None):
+            return build_model(space, self, calibration, stat)
+        key = (space.spec, calibration is None, stat)
+        cache = self.__dict__.setdefault("_models", {})
+        hit = cache.get(key)
+        if hit is None or hit[0] is not self.calibration:  # a reassigned calibration builds a new model
+            hit = cache[key] = (self.calibration, build_model(space, self, calibration, stat))
+        return hit[1]
+
+    # The prediction of a list of keys (an architecture file's keys) = offset_ms + sum of entry_ms: the same entry
+    # function (profiler.latency.entry_ms) the model is built from, so both agree by construction.
     def entry_ms(self, key: str) -> float:
-        raw = self.latency_ms(key)
-        if not self.calibration:
-            return raw
-        if self.calibration.get("stat", "median") == "p10":  # fitted on p10s (robust on a busy host)
-            p10 = float(self.rows[key]["p10_ms"])
-            raw = p10 if p10 > 0 else raw
-        op = key_op(key)
-        return raw * float(self.calibration.get("scale_by_op", {}).get(op, self.calibration.get("scale", 1.0)))
+        """The calibrated entry of a key; ``KeyError`` when missing or errored."""
+        v = entry_ms(self.rows.get(key), key_op(key), self.calibration)
+        if math.isnan(v):
+            raise KeyError(key)
+        return v
 
     @property
     def offset_ms(self) -> float:
-        return float(self.calibration.get("offset_ms", 0.0)) if self.calibration else 0.0
+        return calibration_terms(self.calibration)[3]
 
     def predict_ms(self, keys: Iterable[str]) -> float:
         return self.offset_ms + sum(self.entry_ms(k) for k in keys)

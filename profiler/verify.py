@@ -25,9 +25,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import UserError
-from .calibrate import (GOALS, STATS, CalibrationFit, fit_calibration, goals_reached, metrics, raw_entry_ms,
-                        write_calibration)
+from .calibrate import GOALS, CalibrationFit, fit_calibration, goals_reached, metrics, write_calibration
 from .devices import Device
+from .latency import STATS
 from .export import cache_dir
 from .model_measure import arch_label, measure_network, measure_with_retries
 from .protocol import INVALID, VALID, Protocol, Validity
@@ -67,9 +67,8 @@ class VerifyReport:
 
 
 def layer_costs(table: LatencyTable, space: Space) -> list[dict[str, float]]:
-    """Raw table cost of every (layer, op): the sum over the layer's sites."""
-    return [{op: sum(table.latency_ms(s.key(op)) for s in layer.sites) for op in layer.choices}
-            for layer in space.layers]
+    """Raw table cost (medians) of every (layer, op): the sum over the layer's sites."""
+    return table.model(space, None).layer_costs()
 
 
 def extreme_archs(table: LatencyTable, space: Space) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -143,7 +142,7 @@ def table_protocol(table: LatencyTable, fallback: Protocol) -> Protocol:
 
 def raw_predict_ms(table: LatencyTable, space: Space, choices: Sequence[str], stat: str = "median") -> float:
     """The plain sum of the table's entries (their median, or p10) over an architecture's keys."""
-    return float(sum(raw_entry_ms(table, k, stat) for k in space.arch_keys(list(choices))))
+    return table.model(space, None, stat).exact(list(choices))
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
@@ -372,7 +371,7 @@ def summarize_verify(device: Device, space: Space, table: LatencyTable, out_dir:
                                           table_protocol(table, Protocol())).to_dict()
     if table.calibration and not calib:
         # an existing calibration, checked on networks it was (by seed) not fitted on
-        pred = [table.predict_ms(space.arch_keys(list(a))) for a in t_archs]
+        pred = [table.model(space).exact(list(a)) for a in t_archs]
         summary["existing_calibration"] = {**metrics(pred, t_meas), "model": table.calibration.get("model")}
     fit: CalibrationFit | None = None
     cpath = None
@@ -393,7 +392,7 @@ def summarize_verify(device: Device, space: Space, table: LatencyTable, out_dir:
         from .calibrate import calibrated
 
         ct = calibrated(table, fit.calibration)
-        cal_pred = np.array([ct.predict_ms(space.arch_keys(list(a))) for a in t_archs])
+        cal_pred = np.array([ct.model(space).exact(list(a)) for a in t_archs])
         if write_calib:
             cpath = write_calibration(table.path, fit.calibration)
             summary["calibration_file"] = str(cpath)

@@ -34,16 +34,11 @@ from typing import Any, Sequence
 import numpy as np
 from scipy.optimize import least_squares, lsq_linear
 
-from .latency import STATS
+from .latency import CALIB_VERSION, STATS, Calibration, CalibrationError  # noqa: F401 - re-exported
 from .spaces import Space
-from .tables import LatencyTable, atomic_write_text, calib_path
-from .errors import InputError
+from .tables import LatencyTable, atomic_write_text, calib_path, table_sha256
 
 
-class CalibrationError(InputError):
-    """A calibration file (TABLE.calib.json) of the wrong shape or with bad values."""
-
-CALIB_VERSION = 1
 RIDGE_GRID = (0.0, 0.01, 0.1, 1.0, 10.0)
 MODELS = ("raw", "offset", "overhead", "scale+offset", "per-op")
 
@@ -286,6 +281,7 @@ def fit_calibration(table: LatencyTable, space: Space, fit_archs: Sequence[Seque
     fp = _to_file_params(chosen, space)
     calib = {
         "version": CALIB_VERSION,
+        "table_sha256": table_sha256(table.path) if Path(table.path).is_file() else None,
         "model": best,
         "stat": stat,
         **fp,
@@ -308,30 +304,17 @@ def _round(m: dict[str, float]) -> dict[str, float]:
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items()}
 
 
-def write_calibration(table_path: Path, calibration: dict[str, Any]) -> Path:
+def write_calibration(table_path: Path, calibration: Any) -> Path:
     """Store a calibration beside its table (atomic, text)."""
-    check_calibration(calibration, str(calib_path(table_path)))
+    cal = Calibration.from_dict(calibration, str(calib_path(table_path)))
     path = calib_path(table_path)
-    atomic_write_text(path, json.dumps(calibration, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, json.dumps(cal.to_dict(), indent=2, sort_keys=True) + "\n")
     return path
 
 
-def check_calibration(c: Any, where: str) -> None:
+def check_calibration(c: Any, where: str) -> Calibration:
     """Validate a calibration dict; a one-line ``CalibrationError`` (a ``ValueError``) names the field."""
-    if not isinstance(c, dict) or c.get("version") != CALIB_VERSION:
-        raise CalibrationError(f"{where}: calibration version {c.get('version') if isinstance(c, dict) else None!r}, "
-                               f"expected {CALIB_VERSION}; refit it with hwprof verify")
-    for f in ("scale", "offset_ms"):
-        if isinstance(c.get(f), bool) or not isinstance(c.get(f), (int, float)) or not np.isfinite(c[f]):
-            raise CalibrationError(f"{where}: field {f!r} must be a finite number, got {c.get(f)!r}; "
-                                   f"refit it with hwprof verify or delete the file")
-    if c.get("stat", "median") not in STATS:
-        raise CalibrationError(f"{where}: field 'stat' is {c.get('stat')!r}, expected one of {', '.join(STATS)}")
-    sb = c.get("scale_by_op", {})
-    if not isinstance(sb, dict) or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v)
-                                       or v < 0 for v in sb.values()):
-        raise CalibrationError(f"{where}: scale_by_op must map op names to finite non-negative numbers, got "
-                               f"{str(sb)[:80]}; refit it with hwprof verify or delete the file")
+    return Calibration.from_dict(c, where)
 
 
 def lowest_prediction_ms(table: LatencyTable, space: Space) -> float:

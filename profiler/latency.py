@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
+from .errors import InputError
+
 if TYPE_CHECKING:  # the model reads a table; the table module builds models (no import cycle at run time)
     import torch
 
@@ -41,11 +43,104 @@ class MissingEntries(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+CALIB_VERSION = 1
+_CAL_FIX = "refit it with hwprof verify or delete the file"
+
+
+class CalibrationError(InputError):
+    """A calibration file (TABLE.calib.json) of the wrong shape or with bad values."""
+
+
+def _number(c: Mapping[str, Any], f: str, where: str) -> float:
+    v = c.get(f)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise CalibrationError(f"{where}: field {f!r} must be a finite number, got {v!r}; {_CAL_FIX}")
+    return float(v)
+
+
+@dataclass(frozen=True, eq=False)
+class Calibration(Mapping):
+    """A table's calibration (``<table>.calib.json``): ``entry = raw(stat) * scale_by_op.get(op, scale)`` and one
+    ``offset_ms``, with the sha256 of the table file it was fitted on. It validates itself; it reads as the JSON
+    mapping it was stored as (``cal["model"]``, ``cal == json.load(file)``)."""
+
+    scale: float = 1.0
+    offset_ms: float = 0.0
+    scale_by_op: Mapping[str, float] = field(default_factory=dict)
+    stat: str = "median"
+    model: str | None = None
+    table_sha256: str | None = None  # of the table CSV it was fitted on (None: an older file, unknown)
+    fit: Mapping[str, Any] | None = None  # how it was fitted (device, space, networks, held-out metrics)
+    version: int = CALIB_VERSION
+
+    def __post_init__(self) -> None:
+        Calibration.from_dict(self.to_dict(), "calibration")
+
+    @classmethod
+    def from_dict(cls, c: Any, where: str) -> "Calibration":
+        """Validate a calibration mapping; a one-line ``CalibrationError`` (a ``ValueError``) names the field."""
+        if isinstance(c, Calibration):
+            return c
+        if not isinstance(c, Mapping) or c.get("version") != CALIB_VERSION:
+            raise CalibrationError(f"{where}: calibration version "
+                                   f"{c.get('version') if isinstance(c, Mapping) else None!r}, expected "
+                                   f"{CALIB_VERSION}; refit it with hwprof verify")
+        scale, offset = _number(c, "scale", where), _number(c, "offset_ms", where)
+        if c.get("stat", "median") not in STATS:
+            raise CalibrationError(f"{where}: field 'stat' is {c.get('stat')!r}, expected one of {', '.join(STATS)}")
+        sb = c.get("scale_by_op", {})
+        if not isinstance(sb, Mapping) or any(isinstance(v, bool) or not isinstance(v, (int, float))
+                                              or not math.isfinite(v) or v < 0 for v in sb.values()):
+            raise CalibrationError(f"{where}: scale_by_op must map op names to finite non-negative numbers, got "
+                                   f"{str(sb)[:80]}; {_CAL_FIX}")
+        sha = c.get("table_sha256")
+        if sha is not None and not (isinstance(sha, str) and len(sha) == 64):
+            raise CalibrationError(f"{where}: field 'table_sha256' = {str(sha)[:70]!r} is not a sha256; {_CAL_FIX}")
+        fit = c.get("fit")
+        if fit is not None and not isinstance(fit, Mapping):
+            raise CalibrationError(f"{where}: field 'fit' must be an object; {_CAL_FIX}")
+        model = c.get("model")
+        obj = object.__new__(cls)  # validated: skip __post_init__'s second check
+        for k, v in dict(scale=scale, offset_ms=offset, scale_by_op=dict(sb), stat=c.get("stat", "median"),
+                         model=None if model is None else str(model), table_sha256=sha,
+                         fit=None if fit is None else dict(fit), version=CALIB_VERSION).items():
+            object.__setattr__(obj, k, v)
+        return obj
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON stored in the file (fields that are None are left out)."""
+        out: dict[str, Any] = {"version": self.version, "stat": self.stat, "scale": self.scale,
+                               "scale_by_op": dict(self.scale_by_op), "offset_ms": self.offset_ms}
+        for k in ("model", "table_sha256", "fit"):
+            if getattr(self, k) is not None:
+                out[k] = getattr(self, k)
+        return out
+
+    def with_table(self, sha256: str | None) -> "Calibration":
+        return Calibration.from_dict({**self.to_dict(), "table_sha256": sha256}, "calibration")
+
+    def scale_of(self, op: str) -> float:
+        return float(self.scale_by_op.get(op, self.scale))
+
+    # read as the stored mapping
+    def __getitem__(self, name: str) -> Any:
+        return self.to_dict()[name]
+
+    def __iter__(self) -> Any:
+        return iter(self.to_dict())
+
+    def __len__(self) -> int:
+        return len(self.to_dict())
+
+    def __bool__(self) -> bool:
+        return True
+
+
 def calibration_terms(calibration: Any) -> tuple[str, float, Mapping[str, float], float]:
     """(statistic, global scale, scale per op, offset ms) of a calibration; None: the raw table."""
-    if not calibration:
+    if calibration is None or (not isinstance(calibration, Calibration) and not calibration):
         return "median", 1.0, {}, 0.0
-    if isinstance(calibration, Mapping):
+    if not isinstance(calibration, Calibration):
         return (str(calibration.get("stat", "median")), float(calibration.get("scale", 1.0)),
                 dict(calibration.get("scale_by_op") or {}), float(calibration.get("offset_ms", 0.0)))
     return calibration.stat, calibration.scale, calibration.scale_by_op, calibration.offset_ms

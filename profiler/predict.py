@@ -67,7 +67,7 @@ def predict_with(arch: Arch, table: LatencyTable) -> Prediction:
     if table.space != arch.space_spec:
         return Prediction(**base, error=f"table is for space {table.space!r}, the architecture is in "
                                         f"{arch.space_spec!r}; pass a table of that space")
-    keys = arch.space.arch_keys(arch.choices, int(table.meta.get("batch", 1)))
+    keys = arch.space.arch_keys(arch.choices, table.batch)
     missing = sorted(set(table.missing(keys)))
     if missing:
         return Prediction(**base, error=f"table lacks {len(missing)} key(s) of this architecture, e.g. {missing[0]}; "

@@ -116,7 +116,7 @@ def ensure_table(cfg: RunConfig, device: Device, space: Space, out: Path, on_eve
                                               default_table_path(device.name, space.spec))
     if path.is_file():
         table = load_table(path, device=device.name, space=space.spec)
-        missing = table.missing(space.candidate_keys(int(table.meta.get("batch", 1))))
+        missing = table.missing(space.candidate_keys(table.batch))
         if not missing:
             notes.append(f"table {path}: present ({len(table.rows)} entries), not re-measured")
             notes.append(f"table validity: {validity_line(table.meta)}")
@@ -171,11 +171,11 @@ def ensure_calibration(cfg: RunConfig, device: Device, space: Space, table_path:
     finally:
         runner.close()
     s = rep.summary
-    verdict = Validity.from_dict(s.get("validity"))
+    verdict = Validity.from_dict(s.validity)
     if verdict is not None:
         notes.append(f"verify validity: {verdict.line()}")
-    raw, cal = s.get("raw") or {}, s.get("calibrated") or {}
-    msg = (f"calibration: {s['n_calib']} random networks fitted, {s['n_test']} held out; table sum off by "
+    raw, cal = s.raw or {}, s.calibrated or {}
+    msg = (f"calibration: {s.n_calib} random networks fitted, {s.n_test} held out; table sum off by "
            f"{raw.get('mape_pct', float('nan')):.1f} % (mean abs)")
     reason = ""
     if not rep.calibration:

@@ -13,12 +13,12 @@ import torch
 
 from profiler.arch import make_arch, predict_ms
 from profiler.calibrate import _to_file_params, design, lowest_prediction_ms, predict
-from profiler.keys import key_op
+from profiler.keys import KEY_VERSION, key_op
 from profiler.latency import MissingEntries, build_model
 from profiler.plots import latency_grid
 from profiler.predict import predict_with
 from profiler.spaces import get_space
-from profiler.tables import LatencyTable, load_table
+from profiler.tables import SCHEMA_VERSION, LatencyTable, load_table
 from profiler.verify import layer_costs, raw_predict_ms
 from search.costs import CostModel
 from search.derive import Deriver
@@ -42,7 +42,8 @@ def synthetic_table(spec: str, batch: int, seed: int, calibrated: bool) -> Laten
         cal = {"version": 1, "model": "per-op", "stat": str(rng.choice(["median", "p10"])),
                "scale": float(rng.uniform(0.5, 1.5)), "offset_ms": float(rng.uniform(-0.05, 0.05)),
                "scale_by_op": {op: float(rng.uniform(0.5, 2.0)) for op in ops[: len(ops) // 2]}}
-    meta = {"device": "cpu", "space": space.spec, "batch": batch}
+    meta = {"schema_version": SCHEMA_VERSION, "key_version": KEY_VERSION, "device": "cpu", "space": space.spec,
+            "batch": batch}
     return LatencyTable(Path(f"synthetic-{seed}.csv"), meta, rows, cal)
 
 
@@ -81,7 +82,7 @@ def check_every_caller(space, table: LatencyTable, rng, n: int = 6) -> None:
     probs = torch.softmax(logits, dim=-1)
     e = model.expected(probs)
     lin = model.const_ms + float((probs.detach().numpy() * model.entries).sum())
-    assert float(e) == pytest.approx(lin, rel=1e-12)
+    assert float(e.detach()) == pytest.approx(lin, rel=1e-12)
     assert float(costs.expected_latency_ms(probs.float())) == pytest.approx(lin, rel=1e-5)
     e.backward()
     assert logits.grad is not None and logits.grad.abs().sum() > 0

@@ -116,6 +116,14 @@ class Calibration(Mapping):
                 out[k] = getattr(self, k)
         return out
 
+    @property
+    def sha256(self) -> str:
+        """The sha256 of the calibration's canonical JSON: what a run and an architecture record."""
+        import hashlib
+        import json
+
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
     def with_table(self, sha256: str | None) -> "Calibration":
         return Calibration.from_dict({**self.to_dict(), "table_sha256": sha256}, "calibration")
 

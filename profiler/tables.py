@@ -379,6 +379,22 @@ def table_sha256(path: str | Path) -> str:
     return sha256_file(path)
 
 
+def drop_stale_calibration(path: Path) -> Path | None:
+    """Delete ``<table>.calib.json`` when it was not fitted on the table as it is now (another sha256, none recorded,
+    or unreadable); returns the deleted path. ``hwprof measure --fresh`` and ``hwprof import`` call it."""
+    cp = calib_path(Path(path))
+    if not cp.is_file():
+        return None
+    try:
+        cal = read_calibration(Path(path))
+    except TableError:
+        cal = None
+    if cal is not None and Path(path).is_file() and cal.table_sha256 == table_sha256(path):
+        return None
+    cp.unlink()
+    return cp
+
+
 def read_calibration(path: Path) -> Calibration | None:
     """The validated calibration stored beside a table, or None."""
     cp = calib_path(path)
@@ -442,6 +458,7 @@ class TableWriter:
     def __init__(self, path: Path, meta: "dict[str, Any] | TableHeader", fresh: bool = False, mixed: bool = False):
         self.mixed = mixed
         self.path = path
+        self.dropped_calibration: Path | None = None  # the stale calibration a fresh start removed
         self._lock = FileLock(path, "table", fix="wait for that hwprof to finish or stop it (two writers would "
                                                  "measure the same keys twice)")
         self._lock.acquire()
@@ -458,6 +475,8 @@ class TableWriter:
             buf = io.StringIO()
             csv.writer(buf, lineterminator="\n").writerow(COLUMNS)
             atomic_write_text(path, buf.getvalue())
+            # a calibration fitted on the table this one replaces no longer holds (measure --fresh, import)
+            self.dropped_calibration = drop_stale_calibration(path)
             self.existing: dict[str, Row] = {}
             self._setup = None
         else:

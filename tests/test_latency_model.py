@@ -24,7 +24,6 @@ from search.costs import CostModel
 from search.derive import Deriver
 
 SPACES = ("fbnet-cifar:input_size=16,width=0.25", "darts-3ops:C=8,cells=5", "proxyless:input_size=32,width=0.25")
-pytestmark = pytest.mark.timeout(300)
 
 
 def synthetic_table(spec: str, batch: int, seed: int, calibrated: bool) -> LatencyTable:

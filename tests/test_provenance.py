@@ -4,6 +4,8 @@ Also the typed contracts a run relies on: Calibration validates itself and carri
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import shutil
 
@@ -65,21 +67,25 @@ def test_derive_uses_the_recorded_calibration_and_refuses_a_changed_table(search
     run = load_run(run_dir)
     assert run.table.calibration == used and run.table.calibration["scale"] == 1.1
     assert any("calibration changed since the search" in n for n in run.notes)
-    r = CliRunner().invoke(app, ["derive", str(run_dir), "--control", "kappa=1.0", "--out", str(tmp_path / "a")])
+    r = CliRunner().invoke(app, ["derive", str(run_dir), "--control", "kappa=1,S=0.5:0.5", "--out", str(tmp_path / "a")])
     assert r.exit_code == 0, r.output
     arch = load_arch(tmp_path / "a" / "arch.json")
     assert arch.table.calibration_sha256 == used.sha256
     assert arch.predicted_ms == pytest.approx(run.table.model(run.space).exact(arch.choices))
-    # the table is re-measured (one more row): refused in one line, accepted with the flag
-    with open(table, "a") as f:
-        f.write(table.read_text().splitlines()[1].replace(",ok,", ",error,") + "\n")
-    r = CliRunner().invoke(app, ["derive", str(run_dir), "--control", "kappa=1.0", "--out", str(tmp_path / "b")])
+    # one entry is re-measured (its median changes): refused in one line, accepted with the flag
+    rows = list(csv.reader(io.StringIO(table.read_text())))
+    col = rows[0].index("median_ms")
+    rows[1][col] = f"{float(rows[1][col]) * 1.5:.6g}"
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    table.write_text(buf.getvalue())
+    r = CliRunner().invoke(app, ["derive", str(run_dir), "--control", "kappa=1,S=0.5:0.5", "--out", str(tmp_path / "b")])
     assert r.exit_code != 0 and "changed since the search" in r.output and "--accept-changed-tables" in r.output
     assert "Traceback" not in r.output
     with pytest.raises(ProvenanceError, match="changed since the search"):
         load_run(run_dir)
     assert load_run(run_dir, accept_changed_tables=True).notes[0].endswith("using it as it is now")
-    r = CliRunner().invoke(app, ["derive", str(run_dir), "--control", "kappa=1.0", "--accept-changed-tables",
+    r = CliRunner().invoke(app, ["derive", str(run_dir), "--control", "kappa=1,S=0.5:0.5", "--accept-changed-tables",
                                  "--out", str(tmp_path / "c")])
     assert r.exit_code == 0, r.output
 

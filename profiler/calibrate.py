@@ -1,6 +1,6 @@
 """Per-device calibration of a table's whole-network predictions, linear in the entries.
 
-Contract (read by :class:`profiler.tables.LatencyTable`)::
+Contract (a :class:`profiler.latency.Calibration`, applied by :class:`profiler.latency.LatencyModel`)::
 
     prediction = offset_ms + sum over an architecture's keys of entry_ms(key)
     entry_ms(key) = raw_median(key) * scale_by_op.get(op, scale)
@@ -222,6 +222,20 @@ def _to_file_params(params: dict[str, Any], space: Space) -> dict[str, Any]:
     return {"scale": float(params.get("scale", 1.0)), "scale_by_op": sb, "offset_ms": float(params["offset_ms"])}
 
 
+def _candidates(models: Sequence[str], empty_graph_ms: float | None) -> dict[str, dict[str, Any]]:
+    """Candidate name -> model and ridge strength (per-op once per ridge of the grid)."""
+    out: dict[str, dict[str, Any]] = {}
+    for m in models:
+        if m == "overhead" and empty_graph_ms is None:
+            continue
+        if m == "per-op":
+            for lam in RIDGE_GRID:
+                out[f"per-op(ridge={lam:g})"] = {"model": m, "ridge": lam}
+        else:
+            out[m] = {"model": m}
+    return out
+
+
 def fit_calibration(table: LatencyTable, space: Space, fit_archs: Sequence[Sequence[str]], fit_ms: Sequence[float],
                     test_archs: Sequence[Sequence[str]], test_ms: Sequence[float], *,
                     empty_graph_ms: float | None = None, models: Sequence[str] = MODELS,
@@ -229,8 +243,9 @@ def fit_calibration(table: LatencyTable, space: Space, fit_archs: Sequence[Seque
     """Choose and fit a calibration on (fit_archs, fit_ms); report it on (test_archs, test_ms).
 
     ``stat``: which statistic of entries and networks is modelled: ``median`` (the table's), or ``p10`` (robust
-    on a busy host, where medians carry the load of other processes). It is stored in the calibration and
-    :meth:`LatencyTable.entry_ms` then scales the entries' p10s.
+    on a busy host, where medians carry the load of other processes). It is stored in the calibration and the
+    table's :class:`profiler.latency.LatencyModel` then scales the entries' p10s. The calibration records the
+    sha256 of the table file it was fitted on (``table_sha256``).
     """
     if len(fit_archs) != len(fit_ms) or len(test_archs) != len(test_ms):
         raise ValueError("architectures and measurements differ in length")
@@ -243,15 +258,7 @@ def fit_calibration(table: LatencyTable, space: Space, fit_archs: Sequence[Seque
     y_test = np.asarray(test_ms, dtype=float)
     d_fit = design(table, space, fit_archs, stat)
     d_test = design(table, space, test_archs, stat)
-    candidates: dict[str, dict[str, Any]] = {}
-    for m in models:
-        if m == "overhead" and empty_graph_ms is None:
-            continue
-        if m == "per-op":
-            for lam in RIDGE_GRID:
-                candidates[f"per-op(ridge={lam:g})"] = {"model": m, "ridge": lam}
-        else:
-            candidates[m] = {"model": m}
+    candidates = _candidates(models, empty_graph_ms)
     kw = {"empty_graph_ms": empty_graph_ms}
     cv = {}
     for name, c in candidates.items():
@@ -270,8 +277,8 @@ def fit_calibration(table: LatencyTable, space: Space, fit_archs: Sequence[Seque
         held_out[name] = metrics(predict(d_test, params), y_test) if len(y_test) else {}
         fitted[name] = params
         # a model that predicts a non-positive latency for some architecture of the space is never chosen
-        trial = calibrated(table, {"version": CALIB_VERSION, "stat": stat, **_to_file_params(params, space)})
-        if not lowest_prediction_ms(trial, space) > 0:
+        trial = {"version": CALIB_VERSION, "stat": stat, **_to_file_params(params, space)}
+        if not table.model(space, trial).lowest() > 0:
             cv[name] = float("inf")
     best = min(cv, key=lambda n: cv[n])
     chosen = fitted.get(best, {"offset_ms": 0.0}) if np.isfinite(cv[best]) else {"offset_ms": 0.0}

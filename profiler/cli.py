@@ -173,6 +173,9 @@ def measure(
     console.print(f"{path}: measured {summary.measured} ({summary.ok} ok, {summary.noisy} noisy, "
                   f"{summary.errors} error, {summary.remeasured} re-measured), {summary.skipped} already there, "
                   f"{summary.wall_s:.1f} s")
+    if summary.dropped_calibration is not None:
+        console.print(f"removed {summary.dropped_calibration}: it was fitted on the table --fresh replaced "
+                      f"(refit it with hwprof verify)", highlight=False, soft_wrap=True)
     if summary.validity is not None:
         style = "green" if summary.validity.valid else "bold red"
         console.print(f"validity: [{style}]{summary.validity.line()}[/]", highlight=False, soft_wrap=True)

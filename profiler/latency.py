@@ -197,14 +197,15 @@ class LatencyModel:
         self.space.check_choices(list(choices))
         return [layer.choices.index(op) for layer, op in zip(self.space.layers, choices)]
 
-    def missing_keys(self, choices: Sequence[str]) -> list[str]:
-        cells = [FIXED, *enumerate(self.columns(choices))]
+    def missing_keys(self, choices: Sequence[str], cols: Sequence[int] | None = None) -> list[str]:
+        """A key without a usable row for each cell of the architecture that has one (fixed sites first)."""
+        cells = [FIXED, *enumerate(self.columns(choices) if cols is None else cols)]
         return [self.gaps[c] for c in cells if c in self.gaps]
 
     def exact(self, choices: Sequence[str]) -> float:
         """The prediction (ms) for one architecture; ``MissingEntries`` (a KeyError) names a key it lacks."""
         cols = self.columns(choices)
-        missing = self.missing_keys(choices)
+        missing = self.missing_keys(choices, cols) if self.gaps else []
         if missing:
             raise MissingEntries(f"table {self.source} lacks {len(set(missing))} key(s) of this architecture, "
                                  f"e.g. {missing[0]}")

@@ -23,7 +23,8 @@ import numpy as np
 
 from .errors import UserError
 from .errors import InputError
-from .fileio import FileLock, atomic_write_text, loads_json, read_text, sha256_file  # atomic_write_text: also re-exported
+# atomic_write_text: also re-exported
+from .fileio import FileLock, atomic_write_text, loads_json, read_text, sha256_file
 from .keys import KEY_VERSION, key_op, parse_key
 from .latency import TABLE_CALIBRATION, Calibration, LatencyModel, build_model, calibration_terms, entry_ms
 

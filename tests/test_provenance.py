@@ -67,7 +67,8 @@ def test_derive_uses_the_recorded_calibration_and_refuses_a_changed_table(search
     run = load_run(run_dir)
     assert run.table.calibration == used and run.table.calibration["scale"] == 1.1
     assert any("calibration changed since the search" in n for n in run.notes)
-    r = CliRunner().invoke(app, ["derive", str(run_dir), "--control", "kappa=1,S=0.5:0.5", "--out", str(tmp_path / "a")])
+    r = CliRunner().invoke(app, ["derive", str(run_dir), "--control", "kappa=1,S=0.5:0.5",
+                                 "--out", str(tmp_path / "a")])
     assert r.exit_code == 0, r.output
     arch = load_arch(tmp_path / "a" / "arch.json")
     assert arch.table.calibration_sha256 == used.sha256
@@ -79,7 +80,8 @@ def test_derive_uses_the_recorded_calibration_and_refuses_a_changed_table(search
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(rows)
     table.write_text(buf.getvalue())
-    r = CliRunner().invoke(app, ["derive", str(run_dir), "--control", "kappa=1,S=0.5:0.5", "--out", str(tmp_path / "b")])
+    r = CliRunner().invoke(app, ["derive", str(run_dir), "--control", "kappa=1,S=0.5:0.5",
+                                 "--out", str(tmp_path / "b")])
     assert r.exit_code != 0 and "changed since the search" in r.output and "--accept-changed-tables" in r.output
     assert "Traceback" not in r.output
     with pytest.raises(ProvenanceError, match="changed since the search"):

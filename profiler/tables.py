@@ -470,7 +470,9 @@ class TableWriter:
             raise
 
     def _open(self, path: Path, meta: "dict[str, Any] | TableHeader", fresh: bool) -> None:
-        meta = (meta if isinstance(meta, TableHeader) else TableHeader.from_dict(meta, path)).to_dict()
+        if not isinstance(meta, TableHeader):  # the writer stamps the schema and key format it writes
+            meta = TableHeader.from_dict({"schema_version": SCHEMA_VERSION, "key_version": KEY_VERSION, **meta}, path)
+        meta = meta.to_dict()
         if fresh or not path.exists():
             atomic_write_text(meta_path(path), json.dumps(meta, indent=2, sort_keys=True))
             buf = io.StringIO()

@@ -48,6 +48,7 @@ from profiler.spaces import get_space  # noqa: E402
 from profiler.stats import summarize  # noqa: E402
 from profiler.tables import atomic_write_text, load_table  # noqa: E402
 from search.config import preset  # noqa: E402
+from search.costs import CostModel  # noqa: E402
 from search.derive import Budget, Deriver, derive_budgets, derive_family, to_arch  # noqa: E402
 from search.pipeline import QUICK_PROTOCOL, RunConfig, ensure_calibration, ensure_table  # noqa: E402
 from search.report import hypervolume  # noqa: E402
@@ -225,13 +226,12 @@ def main() -> None:
     # a pool of random architectures that covers the latency range: each draw picks, per layer, the layer's
     # cheapest op (by the table) with probability w ~ U(0, 1) and a uniformly random op otherwise
     rng = random.Random(a.seed)
-    cheapest = [min(layer.choices, key=lambda op, layer=layer: sum(table.entry_ms(s.key(op)) for s in layer.sites))
-                for layer in space.layers]
+    cheapest = list(table.model(space).cheapest())
     pool = []
     for _ in range(4000):
         w = rng.random()
         ch = [cheap if rng.random() < w else rng.choice(layer.choices) for layer, cheap in zip(space.layers, cheapest)]
-        pool.append((table.predict_ms(space.arch_keys(ch)), ch))
+        pool.append((table.model(space).exact(ch), ch))
     rand_archs, used = [], set()
     for arch in fam:
         order = sorted(pool, key=lambda p: abs(p[0] - arch.predicted_ms))
@@ -258,7 +258,8 @@ def main() -> None:
         for n in rnotes:
             log(f"budget stage, re-{n}")
         btable = load_table(rtab)
-    brun = dataclasses.replace(run, tables=[btable, *run.tables[1:]])
+    btables = [btable, *run.tables[1:]]
+    brun = dataclasses.replace(run, tables=btables, costs=CostModel(run.space, btables))
     bd = Deriver(brun)
     lats = [c.latency_ms for c in bd.sweep()]
     budgets = np.linspace(min(lats), max(lats), sc.budgets + 2)[1:-1]

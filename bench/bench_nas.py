@@ -168,14 +168,13 @@ def random_archs(space, table, seed: int, n_uniform: int, targets: list[float]) 
     rng = random.Random(seed * 7919 + 1)
     uniform = [make_arch(space, [rng.choice(layer.choices) for layer in space.layers], table, None,
                          {"derived": "random-uniform"}) for _ in range(n_uniform)]
-    cheapest = [min(layer.choices, key=lambda op, layer=layer: sum(table.entry_ms(s.key(op)) for s in layer.sites))
-                for layer in space.layers]
+    cheapest = list(table.model(space).cheapest())
     matched = []
     for target in targets:
         best, best_err = None, float("inf")
         for _ in range(20000):
             ch = _proposal(space, cheapest, rng)
-            err = abs(table.predict_ms(space.arch_keys(ch)) - target) / target
+            err = abs(table.model(space).exact(ch) - target) / target
             if err < best_err:
                 best, best_err = ch, err
             if err <= MATCH_TOL:

@@ -48,6 +48,7 @@ class TableRef:
     space: str
     fingerprint_hash: str
     calibrated: bool
+    calibration_sha256: str | None = None  # of the calibration the prediction used (None: raw sums)
 
 
 @dataclass(frozen=True)
@@ -172,17 +173,14 @@ def fingerprint_hash(fingerprint: Any) -> str:
 
 
 def table_ref(table: LatencyTable) -> TableRef:
+    cal = table.calibration
     return TableRef(str(table.path), table.device, table.space, fingerprint_hash(table.meta.get("fingerprint")),
-                    bool(table.calibration))
+                    cal is not None, None if cal is None else cal.sha256)
 
 
 def predict_ms(space: Space, choices: list[str] | tuple[str, ...], table: LatencyTable) -> float:
     """The table's prediction for a concrete architecture; ``KeyError`` names the first missing key."""
-    keys = space.arch_keys(choices)
-    missing = table.missing(keys)
-    if missing:
-        raise KeyError(f"table {table.path} lacks {len(set(missing))} key(s) of this architecture, e.g. {missing[0]}")
-    return table.predict_ms(keys)
+    return table.model(space).exact(list(choices))
 
 
 def make_arch(space: Space, choices: list[str] | tuple[str, ...], table: LatencyTable | None = None,
@@ -280,7 +278,7 @@ def _parse(data: Any, where: str) -> Arch:
             tref = TableRef(**tref)
         except TypeError:
             raise ArchError(f"{where}: field 'table' needs exactly path, device, space, fingerprint_hash, "
-                            f"calibrated; {_FIX}") from None
+                            f"calibrated (and optionally calibration_sha256); {_FIX}") from None
     control = data.get("control")
     if control is not None and not isinstance(control, dict):
         raise ArchError(f"{where}: field 'control' = {str(control)[:60]!r} must be an object or null; {_FIX}")

@@ -1,6 +1,6 @@
 """Per-device calibration of a table's whole-network predictions, linear in the entries.
 
-Contract (read by :class:`profiler.tables.LatencyTable`)::
+Contract (a :class:`profiler.latency.Calibration`, applied by :class:`profiler.latency.LatencyModel`)::
 
     prediction = offset_ms + sum over an architecture's keys of entry_ms(key)
     entry_ms(key) = raw_median(key) * scale_by_op.get(op, scale)
@@ -34,15 +34,11 @@ from typing import Any, Sequence
 import numpy as np
 from scipy.optimize import least_squares, lsq_linear
 
+from .latency import CALIB_VERSION, STATS, Calibration, CalibrationError  # noqa: F401 - re-exported
 from .spaces import Space
-from .tables import LatencyTable, atomic_write_text, calib_path
-from .errors import InputError
+from .tables import LatencyTable, atomic_write_text, calib_path, table_sha256
 
 
-class CalibrationError(InputError):
-    """A calibration file (TABLE.calib.json) of the wrong shape or with bad values."""
-
-CALIB_VERSION = 1
 RIDGE_GRID = (0.0, 0.01, 0.1, 1.0, 10.0)
 MODELS = ("raw", "offset", "overhead", "scale+offset", "per-op")
 
@@ -97,33 +93,21 @@ class Design:
         return self.by_op.sum(axis=1) + self.fixed_ms
 
 
-STATS = ("median", "p10")
-
-
-def raw_entry_ms(table: LatencyTable, key: str, stat: str = "median") -> float:
-    """An entry's raw statistic: the median, or the p10 (falls back to the median where a row has no p10)."""
-    med = table.latency_ms(key)
-    if stat == "median":
-        return med
-    if stat != "p10":
-        raise ValueError(f"stat {stat!r} is not one of {', '.join(STATS)}")
-    p10 = float(table.rows[key]["p10_ms"])
-    return p10 if p10 > 0 else med
-
-
 def design(table: LatencyTable, space: Space, archs: Sequence[Sequence[str]], stat: str = "median") -> Design:
-    """Raw per-op sums of each architecture (``KeyError`` names a key the table lacks)."""
+    """Raw per-op sums of each architecture, read from the table's raw :class:`LatencyModel` (``KeyError`` names a
+    key the table lacks)."""
+    model = table.model(space, None, stat)
     ops = tuple(space.ops)
     col = {op: j for j, op in enumerate(ops)}
-    fixed = sum(raw_entry_ms(table, s.key(), stat) for s in space.fixed)
     by_op = np.zeros((len(archs), len(ops)))
     for i, choices in enumerate(archs):
-        space.check_choices(list(choices))
-        for layer, op in zip(space.layers, choices):
-            for site in layer.sites:
-                by_op[i, col[op]] += raw_entry_ms(table, site.key(op), stat)
+        missing = model.missing_keys(list(choices))
+        if missing:
+            raise KeyError(missing[0])
+        for layer, (li, k) in zip(space.layers, enumerate(model.columns(list(choices)))):
+            by_op[i, col[layer.choices[k]]] += model.entries[li, k]
     n_keys = len(space.fixed) + sum(len(layer.sites) for layer in space.layers)
-    return Design(ops, by_op, np.full(len(archs), fixed), n_keys)
+    return Design(ops, by_op, np.full(len(archs), model.fixed_ms), n_keys)
 
 
 # ------------------------------------------------------------------------------------------------- models
@@ -238,6 +222,20 @@ def _to_file_params(params: dict[str, Any], space: Space) -> dict[str, Any]:
     return {"scale": float(params.get("scale", 1.0)), "scale_by_op": sb, "offset_ms": float(params["offset_ms"])}
 
 
+def _candidates(models: Sequence[str], empty_graph_ms: float | None) -> dict[str, dict[str, Any]]:
+    """Candidate name -> model and ridge strength (per-op once per ridge of the grid)."""
+    out: dict[str, dict[str, Any]] = {}
+    for m in models:
+        if m == "overhead" and empty_graph_ms is None:
+            continue
+        if m == "per-op":
+            for lam in RIDGE_GRID:
+                out[f"per-op(ridge={lam:g})"] = {"model": m, "ridge": lam}
+        else:
+            out[m] = {"model": m}
+    return out
+
+
 def fit_calibration(table: LatencyTable, space: Space, fit_archs: Sequence[Sequence[str]], fit_ms: Sequence[float],
                     test_archs: Sequence[Sequence[str]], test_ms: Sequence[float], *,
                     empty_graph_ms: float | None = None, models: Sequence[str] = MODELS,
@@ -245,8 +243,9 @@ def fit_calibration(table: LatencyTable, space: Space, fit_archs: Sequence[Seque
     """Choose and fit a calibration on (fit_archs, fit_ms); report it on (test_archs, test_ms).
 
     ``stat``: which statistic of entries and networks is modelled: ``median`` (the table's), or ``p10`` (robust
-    on a busy host, where medians carry the load of other processes). It is stored in the calibration and
-    :meth:`LatencyTable.entry_ms` then scales the entries' p10s.
+    on a busy host, where medians carry the load of other processes). It is stored in the calibration and the
+    table's :class:`profiler.latency.LatencyModel` then scales the entries' p10s. The calibration records the
+    sha256 of the table file it was fitted on (``table_sha256``).
     """
     if len(fit_archs) != len(fit_ms) or len(test_archs) != len(test_ms):
         raise ValueError("architectures and measurements differ in length")
@@ -259,15 +258,7 @@ def fit_calibration(table: LatencyTable, space: Space, fit_archs: Sequence[Seque
     y_test = np.asarray(test_ms, dtype=float)
     d_fit = design(table, space, fit_archs, stat)
     d_test = design(table, space, test_archs, stat)
-    candidates: dict[str, dict[str, Any]] = {}
-    for m in models:
-        if m == "overhead" and empty_graph_ms is None:
-            continue
-        if m == "per-op":
-            for lam in RIDGE_GRID:
-                candidates[f"per-op(ridge={lam:g})"] = {"model": m, "ridge": lam}
-        else:
-            candidates[m] = {"model": m}
+    candidates = _candidates(models, empty_graph_ms)
     kw = {"empty_graph_ms": empty_graph_ms}
     cv = {}
     for name, c in candidates.items():
@@ -286,8 +277,8 @@ def fit_calibration(table: LatencyTable, space: Space, fit_archs: Sequence[Seque
         held_out[name] = metrics(predict(d_test, params), y_test) if len(y_test) else {}
         fitted[name] = params
         # a model that predicts a non-positive latency for some architecture of the space is never chosen
-        trial = calibrated(table, {"version": CALIB_VERSION, "stat": stat, **_to_file_params(params, space)})
-        if not lowest_prediction_ms(trial, space) > 0:
+        trial = {"version": CALIB_VERSION, "stat": stat, **_to_file_params(params, space)}
+        if not table.model(space, trial).lowest() > 0:
             cv[name] = float("inf")
     best = min(cv, key=lambda n: cv[n])
     chosen = fitted.get(best, {"offset_ms": 0.0}) if np.isfinite(cv[best]) else {"offset_ms": 0.0}
@@ -297,6 +288,7 @@ def fit_calibration(table: LatencyTable, space: Space, fit_archs: Sequence[Seque
     fp = _to_file_params(chosen, space)
     calib = {
         "version": CALIB_VERSION,
+        "table_sha256": table_sha256(table.path) if Path(table.path).is_file() else None,
         "model": best,
         "stat": stat,
         **fp,
@@ -319,38 +311,22 @@ def _round(m: dict[str, float]) -> dict[str, float]:
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items()}
 
 
-def write_calibration(table_path: Path, calibration: dict[str, Any]) -> Path:
+def write_calibration(table_path: Path, calibration: Any) -> Path:
     """Store a calibration beside its table (atomic, text)."""
-    check_calibration(calibration, str(calib_path(table_path)))
+    cal = Calibration.from_dict(calibration, str(calib_path(table_path)))
     path = calib_path(table_path)
-    atomic_write_text(path, json.dumps(calibration, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, json.dumps(cal.to_dict(), indent=2, sort_keys=True) + "\n")
     return path
 
 
-def check_calibration(c: Any, where: str) -> None:
+def check_calibration(c: Any, where: str) -> Calibration:
     """Validate a calibration dict; a one-line ``CalibrationError`` (a ``ValueError``) names the field."""
-    if not isinstance(c, dict) or c.get("version") != CALIB_VERSION:
-        raise CalibrationError(f"{where}: calibration version {c.get('version') if isinstance(c, dict) else None!r}, "
-                               f"expected {CALIB_VERSION}; refit it with hwprof verify")
-    for f in ("scale", "offset_ms"):
-        if isinstance(c.get(f), bool) or not isinstance(c.get(f), (int, float)) or not np.isfinite(c[f]):
-            raise CalibrationError(f"{where}: field {f!r} must be a finite number, got {c.get(f)!r}; "
-                                   f"refit it with hwprof verify or delete the file")
-    if c.get("stat", "median") not in STATS:
-        raise CalibrationError(f"{where}: field 'stat' is {c.get('stat')!r}, expected one of {', '.join(STATS)}")
-    sb = c.get("scale_by_op", {})
-    if not isinstance(sb, dict) or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v)
-                                       or v < 0 for v in sb.values()):
-        raise CalibrationError(f"{where}: scale_by_op must map op names to finite non-negative numbers, got "
-                               f"{str(sb)[:80]}; refit it with hwprof verify or delete the file")
+    return Calibration.from_dict(c, where)
 
 
 def lowest_prediction_ms(table: LatencyTable, space: Space) -> float:
-    """The least prediction over every architecture of ``space`` (the model is linear in the entries, so the
-    per-layer minima add up)."""
-    return (table.offset_ms + sum(table.entry_ms(site.key()) for site in space.fixed)
-            + sum(min(sum(table.entry_ms(site.key(op)) for site in layer.sites) for op in layer.choices)
-                  for layer in space.layers))
+    """The least prediction over every architecture of ``space`` (see :meth:`LatencyModel.lowest`)."""
+    return table.model(space).lowest()
 
 
 def calibrated(table: LatencyTable, calibration: dict[str, Any] | None) -> LatencyTable:

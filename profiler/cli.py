@@ -173,6 +173,9 @@ def measure(
     console.print(f"{path}: measured {summary.measured} ({summary.ok} ok, {summary.noisy} noisy, "
                   f"{summary.errors} error, {summary.remeasured} re-measured), {summary.skipped} already there, "
                   f"{summary.wall_s:.1f} s")
+    if summary.dropped_calibration is not None:
+        console.print(f"removed {summary.dropped_calibration}: it was fitted on the table --fresh replaced "
+                      f"(refit it with hwprof verify)", highlight=False, soft_wrap=True)
     if summary.validity is not None:
         style = "green" if summary.validity.valid else "bold red"
         console.print(f"validity: [{style}]{summary.validity.line()}[/]", highlight=False, soft_wrap=True)
@@ -329,7 +332,10 @@ def measure_model_cmd(
 
         arch = onnx_arch(model)
         if tab is not None:
-            predicted = tab.predict_ms(arch.keys()) if not tab.missing(arch.keys()) else None
+            try:
+                predicted = tab.model(arch.space).exact(arch.choices) if tab.space == arch.space_spec else None
+            except KeyError:
+                predicted = None
         elif arch.table is not None and arch.table.device == dev.name:
             predicted = arch.predicted_ms
     except UserError:
@@ -463,24 +469,24 @@ def verify(
     finally:
         runner.close()
     s = rep.summary
-    out.print(f"{s['n_test']} held-out networks ({s['n_calib']} for calibration), {len(s['failed'])} failed",
+    out.print(f"{s.n_test} held-out networks ({s.n_calib} for calibration), {len(s.failed)} failed",
               highlight=False, soft_wrap=True)
-    v = Validity.from_dict(s.get("validity"))
+    v = Validity.from_dict(s.validity)
     if v is not None:
         out.print(f"validity: [{'green' if v.valid else 'bold red'}]{v.line()}[/]", highlight=False, soft_wrap=True)
-    out.print(f"raw table sum : {_fmt_metrics(s['raw'])} ({s.get('stat', 'median')}s)", highlight=False,
+    out.print(f"raw table sum : {_fmt_metrics(s.raw)} ({s.stat}s)", highlight=False,
               soft_wrap=True)
-    if s.get("calibrated"):
-        c = s["calibrated"]
-        out.print(f"calibrated    : {_fmt_metrics(c)} (model {c['model']}, {s.get('stat', 'median')}s)", highlight=False, soft_wrap=True)
+    if s.calibrated:
+        c = s.calibrated
+        out.print(f"calibrated    : {_fmt_metrics(c)} (model {c['model']}, {s.stat}s)", highlight=False, soft_wrap=True)
         reached = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in c["goals_reached"].items())
         out.print(f"goals (±5 % ≥ 95 %, ±10 % ≥ 99.5 %, τ ≥ 0.95) reached: {reached}", highlight=False, soft_wrap=True)
-    if s.get("existing_calibration"):
-        out.print("stored calibration: " + _fmt_metrics(s["existing_calibration"]), highlight=False, soft_wrap=True)
+    if s.existing_calibration:
+        out.print("stored calibration: " + _fmt_metrics(s.existing_calibration), highlight=False, soft_wrap=True)
     if rep.calib_path:
         out.print(f"calibration stored in {rep.calib_path}", highlight=False, soft_wrap=True)
     out.print(f"wrote {out_dir}/networks.csv, summary.json, scatter.png", highlight=False, soft_wrap=True)
-    for f in s["failed"][:5]:
+    for f in s.failed[:5]:
         console.print(f"  [red]failed[/] {f['split']} {f['arch']}: {f['error']}", highlight=False, soft_wrap=True)
 
 

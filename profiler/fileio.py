@@ -78,6 +78,17 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def sha256_file(path: str | Path) -> str:
+    """The sha256 (hex) of a file's bytes, read in chunks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def read_text(path: str | Path, what: str = "file") -> str:
     """A UTF-8 text file; a non-UTF-8 byte is a one-line error naming the file and the byte's offset."""
     path = Path(path)

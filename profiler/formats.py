@@ -781,6 +781,8 @@ def import_table(src: Path, fmt: str, space: Space, device: str, out: Path, *, u
         for key in candidates:
             if key in rows:
                 w.append(rows[key])
+    if w.dropped_calibration is not None:
+        rep.notes.append(f"removed {w.dropped_calibration}: it was fitted on the table this import replaced")
     return rep
 
 

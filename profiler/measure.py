@@ -60,6 +60,7 @@ class SweepSummary:
     wall_s: float
     rows: tuple[Row, ...]
     validity: Validity | None = None  # None when nothing was measured (the header keeps its verdict)
+    dropped_calibration: Path | None = None  # --fresh: the calibration of the replaced table, deleted
 
 
 def row_from_result(result: MeasureResult, attempts: int, max_abs_err: float, cv_threshold: float) -> Row:
@@ -308,8 +309,9 @@ def measure_space(device: Device, space: Space, runner: Runner, out: Path, *, fr
     with TableWriter(out, table_meta(device, space, runner, protocol, batch), fresh=fresh,
                      mixed=mixed) as writer:
         todo = [k for k in keys if k not in writer.existing]
+        dropped = writer.dropped_calibration
         prog = sweep(todo, runner, protocol, writer, on_progress)
     validity = write_validity(out, sweep_validity(prog, protocol), fresh) if todo else None
     rows = tuple(prog.rows)
     return SweepSummary(out, len(todo), len(keys) - len(todo), sum(r.status == "ok" for r in rows), prog.noisy,
-                        prog.errors, prog.remeasured, time.perf_counter() - t0, rows, validity)
+                        prog.errors, prog.remeasured, time.perf_counter() - t0, rows, validity, dropped)

@@ -32,17 +32,7 @@ def save_figure(fig, path: Path) -> Path:
 
 def latency_grid(table: LatencyTable, space: Space) -> tuple[np.ndarray, list[str], list[str]]:
     """``[layers, ops]`` raw latency (ms; a row sums its sites), NaN where the table has no usable entry."""
-    ops = list(space.ops)
-    grid = np.full((len(space.layers), len(ops)), np.nan)
-    for i, layer in enumerate(space.layers):
-        for j, op in enumerate(ops):
-            if op not in layer.choices:
-                continue
-            try:
-                grid[i, j] = sum(table.latency_ms(s.key(op)) for s in layer.sites)
-            except KeyError:
-                pass
-    return grid, [layer.name for layer in space.layers], ops
+    return table.model(space, None).grid(), [layer.name for layer in space.layers], list(space.ops)
 
 
 def plot_table(table: LatencyTable, space: Space, path: Path) -> Path:
@@ -54,7 +44,7 @@ def plot_table(table: LatencyTable, space: Space, path: Path) -> Path:
     fixed = []
     for s in space.fixed:
         try:
-            fixed.append(f"{s.name} {table.latency_ms(s.key()):.3g}")
+            fixed.append(f"{s.name} {table.latency_ms(s.key(batch=table.batch)):.3g}")
         except KeyError:
             fixed.append(f"{s.name} missing")
     h = max(3.5, 0.32 * len(rows) + 1.8)

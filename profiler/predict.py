@@ -3,7 +3,7 @@
 The architecture comes from an architecture JSON (``hwnas derive``), an ONNX model written by ``hwnas export``
 (``metadata_props["hwnas_arch_json"]``) or by hwprof's own network export (``hwnas_space`` + ``hwnas_arch``).
 Each table gives the raw sum of its entries and, when it has a calibration, the calibrated prediction with the
-calibration's model and its held-out error -- both through :meth:`LatencyTable.predict_ms`, no summation of its own.
+calibration's model and its held-out error -- both through the table's :class:`profiler.latency.LatencyModel`, no summation of its own.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from .arch import Arch, ArchError, arch_from_metadata, load_arch, make_arch
-from .calibrate import calibrated
 from .spaces import get_space
 from .tables import LatencyTable
 
@@ -68,19 +67,19 @@ def predict_with(arch: Arch, table: LatencyTable) -> Prediction:
     if table.space != arch.space_spec:
         return Prediction(**base, error=f"table is for space {table.space!r}, the architecture is in "
                                         f"{arch.space_spec!r}; pass a table of that space")
-    keys = arch.space.arch_keys(arch.choices, int(table.meta.get("batch", 1)))
+    keys = arch.space.arch_keys(arch.choices, table.batch)
     missing = sorted(set(table.missing(keys)))
     if missing:
         return Prediction(**base, error=f"table lacks {len(missing)} key(s) of this architecture, e.g. {missing[0]}; "
                                         f"measure them with hwprof measure --device {table.device} --space "
                                         f"{table.space} --out {table.path}")
-    raw = calibrated(table, None).predict_ms(keys)
+    raw = table.model(arch.space, None).exact(arch.choices)
     if not table.calibration:
         return Prediction(**base, raw_ms=raw)
     fit = table.calibration.get("fit") or {}
     held = {"after": fit.get("held_out_after") or {}, "before": fit.get("held_out_before") or {},
             "n_test": fit.get("n_test"), "stat": table.calibration.get("stat", "median")}
-    return Prediction(**base, raw_ms=raw, calibrated_ms=table.predict_ms(keys),
+    return Prediction(**base, raw_ms=raw, calibrated_ms=table.model(arch.space).exact(arch.choices),
                       calibration_model=str(table.calibration.get("model", "?")), held_out=held)
 
 

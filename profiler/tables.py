@@ -10,20 +10,23 @@ line (no newline) is ignored on load and cut off before the next append.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from .errors import UserError
 from .errors import InputError
-from .fileio import FileLock, atomic_write_text, loads_json, read_text  # atomic_write_text: also re-exported
+# atomic_write_text: also re-exported
+from .fileio import FileLock, atomic_write_text, loads_json, read_text, sha256_file
 from .keys import KEY_VERSION, key_op, parse_key
+from .latency import TABLE_CALIBRATION, Calibration, LatencyModel, build_model, calibration_terms, entry_ms
 
 SCHEMA_VERSION = 1
 COLUMNS = ["key", "op", "input_shape", "c_out", "stride", "params", "median_ms", "p10_ms", "p90_ms", "mean_ms",
@@ -67,8 +70,19 @@ def read_json_or_none(path: Path) -> Any:
         return None
 
 
+_FLOATS = ("median_ms", "p10_ms", "p90_ms", "mean_ms", "std_ms", "cv", "max_abs_err")
+_INTS = ("mad_outliers", "n", "calls_per_sample", "attempts")
+_TIMES = ("median_ms", "p10_ms", "p90_ms", "mean_ms", "std_ms")
+_KEY_COLUMNS = ("op", "input_shape", "c_out", "stride", "params")
+_FRESH = "fix the line or re-measure with hwprof measure --fresh"
+
+
 @dataclass
 class Row:
+    """One table row, as written by a sweep and as read back (typed and validated). A new column is one more field
+    here (with a default) and one more name in ``COLUMNS``. It also reads by column name (``row["median_ms"]``);
+    the key-derived columns (op, input_shape, c_out, stride, params) come from the key."""
+
     key: str
     median_ms: float = math.nan
     p10_ms: float = math.nan
@@ -85,26 +99,81 @@ class Row:
     error: str = ""
     max_abs_err: float = math.nan
     samples_ms: tuple[float, ...] = ()
+    setup: str = ""  # mixed tables only: the short hash of the protocol and fingerprint it was measured under
 
-    def to_record(self) -> list[Any]:
+    def _key_columns(self) -> dict[str, Any]:
         k = parse_key(self.key)
-        params = ",".join(f"{a}={b}" for a, b in k.params)
-        vals = dict(self.__dict__)
-        vals.update(op=k.op, input_shape="x".join(map(str, k.input_shape)), c_out=k.c_out, stride=k.stride,
-                    params=params, samples_ms=" ".join(f"{s:.6g}" for s in self.samples_ms))
+        return {"op": k.op, "input_shape": "x".join(map(str, k.input_shape)), "c_out": k.c_out, "stride": k.stride,
+                "params": ",".join(f"{a}={b}" for a, b in k.params)}
+
+    def to_record(self, columns: Sequence[str] = COLUMNS) -> list[Any]:
+        vals = {**self.__dict__, **self._key_columns(), "samples_ms": " ".join(f"{s:.6g}" for s in self.samples_ms)}
         return ["" if isinstance(vals[c], float) and math.isnan(vals[c]) else
-                (f"{vals[c]:.6g}" if isinstance(vals[c], float) else vals[c]) for c in COLUMNS]
+                (f"{vals[c]:.6g}" if isinstance(vals[c], float) else vals[c]) for c in columns]
+
+    @property
+    def usable(self) -> bool:
+        return self.status != "error"
+
+    def __getitem__(self, name: str) -> Any:
+        if name in self.__dict__:
+            return self.__dict__[name]
+        if name in _KEY_COLUMNS:
+            return self._key_columns()[name]
+        raise KeyError(name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
+    @classmethod
+    def from_record(cls, rec: dict[str, str], where: str) -> "Row":
+        """A CSV record checked field by field; a bad value is one ``TableError`` line naming file, line, field."""
+        if rec["status"] not in STATUSES:
+            raise TableError(f"{where}: status {rec['status']!r} is not one of {', '.join(STATUSES)}")
+        vals: dict[str, Any] = {"key": rec["key"], "status": rec["status"], "variant": rec["variant"],
+                                "error": rec["error"], "setup": rec.get(SETUP_COLUMN, "")}
+        name = "key"
+        try:
+            k = parse_key(rec["key"])
+            for name in _FLOATS:
+                vals[name] = float(rec[name]) if rec[name] != "" else math.nan
+            for name in _INTS:
+                vals[name] = int(rec[name]) if rec[name] != "" else 0
+            name = "samples_ms"
+            vals["samples_ms"] = tuple(float(x) for x in rec["samples_ms"].split())
+        except ValueError as e:
+            raise TableError(f"{where}: field {name}: {e} ({_FRESH})") from None
+        if k.op != rec["op"]:
+            raise TableError(f"{where}: field op {rec['op']!r} does not match key {rec['key']} ({_FRESH})")
+        row = cls(**vals)
+        row.check(where)
+        return row
+
+    def check(self, where: str) -> None:
+        """A usable row has a positive median (0 only for a zero-cost identity) and finite, non-negative times."""
+        if not self.usable:
+            return
+        if not (self.median_ms > 0 or (self.median_ms == 0 and self.variant == ZERO_COST)):
+            raise TableError(f"{where}: status {self.status} but median_ms {self.median_ms!r}")
+        for c in _TIMES:
+            v = getattr(self, c)
+            if not math.isnan(v) and not (math.isfinite(v) and v >= 0):
+                raise TableError(f"{where}: {c} {v!r} of {self.key} must be a finite number >= 0 (fix the line, or "
+                                 f"delete it and re-measure the key with hwprof measure)")
 
 
 class LatencyTable:
     """A loaded table: header (``meta``) and the last row of every key."""
 
-    def __init__(self, path: Path, meta: dict[str, Any], rows: dict[str, dict[str, Any]],
-                 calibration: dict[str, Any] | None = None):
+    def __init__(self, path: Path, meta: dict[str, Any], rows: dict[str, Row],
+                 calibration: Calibration | dict[str, Any] | None = None):
         self.path = path
         self.meta = meta
         self.rows = rows
-        self.calibration = calibration
+        self.calibration = Calibration.from_dict(calibration, f"{path}: calibration") if calibration else None
 
     @property
     def device(self) -> str:
@@ -121,22 +190,43 @@ class LatencyTable:
             raise KeyError(key)
         return float(row["median_ms"])
 
-    # Prediction = offset_ms + sum of entry_ms over an architecture's keys: linear in the entries, so the search's
-    # expected latency stays a dot product. A calibration (``<table>.calib.json``, see profiler.calibrate) rescales
-    # entries per op and sets the offset; without one, entries are raw medians and the offset is 0.
+    @property
+    def header(self) -> TableHeader:
+        """The header, typed (validated when the table was loaded)."""
+        return TableHeader.from_dict(self.meta, self.path)
+
+    @property
+    def batch(self) -> int:
+        return self.header.batch
+
+    def model(self, space: Any = None, calibration: Any = TABLE_CALIBRATION, stat: str | None = None) -> LatencyModel:
+        """The :class:`profiler.latency.LatencyModel` of ``space`` (default: the table's) on this table, built once
+        per (space, calibration, statistic). Every prediction of an architecture goes through it."""
+        if space is None:
+            from .spaces import get_space
+
+            space = get_space(self.space)
+        if not (calibration is TABLE_CALIBRATION or calibration is None):
+            return build_model(space, self, calibration, stat)
+        key = (space.spec, calibration is None, stat)
+        cache = self.__dict__.setdefault("_models", {})
+        hit = cache.get(key)
+        if hit is None or hit[0] is not self.calibration:  # a reassigned calibration builds a new model
+            hit = cache[key] = (self.calibration, build_model(space, self, calibration, stat))
+        return hit[1]
+
+    # The prediction of a list of keys (an architecture file's keys) = offset_ms + sum of entry_ms: the same entry
+    # function (profiler.latency.entry_ms) the model is built from, so both agree by construction.
     def entry_ms(self, key: str) -> float:
-        raw = self.latency_ms(key)
-        if not self.calibration:
-            return raw
-        if self.calibration.get("stat", "median") == "p10":  # fitted on p10s (robust on a busy host)
-            p10 = float(self.rows[key]["p10_ms"])
-            raw = p10 if p10 > 0 else raw
-        op = key_op(key)
-        return raw * float(self.calibration.get("scale_by_op", {}).get(op, self.calibration.get("scale", 1.0)))
+        """The calibrated entry of a key; ``KeyError`` when missing or errored."""
+        v = entry_ms(self.rows.get(key), key_op(key), self.calibration)
+        if math.isnan(v):
+            raise KeyError(key)
+        return v
 
     @property
     def offset_ms(self) -> float:
-        return float(self.calibration.get("offset_ms", 0.0)) if self.calibration else 0.0
+        return calibration_terms(self.calibration)[3]
 
     def predict_ms(self, keys: Iterable[str]) -> float:
         return self.offset_ms + sum(self.entry_ms(k) for k in keys)
@@ -157,7 +247,7 @@ class LatencyTable:
         return pd.read_csv(self.path)
 
 
-def _read_rows(path: Path) -> tuple[dict[str, dict[str, Any]], int]:
+def _read_rows(path: Path) -> tuple[dict[str, Row], int]:
     """Rows by key (last wins) and the byte length of the complete (newline-terminated) part of the file."""
     data = path.read_bytes()
     complete = data.rfind(b"\n") + 1
@@ -169,74 +259,97 @@ def _read_rows(path: Path) -> tuple[dict[str, dict[str, Any]], int]:
                          f"line or re-measure with hwprof measure --fresh)") from None
     reader = csv.reader(io.StringIO(text))
     header = next(reader, None)
-    if header == MIXED_COLUMNS:
-        columns = MIXED_COLUMNS
-    elif header != COLUMNS:
+    if header not in (COLUMNS, MIXED_COLUMNS):
         raise TableError(f"{path}: not a hwprof table (header {','.join(header or [])[:80]!r}); "
                          f"re-measure with hwprof measure --fresh")
-    else:
-        columns = COLUMNS
-    rows: dict[str, dict[str, Any]] = {}
+    columns = header
+    rows: dict[str, Row] = {}
+    first_line: dict[str, int] = {}
     for lineno, rec in enumerate(reader, start=2):
         if len(rec) != len(columns):
             raise TableError(f"{path}: line {lineno} has {len(rec)} fields, expected {len(columns)} "
                              f"(corrupt; fix the line or re-measure with --fresh)")
-        r = dict(zip(columns, rec))
-        if r["status"] not in STATUSES:
-            raise TableError(f"{path}: line {lineno}: status {r['status']!r} is not one of {', '.join(STATUSES)}")
-        try:
-            for c in ("median_ms", "p10_ms", "p90_ms", "mean_ms", "std_ms", "cv", "max_abs_err"):
-                r[c] = float(r[c]) if r[c] != "" else math.nan
-            for c in ("mad_outliers", "n", "calls_per_sample", "attempts"):
-                r[c] = int(r[c]) if r[c] != "" else 0
-        except ValueError as e:
-            raise TableError(f"{path}: line {lineno}: {e} (corrupt; fix the line or re-measure with --fresh)") from None
-        if r["status"] != "error" and not (r["median_ms"] > 0 or (r["median_ms"] == 0 and r["variant"] == ZERO_COST)):
-            raise TableError(f"{path}: line {lineno}: status {r['status']} but median_ms {r['median_ms']!r}")
-        _check_row(path, lineno, r, rows.get(r["key"]))
-        r["_line"] = lineno
-        rows[r["key"]] = r
-    for r in rows.values():
-        del r["_line"]
+        row = Row.from_record(dict(zip(columns, rec)), f"{path}: line {lineno}")
+        earlier = rows.get(row.key)
+        if earlier is not None and earlier.usable:
+            raise TableError(f"{path}: line {lineno}: key {row.key} appears again (first at line "
+                             f"{first_line[row.key]}); delete one of the two lines, or re-measure with hwprof "
+                             f"measure --fresh")
+        rows[row.key] = row
+        first_line[row.key] = lineno
     return rows, complete
 
 
-_TIMES = ("median_ms", "p10_ms", "p90_ms", "mean_ms", "std_ms")
+_HEADER_FIX = "restore the header or re-measure with hwprof measure --fresh"
 
 
-def _check_row(path: Path, lineno: int, r: dict[str, Any], earlier: dict[str, Any] | None) -> None:
-    """A usable row has finite, non-negative times; a key has one usable row (an error row may be superseded)."""
-    if r["status"] != "error":
-        for c in _TIMES:
-            if not math.isnan(r[c]) and not (math.isfinite(r[c]) and r[c] >= 0):
-                raise TableError(f"{path}: line {lineno}: {c} {r[c]!r} of {r['key']} must be a finite number >= 0 "
-                                 f"(fix the line, or delete it and re-measure the key with hwprof measure)")
-    if earlier is not None and earlier["status"] != "error":
-        raise TableError(f"{path}: line {lineno}: key {r['key']} appears again (first at line {earlier['_line']}); "
-                         f"delete one of the two lines, or re-measure with hwprof measure --fresh")
+@dataclass(frozen=True)
+class TableHeader:
+    """A table's header (``<table>.meta.json``), typed and validated on read and before every write. Fields this
+    version does not name are kept in ``extra`` and written back unchanged."""
+
+    device: str
+    space: str
+    batch: int = 1
+    schema_version: int = SCHEMA_VERSION
+    key_version: int = KEY_VERSION
+    runtime: str | None = None
+    created: str | None = None
+    protocol: dict[str, Any] | None = None
+    fingerprint: Any = None
+    validity: dict[str, Any] | None = None
+    imported: dict[str, Any] | None = None
+    setups: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    present: frozenset[str] = field(default=frozenset(), compare=False, repr=False)  # fields the file spelled out
+
+    @classmethod
+    def from_dict(cls, meta: Any, path: Path) -> "TableHeader":
+        """Check the schema, key format and the fields every reader relies on; one ``TableError`` line otherwise."""
+        mp = meta_path(path)
+        if not isinstance(meta, dict) or meta.get("schema_version") != SCHEMA_VERSION:
+            got = meta.get("schema_version") if isinstance(meta, dict) else None
+            raise TableError(f"{path}: schema version {got!r}, this hwprof reads {SCHEMA_VERSION}; "
+                             f"re-measure with hwprof measure --fresh")
+        if meta.get("key_version") != KEY_VERSION:
+            raise TableError(f"{path}: key format v{meta.get('key_version')}, this hwprof uses v{KEY_VERSION}; "
+                             f"re-measure with hwprof measure --fresh")
+        for f in ("device", "space"):
+            if not isinstance(meta.get(f), str) or not meta[f]:
+                raise TableError(f"{mp}: field {f!r} is {meta.get(f)!r}, expected a non-empty string; {_HEADER_FIX}")
+        batch = meta.get("batch", 1)
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise TableError(f"{mp}: field 'batch' is {batch!r}, expected an integer >= 1; {_HEADER_FIX}")
+        for f in ("validity", "imported", "setups"):
+            if meta.get(f) is not None and not isinstance(meta[f], dict):
+                raise TableError(f"{mp}: field {f!r} is {str(meta[f])[:60]!r}, expected an object; {_HEADER_FIX}")
+        if "protocol" in meta:
+            _check_protocol(mp, meta["protocol"])
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra", "present"}
+        return cls(**{k: v for k, v in meta.items() if k in known},
+                   extra={k: v for k, v in meta.items() if k not in known}, present=frozenset(meta) & known)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON of the header: the fields it was read with (or that differ from their defaults), then extra."""
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name not in ("extra", "present") and (f.name in self.present or v != f.default):
+                out[f.name] = v
+        return {**out, **self.extra}
 
 
-def _check_meta(path: Path, meta: dict[str, Any]) -> None:
-    """The header fields every reader relies on: device and space (non-empty strings), batch, protocol."""
-    for f in ("device", "space"):
-        if not isinstance(meta.get(f), str) or not meta[f]:
-            raise TableError(f"{meta_path(path)}: field {f!r} is {meta.get(f)!r}, expected a non-empty string; "
-                             f"restore the header or re-measure with hwprof measure --fresh")
-    batch = meta.get("batch", 1)
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise TableError(f"{meta_path(path)}: field 'batch' is {batch!r}, expected an integer >= 1; "
-                         f"restore the header or re-measure with hwprof measure --fresh")
-    if "protocol" in meta:
-        from .protocol import Protocol
+def _check_protocol(mp: Path, proto: Any) -> None:
+    from .protocol import Protocol
 
-        proto = meta["protocol"]
-        try:
-            Protocol.from_dict(proto if isinstance(proto, dict) else {"?": proto}, f"{meta_path(path)}: protocol")
-        except UserError as e:
-            raise TableError(f"{e}; restore the header or re-measure with hwprof measure --fresh") from None
+    try:
+        Protocol.from_dict(proto if isinstance(proto, dict) else {"?": proto}, f"{mp}: protocol")
+    except UserError as e:
+        raise TableError(f"{e}; {_HEADER_FIX}") from None
 
 
 def read_meta(path: Path) -> dict[str, Any]:
+    """The header of a table as a plain dict, validated through :class:`TableHeader`."""
     mp = meta_path(path)
     try:
         meta = loads_json(read_text(mp, "table header"), str(mp))
@@ -244,14 +357,7 @@ def read_meta(path: Path) -> dict[str, Any]:
         raise TableError(f"{path}: header {mp.name} is missing (was the table copied without it?)") from None
     except InputError as e:
         raise TableError(f"{e} (corrupt header)") from None
-    if not isinstance(meta, dict) or meta.get("schema_version") != SCHEMA_VERSION:
-        got = meta.get("schema_version") if isinstance(meta, dict) else None
-        raise TableError(f"{path}: schema version {got!r}, this hwprof reads {SCHEMA_VERSION}; "
-                         f"re-measure with hwprof measure --fresh")
-    if meta.get("key_version") != KEY_VERSION:
-        raise TableError(f"{path}: key format v{meta.get('key_version')}, this hwprof uses v{KEY_VERSION}; "
-                         f"re-measure with hwprof measure --fresh")
-    _check_meta(path, meta)
+    TableHeader.from_dict(meta, path)
     return meta
 
 
@@ -266,17 +372,39 @@ def load_table(path: str | Path, device: str | None = None, space: str | None = 
     if space is not None and meta.get("space") != space:
         raise TableError(f"{path}: table is for space {meta.get('space')!r}, not {space!r}")
     rows, _ = _read_rows(path)
-    calibration = None
-    cp = calib_path(path)
-    if cp.is_file():
-        from .calibrate import check_calibration
+    return LatencyTable(path, meta, rows, read_calibration(path))
 
-        try:
-            calibration = loads_json(read_text(cp, "calibration"), str(cp))
-            check_calibration(calibration, str(cp))
-        except InputError as e:
-            raise TableError(f"{e} (corrupt calibration; refit it with hwprof verify or delete it)") from None
-    return LatencyTable(path, meta, rows, calibration)
+
+def table_sha256(path: str | Path) -> str:
+    """The sha256 of a table's CSV: what a calibration and a search run record, to notice a changed table."""
+    return sha256_file(path)
+
+
+def drop_stale_calibration(path: Path) -> Path | None:
+    """Delete ``<table>.calib.json`` when it was not fitted on the table as it is now (another sha256, none recorded,
+    or unreadable); returns the deleted path. ``hwprof measure --fresh`` and ``hwprof import`` call it."""
+    cp = calib_path(Path(path))
+    if not cp.is_file():
+        return None
+    try:
+        cal = read_calibration(Path(path))
+    except TableError:
+        cal = None
+    if cal is not None and Path(path).is_file() and cal.table_sha256 == table_sha256(path):
+        return None
+    cp.unlink()
+    return cp
+
+
+def read_calibration(path: Path) -> Calibration | None:
+    """The validated calibration stored beside a table, or None."""
+    cp = calib_path(path)
+    if not cp.is_file():
+        return None
+    try:
+        return Calibration.from_dict(loads_json(read_text(cp, "calibration"), str(cp)), str(cp))
+    except InputError as e:
+        raise TableError(f"{e} (corrupt calibration; refit it with hwprof verify or delete it)") from None
 
 
 def setup_hash(meta: dict[str, Any]) -> str:
@@ -328,9 +456,10 @@ class TableWriter:
     column (the short hash of what it was measured under, listed in the header's ``setups``).
     """
 
-    def __init__(self, path: Path, meta: dict[str, Any], fresh: bool = False, mixed: bool = False):
+    def __init__(self, path: Path, meta: "dict[str, Any] | TableHeader", fresh: bool = False, mixed: bool = False):
         self.mixed = mixed
         self.path = path
+        self.dropped_calibration: Path | None = None  # the stale calibration a fresh start removed
         self._lock = FileLock(path, "table", fix="wait for that hwprof to finish or stop it (two writers would "
                                                  "measure the same keys twice)")
         self._lock.acquire()
@@ -340,13 +469,18 @@ class TableWriter:
             self._lock.release()
             raise
 
-    def _open(self, path: Path, meta: dict[str, Any], fresh: bool) -> None:
+    def _open(self, path: Path, meta: "dict[str, Any] | TableHeader", fresh: bool) -> None:
+        if not isinstance(meta, TableHeader):  # the writer stamps the schema and key format it writes
+            meta = TableHeader.from_dict({"schema_version": SCHEMA_VERSION, "key_version": KEY_VERSION, **meta}, path)
+        meta = meta.to_dict()
         if fresh or not path.exists():
             atomic_write_text(meta_path(path), json.dumps(meta, indent=2, sort_keys=True))
             buf = io.StringIO()
             csv.writer(buf, lineterminator="\n").writerow(COLUMNS)
             atomic_write_text(path, buf.getvalue())
-            self.existing: dict[str, dict[str, Any]] = {}
+            # a calibration fitted on the table this one replaces no longer holds (measure --fresh, import)
+            self.dropped_calibration = drop_stale_calibration(path)
+            self.existing: dict[str, Row] = {}
             self._setup = None
         else:
             old = read_meta(path)
@@ -373,15 +507,15 @@ class TableWriter:
                 atomic_write_text(meta_path(path), json.dumps(old, indent=2, sort_keys=True))
                 first = setup_hash(old)
                 for r in rows.values():
-                    r[SETUP_COLUMN] = r.get(SETUP_COLUMN) or first
-            kept = {k: r for k, r in rows.items() if r["status"] != "error"}
+                    r.setup = r.setup or first
+            kept = {k: r for k, r in rows.items() if r.usable}
             if len(kept) != len(rows) or complete != path.stat().st_size or (columns is MIXED_COLUMNS and not was_mixed):
                 # drop error rows (they are re-measured) and any torn last line; rewrite atomically
                 buf = io.StringIO()
                 w = csv.writer(buf, lineterminator="\n")
                 w.writerow(columns)
                 for r in kept.values():
-                    w.writerow([r[c] if not (isinstance(r[c], float) and math.isnan(r[c])) else "" for c in columns])
+                    w.writerow(r.to_record(columns))
                 atomic_write_text(path, buf.getvalue())
             self.existing = kept
         self._f = open(path, "a", newline="")
@@ -409,5 +543,5 @@ class TableWriter:
         self.close()
 
 
-def samples_of(row: dict[str, Any]) -> np.ndarray:
-    return np.array([float(s) for s in str(row.get("samples_ms", "")).split()], dtype=float)
+def samples_of(row: Row) -> np.ndarray:
+    return np.array(row.samples_ms, dtype=float)

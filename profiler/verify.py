@@ -18,6 +18,8 @@ import json
 import math
 import os
 import time
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -25,9 +27,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import UserError
-from .calibrate import (GOALS, STATS, CalibrationFit, fit_calibration, goals_reached, metrics, raw_entry_ms,
-                        write_calibration)
+from .calibrate import GOALS, CalibrationFit, fit_calibration, goals_reached, metrics, write_calibration
 from .devices import Device
+from .latency import STATS
 from .export import cache_dir
 from .model_measure import arch_label, measure_network, measure_with_retries
 from .protocol import INVALID, VALID, Protocol, Validity
@@ -54,10 +56,58 @@ class VerifyProgress:
     current: str = ""
 
 
+_CORE_FIELDS = ("device", "space", "table", "n_test", "n_calib", "failed", "empty_graph_ms", "stat", "raw", "goals",
+                "validity")
+
+
+@dataclass
+class VerifySummary(Mapping):
+    """What a verification found (``summary.json``): metrics of the raw sum and, when fitted, of the calibration.
+    It reads as the JSON mapping it is stored as (``s["raw"]["mape_pct"]``); optional parts left unset are left out
+    of the file."""
+
+    device: str
+    space: str
+    table: str
+    n_test: int
+    n_calib: int
+    failed: list[dict[str, Any]]
+    empty_graph_ms: float | None
+    stat: str
+    raw: dict[str, Any]
+    goals: dict[str, float]
+    validity: dict[str, Any] | None = None
+    existing_calibration: dict[str, Any] | None = None  # a stored calibration checked on these networks
+    calibrated: dict[str, Any] | None = None  # the new fit's held-out metrics
+    models_cv_mape_pct: dict[str, float] | None = None
+    models_held_out: dict[str, dict[str, float]] | None = None
+    calibration: dict[str, Any] | None = None  # the fitted parameters (without "fit")
+    calibration_file: str | None = None
+    calibration_note: str | None = None  # why there is no fit although calibration networks were asked for
+    scatter: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name in _CORE_FIELDS or v is not None or (f.name == "calibrated" and self.calibration_note):
+                out[f.name] = v
+        return out
+
+    def __getitem__(self, name: str) -> Any:
+        return self.to_dict()[name]
+
+    def __iter__(self) -> Any:
+        return iter(self.to_dict())
+
+    def __len__(self) -> int:
+        return len(self.to_dict())
+
+
 @dataclass
 class VerifyReport:
     out_dir: Path
-    summary: dict[str, Any]
+    summary: VerifySummary
     rows: list[dict[str, Any]] = field(default_factory=list)
     calibration: dict[str, Any] | None = None
     calib_path: Path | None = None
@@ -67,9 +117,8 @@ class VerifyReport:
 
 
 def layer_costs(table: LatencyTable, space: Space) -> list[dict[str, float]]:
-    """Raw table cost of every (layer, op): the sum over the layer's sites."""
-    return [{op: sum(table.latency_ms(s.key(op)) for s in layer.sites) for op in layer.choices}
-            for layer in space.layers]
+    """Raw table cost (medians) of every (layer, op): the sum over the layer's sites."""
+    return table.model(space, None).layer_costs()
 
 
 def extreme_archs(table: LatencyTable, space: Space) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -143,7 +192,7 @@ def table_protocol(table: LatencyTable, fallback: Protocol) -> Protocol:
 
 def raw_predict_ms(table: LatencyTable, space: Space, choices: Sequence[str], stat: str = "median") -> float:
     """The plain sum of the table's entries (their median, or p10) over an architecture's keys."""
-    return float(sum(raw_entry_ms(table, k, stat) for k in space.arch_keys(list(choices))))
+    return table.model(space, None, stat).exact(list(choices))
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
@@ -348,11 +397,12 @@ def summarize_verify(device: Device, space: Space, table: LatencyTable, out_dir:
                      results: dict[tuple[str, str], dict[str, Any]], empty_ms: float | None, write_calib: bool,
                      plot: bool, stat: str = "median", reference_ms: Sequence[float] = ()) -> VerifyReport:
     col = "measured_ms" if stat == "median" else "p10_ms"
+    raw_model = table.model(space, None, stat)
 
     def ok_of(split: str, archs: list[tuple[str, ...]]) -> tuple[list[tuple[str, ...]], np.ndarray, np.ndarray]:
         rows = [(a, results[(split, arch_label(a))]) for a in archs]
         rows = [(a, r) for a, r in rows if r["status"] == "ok"]
-        return ([a for a, _ in rows], np.array([raw_predict_ms(table, space, a, stat) for a, _ in rows]),
+        return ([a for a, _ in rows], np.array([raw_model.exact(list(a)) for a, _ in rows]),
                 np.array([r[col] for _, r in rows]))
 
     t_archs, t_raw, t_meas = ok_of("test", test)
@@ -362,54 +412,51 @@ def summarize_verify(device: Device, space: Space, table: LatencyTable, out_dir:
     if len(t_archs) < 2:
         raise VerifyError(f"only {len(t_archs)} test network(s) measured ok (errors: "
                           f"{failed[0]['error'] if failed else 'none'}); nothing to compare")
-    summary: dict[str, Any] = {
-        "device": device.name, "space": space.spec, "table": str(table.path), "n_test": len(t_archs),
-        "n_calib": len(c_archs), "failed": failed, "empty_graph_ms": empty_ms, "stat": stat,
-        "raw": metrics(t_raw, t_meas), "goals": GOALS,
-    }
-    summary["raw"]["goals_reached"] = goals_reached(summary["raw"])
-    summary["validity"] = verify_validity(table, list(results.values()), reference_ms,
-                                          table_protocol(table, Protocol())).to_dict()
+    raw = metrics(t_raw, t_meas)
+    raw["goals_reached"] = goals_reached(raw)
+    summary = VerifySummary(device.name, space.spec, str(table.path), len(t_archs), len(c_archs), failed, empty_ms,
+                            stat, raw, GOALS)
+    summary.validity = verify_validity(table, list(results.values()), reference_ms,
+                                       table_protocol(table, Protocol())).to_dict()
     if table.calibration and not calib:
         # an existing calibration, checked on networks it was (by seed) not fitted on
-        pred = [table.predict_ms(space.arch_keys(list(a))) for a in t_archs]
-        summary["existing_calibration"] = {**metrics(pred, t_meas), "model": table.calibration.get("model")}
-    fit: CalibrationFit | None = None
-    cpath = None
-    cal_pred = None
+        pred = [table.model(space).exact(list(a)) for a in t_archs]
+        summary.existing_calibration = {**metrics(pred, t_meas), "model": table.calibration.model}
+    fit, cal_pred, cpath = None, None, None
     if len(c_archs) >= 3:
-        try:
-            fit = fit_calibration(table, space, c_archs, c_meas, t_archs, t_meas, empty_graph_ms=empty_ms,
-                                  stat=stat)
-        except ValueError as e:
-            raise VerifyError(f"calibration failed: {e}") from None
-        fit.calibration["fit"]["table"] = str(table.path)
-        after = fit.held_out[fit.calibration["model"]]
-        summary["calibrated"] = {**after, "model": fit.calibration["model"],
-                                 "goals_reached": goals_reached(after)}
-        summary["models_cv_mape_pct"] = fit.cv_mape_pct
-        summary["models_held_out"] = fit.held_out
-        summary["calibration"] = {k: v for k, v in fit.calibration.items() if k != "fit"}
-        from .calibrate import calibrated
-
-        ct = calibrated(table, fit.calibration)
-        cal_pred = np.array([ct.predict_ms(space.arch_keys(list(a))) for a in t_archs])
+        fit, cal_pred = _fit(table, space, summary, (c_archs, c_meas), (t_archs, t_meas), empty_ms, stat)
         if write_calib:
             cpath = write_calibration(table.path, fit.calibration)
-            summary["calibration_file"] = str(cpath)
+            summary.calibration_file = str(cpath)
     elif calib:
-        summary["calibrated"] = None
-        summary["calibration_note"] = f"only {len(c_archs)} calibration network(s) measured ok; no fit"
+        summary.calibration_note = f"only {len(c_archs)} calibration network(s) measured ok; no fit"
     if plot:
         from .plots import plot_verify
 
         plot_verify(t_raw, t_meas, cal_pred, out_dir / "scatter.png",
                     title=f"{space.spec} on {device.name}: {len(t_archs)} held-out networks ({stat}s)",
                     stat=stat)
-        summary["scatter"] = str(out_dir / "scatter.png")
-    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
+        summary.scatter = str(out_dir / "scatter.png")
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary.to_dict(), indent=2, default=_json_default) + "\n")
     rows = list(results.values())
     return VerifyReport(out_dir, summary, rows, fit.calibration if fit else None, cpath)
+
+
+def _fit(table: LatencyTable, space: Space, summary: VerifySummary, fit_set: tuple[list, np.ndarray],
+         test_set: tuple[list, np.ndarray], empty_ms: float | None, stat: str) -> tuple[CalibrationFit, np.ndarray]:
+    """Fit a calibration on the calibration networks; record it in ``summary``; its predictions of the test set."""
+    try:
+        fit = fit_calibration(table, space, *fit_set, *test_set, empty_graph_ms=empty_ms, stat=stat)
+    except ValueError as e:
+        raise VerifyError(f"calibration failed: {e}") from None
+    fit.calibration["fit"]["table"] = str(table.path)
+    after = fit.held_out[fit.calibration["model"]]
+    summary.calibrated = {**after, "model": fit.calibration["model"], "goals_reached": goals_reached(after)}
+    summary.models_cv_mape_pct = fit.cv_mape_pct
+    summary.models_held_out = fit.held_out
+    summary.calibration = {k: v for k, v in fit.calibration.items() if k != "fit"}
+    model = table.model(space, fit.calibration)
+    return fit, np.array([model.exact(list(a)) for a in test_set[0]])
 
 
 def _json_default(v: Any) -> Any:

@@ -213,6 +213,9 @@ def derive_cmd(
                                                              "over-budget architecture that meet the budget "
                                                              "(marked kind=filled in the JSON)."),
     out: _Opt[_Path] = typer.Option(None, "--out", "-o", help="Output directory (default RUN/derived)."),
+    accept_changed: bool = typer.Option(False, "--accept-changed-tables",
+                                        help="Derive although a table changed since the search (uses the tables "
+                                             "and calibrations as they are now)."),
 ) -> None:
     """Architectures from a trained run, no retraining: at a control, by budgets, or a family of N."""
     from profiler.arch import ArchError
@@ -230,7 +233,9 @@ def derive_cmd(
     try:
         from .run import load_run
 
-        run = load_run(run_dir)
+        run = load_run(run_dir, accept_changed_tables=accept_changed)
+        for note in run.notes:
+            con.print(f"[yellow]{note}", highlight=False)
         d = Deriver(run)
         items: list[Derived] = []
         if control is not None:

@@ -3,8 +3,9 @@
 Row ``i``, column ``k`` of a term is the cost of op ``k`` at every site of layer ``i`` (a DARTS row owns one site per
 cell of its type, so its entries are sums). Fixed sites (stem, head, classifier, cell preprocessing) and a table's
 calibration offset are a constant. So the expected cost of op probabilities ``p`` is ``const + (p * T).sum()`` and
-the exact cost of choices is ``const + sum_i T[i, choice_i]`` which, for latency, equals
-``table.predict_ms(space.arch_keys(choices))``. No dict lookups happen after construction.
+the exact cost of choices is ``const + sum_i T[i, choice_i]``. Latency terms take ``T`` and the constant from the
+table's :class:`profiler.latency.LatencyModel` (the one place a prediction is computed). No dict lookups happen
+after construction.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import nn
 from profiler.errors import UserError
 from profiler.arch import count_flops
 from profiler.ops import build_op, count_params
+from profiler.latency import LatencyModel
 from profiler.spaces import Site, Space
 from profiler.tables import LatencyTable, TableError, load_table
 
@@ -37,8 +39,7 @@ def check_table(table: LatencyTable, space: Space) -> None:
     if table.space != space.spec:
         raise CostError(f"{table.path}: table is for space {table.space!r}, not {space.spec!r}; measure one with "
                         f"`{measure_command(table.device, space, '...')}`")
-    batch = int(table.meta.get("batch", 1))
-    missing = table.missing(space.candidate_keys(batch))
+    missing = table.missing(space.candidate_keys(table.batch))
     if missing:
         shown = ", ".join(missing[:3]) + (f" ... (+{len(missing) - 3} more)" if len(missing) > 3 else "")
         raise CostError(f"{table.path}: {len(missing)} of the keys space {space.spec} needs are missing or errored "
@@ -83,6 +84,7 @@ class CostModel(nn.Module):
         super().__init__()
         self.space = space
         self.tables = list(tables)
+        self.models: list[LatencyModel] = []  # one per table: the latency terms' tensors come from these
         L, K = len(space.layers), len(space.ops)
         params = torch.zeros(L, K, dtype=torch.float64)
         flops = torch.zeros(L, K, dtype=torch.float64)
@@ -98,14 +100,10 @@ class CostModel(nn.Module):
         self._add("flops", flops, float(sum(f for _, f in fixed)), "MAC", None)
         for n, table in enumerate(self.tables):
             check_table(table, space)
-            batch = int(table.meta.get("batch", 1))
-            lat = torch.zeros(L, K, dtype=torch.float64)
-            for i, layer in enumerate(space.layers):
-                for k, op in enumerate(layer.choices):
-                    lat[i, k] = sum(table.entry_ms(site.key(op, batch)) for site in layer.sites)
-            const = table.offset_ms + sum(table.entry_ms(s.key(batch=batch)) for s in space.fixed)
+            model = table.model(space)
             name = "latency" if n == 0 else f"latency:{n}"
-            self._add(name, lat, const, "ms", table)
+            self.models.append(model)
+            self._add(name, torch.as_tensor(model.entries), model.const_ms, "ms", table)
 
     def _add(self, name: str, tensor: torch.Tensor, const: float, unit: str, table: LatencyTable | None) -> None:
         self.register_buffer(self._buf(name), tensor.float(), persistent=False)
@@ -157,11 +155,10 @@ class CostModel(nn.Module):
         return self.expected("flops", probs)
 
     def latency_ms(self, choices: Sequence[str], table: int = 0) -> float:
-        """Exact table prediction of an architecture: ``table.predict_ms(space.arch_keys(choices))``."""
-        if table >= len(self.tables):
+        """Exact prediction of an architecture by the table's :class:`profiler.latency.LatencyModel`."""
+        if table >= len(self.models):
             raise CostError("no latency table: pass --table")
-        t = self.tables[table]
-        return t.predict_ms(self.space.arch_keys(choices, int(t.meta.get("batch", 1))))
+        return self.models[table].exact(choices)
 
     def params(self, choices: Sequence[str]) -> int:
         return int(round(self.exact("params", choices)))

@@ -15,8 +15,8 @@ direction S on the simplex of cost terms). Three ways to pick controls:
 * :func:`derive_family` — N distinct architectures spanning the control range, Pareto-filtered on (predicted
   latency, params, penalty pressure — the accuracy proxy) and spread evenly over predicted latency.
 
-Everything is judged with the run's latency table (prediction = the table's offset + sum of entries) and exact
-params from the op registry; no network is trained or timed here.
+Everything is judged with the run's cost model: its latency table's :class:`profiler.latency.LatencyModel` (the
+table's batch, calibration and statistic) and exact params from the op registry; no network is trained or timed here.
 """
 
 from __future__ import annotations
@@ -34,9 +34,10 @@ import numpy as np
 
 from profiler.errors import UserError
 from profiler.arch import Arch, make_arch, save_arch
-from profiler.ops import count_params
 from profiler.spaces import Space
 from profiler.tables import LatencyTable, atomic_write_text
+
+from .costs import CostModel
 
 
 class DeriveError(UserError, ValueError):
@@ -48,42 +49,12 @@ class RunLike(Protocol):
 
     space: Space
     table: LatencyTable | None
+    costs: CostModel  # exact params and, per table, the latency model's prediction
     control_kind: str
 
     def control_range(self) -> dict[str, Any]: ...
 
     def choices(self, control: dict[str, Any]) -> list[str]: ...
-
-
-# ------------------------------------------------------------------------------------------------ cost model
-
-
-class ArchCosts:
-    """Exact params and table-predicted latency of concrete architectures, cached per key."""
-
-    def __init__(self, space: Space, table: LatencyTable | None):
-        self.space, self.table = space, table
-        self._params: dict[str, int] = {}
-
-    def params(self, choices: Sequence[str]) -> int:
-        from profiler.export import module_for_key
-
-        total = 0
-        for key in self.space.arch_keys(choices):
-            if key not in self._params:
-                self._params[key] = count_params(module_for_key(key)[0])
-            total += self._params[key]
-        return total
-
-    def latency_ms(self, choices: Sequence[str]) -> float:
-        if self.table is None:
-            return math.nan
-        keys = self.space.arch_keys(choices)
-        missing = self.table.missing(keys)
-        if missing:
-            raise DeriveError(f"table {self.table.path} lacks {len(set(missing))} key(s) the derived architecture "
-                              f"needs (e.g. {missing[0]}); fill it with hwprof measure --space {self.space.spec}")
-        return self.table.predict_ms(keys)
 
 
 @dataclass(frozen=True)
@@ -109,7 +80,7 @@ class Deriver:
         self.run = run
         self.kind = run.control_kind
         self.range = run.control_range()
-        self.costs = ArchCosts(run.space, run.table)
+        self.costs = run.costs
         self.grid, self.bisect_steps, self.simplex_step = grid, bisect_steps, simplex_step
         self._by_choices: dict[tuple[str, ...], tuple[float, int]] = {}
         self.evaluated: list[Candidate] = []
@@ -160,13 +131,18 @@ class Deriver:
     # ------------------------------------------------------------------------------------------ evaluation
     def evaluate(self, control: dict[str, Any]) -> Candidate:
         choices = tuple(self.run.choices(control))
-        if choices not in self._by_choices:
-            self._by_choices[choices] = (self.costs.latency_ms(choices), self.costs.params(choices))
-        lat, params = self._by_choices[choices]
+        lat, params = self.price(choices)
         mag = self.magnitude_name
         cand = Candidate(dict(control), float(control.get(mag, 0.0)) if mag else 0.0, choices, lat, params)
         self.evaluated.append(cand)
         return cand
+
+    def price(self, choices: tuple[str, ...]) -> tuple[float, int]:
+        """(predicted ms by the run's first table -- NaN without one --, exact params), cached by choices."""
+        if choices not in self._by_choices:
+            lat = self.costs.latency_ms(choices) if self.costs.models else math.nan
+            self._by_choices[choices] = (lat, self.costs.params(choices))
+        return self._by_choices[choices]
 
     def sweep(self) -> list[Candidate]:
         """Every (magnitude, direction) grid point, evaluated."""
@@ -303,7 +279,7 @@ def _fill_from(d: Deriver, target: Candidate, meet: Candidate, budget: Budget) -
 
 
 def _priced(d: Deriver, choices: tuple[str, ...]) -> Candidate:
-    return Candidate({}, 0.0, choices, d.costs.latency_ms(choices), d.costs.params(choices))
+    return Candidate({}, 0.0, choices, *d.price(choices))
 
 
 def derive_budgets(d: Deriver, budgets: Sequence[Budget], fill: bool = True) -> list[BudgetResult]:

@@ -116,7 +116,7 @@ def ensure_table(cfg: RunConfig, device: Device, space: Space, out: Path, on_eve
                                               default_table_path(device.name, space.spec))
     if path.is_file():
         table = load_table(path, device=device.name, space=space.spec)
-        missing = table.missing(space.candidate_keys(int(table.meta.get("batch", 1))))
+        missing = table.missing(space.candidate_keys(table.batch))
         if not missing:
             notes.append(f"table {path}: present ({len(table.rows)} entries), not re-measured")
             notes.append(f"table validity: {validity_line(table.meta)}")
@@ -154,7 +154,7 @@ def ensure_calibration(cfg: RunConfig, device: Device, space: Space, table_path:
     The fit is stored only when it is sane: every architecture of the space keeps a positive prediction, and the
     held-out networks are predicted better than by the raw sum. Otherwise the raw table stays in use and the output
     says why."""
-    from profiler.calibrate import calibrated, lowest_prediction_ms, write_calibration
+    from profiler.calibrate import write_calibration
     from profiler.runners import make_runner
     from profiler.verify import run_verify
 
@@ -171,18 +171,18 @@ def ensure_calibration(cfg: RunConfig, device: Device, space: Space, table_path:
     finally:
         runner.close()
     s = rep.summary
-    verdict = Validity.from_dict(s.get("validity"))
+    verdict = Validity.from_dict(s.validity)
     if verdict is not None:
         notes.append(f"verify validity: {verdict.line()}")
-    raw, cal = s.get("raw") or {}, s.get("calibrated") or {}
-    msg = (f"calibration: {s['n_calib']} random networks fitted, {s['n_test']} held out; table sum off by "
+    raw, cal = s.raw or {}, s.calibrated or {}
+    msg = (f"calibration: {s.n_calib} random networks fitted, {s.n_test} held out; table sum off by "
            f"{raw.get('mape_pct', float('nan')):.1f} % (mean abs)")
     reason = ""
     if not rep.calibration:
         reason = "no calibration fitted"
     else:
         msg += f", calibrated ({cal.get('model')}) {cal.get('mape_pct', float('nan')):.1f} %"
-        lowest = lowest_prediction_ms(calibrated(table, rep.calibration), space)
+        lowest = table.model(space, rep.calibration).lowest()
         if not lowest > 0:
             reason = (f"REJECTED: it predicts {lowest:.4f} ms for the cheapest architecture (too few or too noisy "
                       f"networks)")
@@ -472,7 +472,7 @@ def _run_pipeline(cfg: RunConfig, out: Path, on_event: OnEvent) -> RunResult:
                 on_event(Event("member", i, len(paths), f"{name}: epoch {rec['epoch']}/{tcfg.epochs} "
                                                          f"val {rec['val_acc'] * 100:.1f} %"))
 
-            raw = sum(table.latency_ms(k) for k in arch.keys())
+            raw = table.model(space, None).exact(arch.choices)
             extra = {"predicted_raw_ms": raw, "calibrated": bool(table.calibration), "note": fam_notes.get(name, "")}
             rows.append(run_member(arch, name, out / "members" / name, device, protocol, tcfg, splits, on_epoch,
                                    extra))

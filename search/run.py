@@ -21,6 +21,7 @@ from profiler.tables import LatencyTable
 from .config import SearchConfig, config_from_dict
 from .control import Control, Value
 from .costs import CostModel
+from .provenance import as_used, check_tables, read_provenance
 from .train import SearchError, build, read_metrics
 
 
@@ -33,6 +34,7 @@ class Run:
     costs: CostModel
     control: Control
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # accepted table changes, calibrations applied from the record
 
     @property
     def table(self) -> LatencyTable | None:
@@ -111,14 +113,20 @@ def resolve_run_dir(run_dir: str | Path) -> Path:
                       f"--out or an hwnas run output (e.g. runs/cpu)")
 
 
-def load_run(run_dir: str | Path) -> Run:
+def load_run(run_dir: str | Path, accept_changed_tables: bool = False) -> Run:
+    """A run as its search left it: the tables it recorded (``provenance.json``), with the calibrations it used. A
+    table that is gone or changed is refused unless ``accept_changed_tables``."""
     path = resolve_run_dir(run_dir)
     cfg_path = path / "config.json"
     cfg = config_from_dict(loads_json(read_text(cfg_path, "run config"), str(cfg_path)), str(cfg_path))
+    uses = read_provenance(path)
+    notes = check_tables(path, uses, len(cfg.tables), accept_changed_tables)
     missing = [t for t in cfg.tables if not Path(t).is_file()]
     if missing:
         raise SearchError(f"{path}: latency table {missing[0]} of this run is gone; restore it or measure it again")
     setup = build(cfg, check_terms=False, with_model=False)
+    tables, cal_notes = as_used(setup.tables, uses)
+    costs = CostModel(setup.space, tables) if cal_notes else setup.costs
     control = setup.control
     if (path / "control.pt").is_file():
         state = load_state(path / "control.pt")
@@ -133,4 +141,5 @@ def load_run(run_dir: str | Path) -> Run:
         raise SearchError(f"{path}: the stored control does not fit this run's config ({str(e).splitlines()[0]}); "
                           f"re-run the search") from None
     control.eval()
-    return Run(path, setup.cfg, setup.space, setup.tables, setup.costs, control, read_metrics(path / "metrics.jsonl"))
+    return Run(path, setup.cfg, setup.space, tables, costs, control, read_metrics(path / "metrics.jsonl"),
+               notes + cal_notes)

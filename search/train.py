@@ -32,6 +32,7 @@ from profiler.tables import atomic_write_text
 from .config import SearchConfig, config_from_dict, config_to_dict
 from .control import Control, Value, build_control
 from .costs import CostModel, open_table
+from .provenance import record_provenance
 from . import distributed
 from .data import Splits, load_data
 from .losses import search_loss
@@ -401,6 +402,7 @@ def _search(cfg: SearchConfig, out: Path, resume: bool, splits: Splits | None, o
     if main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.json", json.dumps(config_to_dict(cfg), indent=2))
+        record_provenance(out, setup.tables, resume)  # which tables and calibrations this run uses
         atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in history))
 
     eval_c = default_control(control, cfg)

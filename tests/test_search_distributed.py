@@ -108,7 +108,7 @@ def test_two_ranks_end_with_the_parameters_of_one_process(tmp_path, float64):
             assert [m[k] for m in mb] == pytest.approx([m[k] for m in ma], rel=1e-9), (name, k)
         # rank 0 wrote the run (and holds the single-writer lock file); no other rank left anything
         assert sorted(p.name for p in (two / f"{i}").iterdir()) == [".writer.lock", "checkpoint.pt", "config.json",
-                                                                   "control.pt", "metrics.jsonl"]
+                                                                   "control.pt", "metrics.jsonl", "provenance.json"]
 
 
 def _children(pid: int) -> dict[int, int]:

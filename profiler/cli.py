@@ -57,7 +57,8 @@ def _space(spec: str):
         fail(str(e))
 
 
-def _runner(device):
+def _runner(device, boards: int | None = None):
+    from .farm import make_farm, farm_size
     from .rpc import RpcError, preflight
     from .runners import make_runner
 
@@ -71,7 +72,12 @@ def _runner(device):
         except RpcError as e:
             runner.close()
             fail(f"device {device.name!r}: {e}")
-    return runner
+    try:
+        n = farm_size(device, boards)  # a farm: one runner (session) per board under the key
+    except UserError as e:
+        runner.close()
+        fail(str(e))
+    return make_farm(device, n, make_runner, first=runner)
 
 
 @app.command()
@@ -127,6 +133,10 @@ def measure(
     tune_trials: Optional[int] = typer.Option(None, "--tune-trials", min=0,
                                               help="TVM devices: MetaSchedule trials per task (0 = untuned; default "
                                                    "the device's tune_trials). Tuned rows are labelled 'tuned'."),
+    boards: Optional[int] = typer.Option(None, "--boards", min=0,
+                                         help="TVM RPC devices: measure on this many boards under the key in "
+                                              "parallel (default the device's rpc.boards; 0 = every rpc_server the "
+                                              "tracker lists). Rows then record their board."),
     devices: Optional[Path] = DevicesOpt,
 ) -> None:
     """Measure every op of SPACE on DEVICE into a latency table (resumable: reruns measure only what is missing)."""
@@ -148,7 +158,7 @@ def measure(
         mix = variant_mix(path, dev.tune_trials)
         if mix:
             fail(mix)
-    runner = _runner(dev)
+    runner = _runner(dev, boards)
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[noisy]} noisy {task.fields[err]} "
                                                                     "err  [dim]{task.fields[op]}")]
@@ -173,12 +183,27 @@ def measure(
     console.print(f"{path}: measured {summary.measured} ({summary.ok} ok, {summary.noisy} noisy, "
                   f"{summary.errors} error, {summary.remeasured} re-measured), {summary.skipped} already there, "
                   f"{summary.wall_s:.1f} s")
+    by_board = board_counts(r.board for r in summary.rows if r.status != "error")
+    if by_board and (len(by_board) > 1 or summary.lost_boards):
+        console.print(f"boards: {by_board}", highlight=False, soft_wrap=True)
+    for board, why in summary.lost_boards.items():
+        console.print(f"  [yellow]board lost[/] {board}: {' '.join(why.split())[:300]} (its keys went to the other "
+                      f"boards)", highlight=False, soft_wrap=True)
     if summary.validity is not None:
         style = "green" if summary.validity.valid else "bold red"
         console.print(f"validity: [{style}]{summary.validity.line()}[/]", highlight=False, soft_wrap=True)
     if summary.errors:
         print_errors([(r.key, r.error) for r in summary.rows if r.status == "error"])
         raise typer.Exit(1)
+
+
+def board_counts(boards) -> str:
+    """``"a 5 rows, b 3 rows"`` for the boards that measured rows ("" when no row names one)."""
+    counts: dict[str, int] = {}
+    for b in boards:
+        if b:
+            counts[b] = counts.get(b, 0) + 1
+    return ", ".join(f"{b} {n} row{'s' * (n != 1)}" for b, n in sorted(counts.items()))
 
 
 def print_errors(errors: list[tuple[str, str]], show: int = 3) -> None:
@@ -216,6 +241,7 @@ def show(table: Path = typer.Argument(..., help="Table CSV written by hwprof mea
         "fingerprint": t.meta.get("fingerprint"), "protocol": t.meta.get("protocol"), "imported": imported,
         "validity": "not measured here (imported)" if imported else validity_line(t.meta),
         "validity_verdict": (t.meta.get("validity") or {}).get("verdict"),
+        "boards": board_counts(r.get("board", "") for r in usable) or None,
         "slowest": [{"key": r["key"], "median_ms": r["median_ms"], "cv": r["cv"], "status": r["status"]}
                     for r in slowest],
     }
@@ -244,6 +270,8 @@ def show(table: Path = typer.Argument(..., help="Table CSV written by hwprof mea
     med = f"{info['median_cv'] * 100:.2f} %" if info["median_cv"] is not None else "-"
     p(f"entries: {sum(c.values())}  ok {c['ok']}  noisy {c['noisy']}  error {c['error']}  median CV {med}")
     p("validity: " + info["validity"])
+    if info["boards"]:
+        p("boards: " + info["boards"])
     p("calibrated: " + ("yes " + json.dumps(info["calibration"]) if info["calibrated"] else "no"))
     tt = Table(title=f"slowest {len(slowest)} entries")
     for col in ("key", "median ms", "CV %", "status"):
@@ -442,7 +470,7 @@ def verify(
     path = table or default_table_path(dev.name, sp.spec)
     tab = _load_table(path)
     out_dir = out_dir or default_table_path(dev.name, sp.spec, root="verify").with_suffix("")
-    runner = _runner(dev)
+    runner = _runner(dev, boards)
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[err]} err [dim]{task.fields[cur]}")]
     try:

@@ -33,6 +33,7 @@ class RpcConfig:
     key: str  # device key the rpc_server registered with
     session_timeout_s: float = 600.0  # one session's lifetime on the board
     request_timeout_s: float = 30.0  # give up when no server with this key answers within this time
+    boards: int = 1  # boards measured in parallel under this key (a farm); 0 = every server the tracker lists
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,9 @@ def _check_ranges(dev: Device, where: str) -> None:
             v = getattr(cfg, t)
             if not (math.isfinite(v) and v > 0):
                 raise DeviceError(f"{where}.{sub}.{t}: {v!r} must be a finite number of seconds > 0")
+    if dev.rpc is not None and dev.rpc.boards < 0:
+        raise DeviceError(f"{where}.rpc.boards: {dev.rpc.boards!r} must be >= 0 (1 = one board, N = a farm of N "
+                          f"boards under the key, 0 = every rpc_server the tracker lists for it)")
     if dev.ssh is not None and not 0 < dev.ssh.port < 65536:
         raise DeviceError(f"{where}.ssh.port: {dev.ssh.port!r} is not a TCP port (1-65535)")
 

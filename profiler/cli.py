@@ -57,7 +57,8 @@ def _space(spec: str):
         fail(str(e))
 
 
-def _runner(device, boards: int | None = None):
+def _runner(device, boards: int | None = None, farm: bool = False):
+    """The device's runner after a preflight; with ``farm``, one per board (``boards`` or the device's rpc.boards)."""
     from .farm import make_farm, farm_size
     from .rpc import RpcError, preflight
     from .runners import make_runner
@@ -72,6 +73,8 @@ def _runner(device, boards: int | None = None):
         except RpcError as e:
             runner.close()
             fail(f"device {device.name!r}: {e}")
+    if not farm:
+        return runner
     try:
         n = farm_size(device, boards)  # a farm: one runner (session) per board under the key
     except UserError as e:
@@ -158,7 +161,7 @@ def measure(
         mix = variant_mix(path, dev.tune_trials)
         if mix:
             fail(mix)
-    runner = _runner(dev, boards)
+    runner = _runner(dev, boards, farm=True)
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[noisy]} noisy {task.fields[err]} "
                                                                     "err  [dim]{task.fields[op]}")]
@@ -470,7 +473,7 @@ def verify(
     path = table or default_table_path(dev.name, sp.spec)
     tab = _load_table(path)
     out_dir = out_dir or default_table_path(dev.name, sp.spec, root="verify").with_suffix("")
-    runner = _runner(dev, boards)
+    runner = _runner(dev)
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[err]} err [dim]{task.fields[cur]}")]
     try:

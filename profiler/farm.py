@@ -100,6 +100,11 @@ class _Queue:
             self._busy -= 1
             self.cond.notify_all()
 
+    def stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.cond.notify_all()
+
     def drain(self) -> list[str]:
         with self.cond:
             left, self._keys = list(self._keys), deque()
@@ -118,6 +123,7 @@ class _FarmSweep:
         self._export_lock = threading.Lock()  # torch export is not thread-safe; exports are cached and cheap
         self._exporter = exporter
         self.alive = len(farm.boards)
+        self.failure: BaseException | None = None  # raised by a worker (not a measurement): re-raised at the end
 
     def export(self, key: str) -> ExportResult:
         with self._export_lock:
@@ -160,6 +166,9 @@ class _FarmSweep:
                     run(keys, board.runner, self.protocol, own, finish, note, self.export)
                 finally:
                     self.queue.done()
+        except BaseException as e:  # noqa: BLE001 - e.g. the table cannot be appended: the command fails with it
+            self.failure = self.failure or e
+            self.queue.stop()
         finally:
             self.retire(board, own, lost[0] if lost else None)
 
@@ -171,7 +180,7 @@ class _FarmSweep:
             if why is not None:
                 self.farm.lost[name] = why
             last = self.alive == 0
-        if last:
+        if last and self.failure is None and not self.queue.stopped:
             why = why or next(reversed(self.farm.lost.values()), "no board left to measure it")
             for key in self.queue.drain():
                 self.write(Row(key, status="error", error=why, board=name), None)
@@ -192,10 +201,10 @@ def farm_sweep(keys: Iterable[str], farm: Farm, protocol: Protocol, writer: Tabl
             while t.is_alive():
                 t.join(timeout=0.5)  # a short join keeps Ctrl-C deliverable to this thread
     except BaseException:
-        with fs.queue.cond:
-            fs.queue.stopped = True
-            fs.queue.cond.notify_all()
+        fs.queue.stop()  # Ctrl-C: workers take no new key (the caller's close() ends the runners)
         raise
+    if fs.failure is not None:
+        raise fs.failure
     fs.prog.load_end = _load()
     fs.prog.remeasured = sum(p.remeasured for p in fs.per_board.values())
     return fs.prog, farm_validity(fs.per_board, protocol, fs.prog)

@@ -67,12 +67,13 @@ def _runner(device, boards: int | None = None, farm: bool = False):
         runner = make_runner(device)  # configuration errors (a bad target) first
     except (UserError, NotImplementedError, ImportError) as e:
         fail(str(e))
-    if device.rpc is not None:  # a dead tracker or an unserved key: one line now, not an error row per key
-        try:
-            preflight(device.rpc.tracker, device.rpc.key, device.rpc.request_timeout_s, device.threads)
-        except RpcError as e:
-            runner.close()
-            fail(f"device {device.name!r}: {e}")
+    for d in (device.pool or (device,)) if farm else (device,):
+        if d.rpc is not None:  # a dead tracker or an unserved key: one line now, not an error row per key
+            try:
+                preflight(d.rpc.tracker, d.rpc.key, d.rpc.request_timeout_s, d.threads)
+            except RpcError as e:
+                runner.close()
+                fail(f"device {d.name!r}: {e}")
     if not farm:
         return runner
     try:
@@ -104,6 +105,10 @@ def devices(devices: Optional[Path] = DevicesOpt,
     for d in devs.values():
         where = (d.rpc.tracker + " key " + d.rpc.key) if d.rpc else (f"{d.ssh.user}@{d.ssh.host}:{d.ssh.port}"
                                                                        if d.ssh else "local")
+        if d.pool:
+            where = "pool of " + ", ".join(m.name for m in d.pool)
+        elif d.rpc and d.rpc.boards != 1:
+            where += f" ({d.rpc.boards or 'all'} boards)"
         t.add_row(d.name, d.runtime + (f" ({d.provider})" if d.runtime == "onnxruntime" else ""), where,
                   d.description)
     out.print(t)

@@ -40,8 +40,9 @@ def board_lost(row: Row) -> bool:
 
 @dataclass
 class Board:
-    label: str  # shown when the runner does not say which board it reached (e.g. "rpi4#2")
+    label: str  # a pool member's name, or "rpi4#2" (shown when the runner does not say which board it reached)
     runner: Runner
+    fixed: bool = False  # rows record the label (a pool member), not the server the runner reports
 
 
 @dataclass
@@ -149,7 +150,7 @@ class _FarmSweep:
                 lost.append(row.error)
                 self.queue.give_back(row.key)  # not measured: another board takes it
                 return
-            self.write(replace(row, board=row.board or board.label), own)
+            self.write(replace(row, board=board.label if board.fixed else row.board or board.label), own)
 
         def note(p: SweepProgress) -> None:
             self.prog.current = p.current
@@ -227,14 +228,21 @@ def farm_validity(per_board: dict[str, SweepProgress], protocol: Protocol, prog:
 
 
 def farm_size(device: Any, boards: int | None = None) -> int:
-    """How many boards a sweep on ``device`` uses: ``boards`` (``--boards``) or its ``rpc.boards``; 0 = every
-    rpc_server the tracker lists under the key. One line (:class:`FarmError`) when that many are not served."""
+    """How many boards a sweep on ``device`` uses: ``boards`` (``--boards``), else every member of a pool or the
+    device's ``rpc.boards`` (0 = every rpc_server the tracker lists under the key). One line (:class:`FarmError`)
+    when that many are not there."""
     from .rpc import TrackerClient, board_server_command
 
+    if device.pool:
+        if boards is not None and boards > len(device.pool):
+            raise FarmError(f"--boards {boards}: pool {device.name!r} has {len(device.pool)} members "
+                            f"({', '.join(m.name for m in device.pool)}); ask for at most that many (0 = all)")
+        return boards or len(device.pool)
     if device.rpc is None:
         if boards not in (None, 1):
             raise FarmError(f"--boards {boards}: device {device.name!r} has no rpc: tracker; a farm spreads the keys "
-                            f"over the rpc_servers of one key (set rpc: {{tracker, key, boards}} in devices.yaml)")
+                            f"over the rpc_servers of one key (set rpc: {{tracker, key, boards}} in devices.yaml) "
+                            f"or over the members of a pool: entry")
         return 1
     rpc = device.rpc
     want = rpc.boards if boards is None else boards
@@ -253,15 +261,21 @@ def farm_size(device: Any, boards: int | None = None) -> int:
 
 
 def make_farm(device: Any, n: int, make_runner: Callable[[Any], Runner], first: Runner | None = None) -> Any:
-    """``n`` runners of ``device`` as a :class:`Farm` (a plain runner when ``n`` is 1); ``first`` is reused."""
+    """``n`` runners of ``device`` as a :class:`Farm`: the first ``n`` members of a pool (rows record the member's
+    name), or ``n`` sessions under its key (a plain runner when ``n`` is 1). ``first`` is reused."""
+    if device.pool:  # each member under the pool's name: one table, one tuning cache
+        members = [(m.name, replace(m, name=device.name)) for m in device.pool[:n]]
+    else:
+        members = [(f"{device.name}#{i + 1}", device) for i in range(max(1, n))]
     runners = [first] if first is not None else []
     try:
-        while len(runners) < max(1, n):
-            runners.append(make_runner(device))
+        for _, member in members[len(runners):]:
+            runners.append(make_runner(member))
     except BaseException:
         for r in runners:
             r.close()
         raise
-    if n <= 1:
+    if not device.pool and n <= 1:
         return runners[0]
-    return Farm([Board(f"{device.name}#{i + 1}", r) for i, r in enumerate(runners)], name=f"{device.name} farm")
+    boards = [Board(label, r, fixed=bool(device.pool)) for (label, _), r in zip(members, runners)]
+    return Farm(boards, name=f"{device.name} farm")

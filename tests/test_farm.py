@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -50,6 +51,7 @@ class LosesBoard:
     def __init__(self, runner, good: int):
         self.runner, self.good, self.seen = runner, good, []
         self.name = runner.name
+        self.gone = threading.Event()
 
     def fingerprint(self):
         return self.runner.fingerprint()
@@ -57,6 +59,7 @@ class LosesBoard:
     def measure(self, request, protocol):
         self.seen.append(request.key)
         if len(self.seen) > self.good:
+            self.gone.set()
             return MeasureResult.failed(request.key, "rpc session lost: connection closed by peer; rerun the same "
                                                      "command to measure what is missing")
         return self.runner.measure(request, protocol)
@@ -67,6 +70,20 @@ class LosesBoard:
 
     def close(self):
         self.runner.close()
+
+
+class WaitsFor(LosesBoard):
+    """A real runner that, after ``free`` calls, waits until ``event`` is set: the other board then surely gets
+    keys to lose (the order of the threads decides nothing)."""
+
+    def __init__(self, runner, event: threading.Event, free: int):
+        super().__init__(runner, good=10**9)
+        self.event, self.free = event, free
+
+    def measure(self, request, protocol):
+        if len(self.seen) >= self.free:
+            assert self.event.wait(120), "the other board never failed"
+        return super().measure(request, protocol)
 
 
 @pytest.mark.parametrize("protocol,good", [({}, 2), ({"rounds": 2, "chunk": 2}, 6)],
@@ -81,7 +98,7 @@ def test_farm_measures_each_key_once_and_a_lost_board_loses_only_its_rows_in_fli
     keys = select_keys(space.candidate_keys(), ONLY)
     flaky = LosesBoard(make_runner(dev), good=good)
     out = tmp_path / "t.csv"
-    with Farm([Board("a", flaky), Board("b", make_runner(dev))]) as farm:
+    with Farm([Board("a", flaky), Board("b", WaitsFor(make_runner(dev), flaky.gone, good))]) as farm:
         summary = measure_space(dev, space, farm, out, only=ONLY)
     assert summary.errors == 0 and summary.measured == len(keys)
     assert rows_per_key(out) == {k: 1 for k in keys}
@@ -137,15 +154,15 @@ def test_rpc_boards_is_validated_in_one_line(tmp_path):
 
 
 def write_devices(path: Path, tracker: str, boards: int) -> Path:
-    path.write_text(f"""schema: 1
-devices:
-  rpi4-loop:
-    runtime: tvm
+    """rpi4-loop: the farm under one key; loop-pool: a pool of two device entries (loop-a, loop-b)."""
+    entry = lambda b: (f"""    runtime: tvm
     target: {{kind: llvm}}
     threads: 1
-    rpc: {{tracker: "{tracker}", key: farm-loop, session_timeout_s: 300, request_timeout_s: 5, boards: {boards}}}
+    rpc: {{tracker: "{tracker}", key: farm-loop, session_timeout_s: 300, request_timeout_s: 5, boards: {b}}}
     protocol: {json.dumps(FAST)}
-""")
+""")  # noqa: E731
+    path.write_text(f"schema: 1\ndevices:\n  rpi4-loop:\n{entry(boards)}  loop-a:\n{entry(1)}  loop-b:\n{entry(1)}"
+                    f"  loop-pool:\n    pool: [loop-a, loop-b]\n")
     return path
 
 
@@ -199,6 +216,39 @@ def test_cli_farm_uses_both_servers_and_measures_each_key_once(two_boards, tmp_p
     assert r.exit_code == 2 and r.output.count("error:") == 1, r.output
     text = " ".join(r.output.split())
     assert "--boards is 3, but tracker" in text and "lists 2 rpc_server(s) with key 'farm-loop'" in text, text
+
+
+def test_cli_pool_records_the_member_that_measured_each_row(two_boards, tmp_path):
+    from typer.testing import CliRunner
+
+    from profiler.cli import app
+
+    tracker, _ = two_boards
+    devs = write_devices(tmp_path / "devices.yaml", tracker.addr, boards=1)
+    out = tmp_path / "p.csv"
+    only = "*|1x*x16x16|c16|s1|*"
+    r = CliRunner().invoke(app, ["measure", "--device", "loop-pool", "--space", SPACE, "--only", only, "--out",
+                                 str(out), "--devices", str(devs)])
+    assert r.exit_code == 0, r.output
+    keys = select_keys(get_space(SPACE).candidate_keys(), only)
+    assert rows_per_key(out) == {k: 1 for k in keys} and set(boards_of(out).values()) == {"loop-a", "loop-b"}
+    assert load_table(out).meta["device"] == "loop-pool"
+
+
+def test_pool_entries_are_validated_in_one_line():
+    ort = {"runtime": "onnxruntime", "threads": 1}
+    for pool, msg in [(["a", "c"], "'c' differs from 'a' in threads"), (["a"], "is not a list of two or more"),
+                      (["a", "zz"], "no device 'zz'"), (["a", "a"], "names a device twice")]:
+        data = {"devices": {"a": ort, "b": ort, "c": {**ort, "threads": 2}, "p": {"pool": pool}}}
+        with pytest.raises(DeviceError, match=f"devices.yaml: device 'p'.pool: .*{msg}"):
+            parse_devices(data, "devices.yaml")
+    data = {"devices": {"a": ort, "b": ort, "p": {"pool": ["a", "b"], "threads": 4}}}
+    with pytest.raises(DeviceError, match="unknown field.*threads beside pool"):
+        parse_devices(data, "devices.yaml")
+    pool = parse_devices({"devices": {"a": ort, "b": ort, "p": {"pool": ["a", "b"]}}}, "devices.yaml")["p"]
+    assert [m.name for m in pool.pool] == ["a", "b"] and farm_size(pool) == 2 and farm_size(pool, 1) == 1
+    with pytest.raises(FarmError, match="--boards 3: pool 'p' has 2 members"):
+        farm_size(pool, 3)
 
 
 def test_server_killed_mid_sweep_then_same_command_completes_the_table(two_boards, tmp_path):

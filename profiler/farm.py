@@ -26,8 +26,8 @@ from .protocol import INVALID, VALID, Protocol, Validity
 from .runners import MeasureRequest, MeasureResult, Runner
 from .tables import Row, TableWriter
 
-# error rows that mean the board (its session or connection) is gone, not that the key failed on it
-LOST_PREFIXES = ("rpc session lost", "no rpc session", "ssh ")
+# error rows that mean the board (its TVM session, its SSH connection) is gone, not that the key failed on it
+LOST_PREFIXES = ("rpc session lost", "no rpc session", "ssh ", "ssh:")
 
 
 class FarmError(UserError, ValueError):

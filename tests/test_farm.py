@@ -233,6 +233,10 @@ def test_cli_pool_records_the_member_that_measured_each_row(two_boards, tmp_path
     keys = select_keys(get_space(SPACE).candidate_keys(), only)
     assert rows_per_key(out) == {k: 1 for k in keys} and set(boards_of(out).values()) == {"loop-a", "loop-b"}
     assert load_table(out).meta["device"] == "loop-pool"
+    shown = CliRunner().invoke(app, ["show", str(out)])
+    counts = {b: list(boards_of(out).values()).count(b) for b in ("loop-a", "loop-b")}
+    assert shown.exit_code == 0 and " ".join(shown.output.split()).count(
+        f"boards: loop-a {counts['loop-a']} row") == 1, shown.output
 
 
 def test_pool_entries_are_validated_in_one_line():

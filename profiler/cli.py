@@ -141,10 +141,8 @@ def measure(
     tune_trials: Optional[int] = typer.Option(None, "--tune-trials", min=0,
                                               help="TVM devices: MetaSchedule trials per task (0 = untuned; default "
                                                    "the device's tune_trials). Tuned rows are labelled 'tuned'."),
-    boards: Optional[int] = typer.Option(None, "--boards", min=0,
-                                         help="TVM RPC devices: measure on this many boards under the key in "
-                                              "parallel (default the device's rpc.boards; 0 = every rpc_server the "
-                                              "tracker lists). Rows then record their board."),
+    boards: Optional[int] = typer.Option(None, "--boards", min=0, help="Measure on this many boards in parallel "
+                                         "(default rpc.boards, or all of a pool; 0 = all the tracker lists)."),
     devices: Optional[Path] = DevicesOpt,
 ) -> None:
     """Measure every op of SPACE on DEVICE into a latency table (resumable: reruns measure only what is missing)."""
@@ -191,18 +189,23 @@ def measure(
     console.print(f"{path}: measured {summary.measured} ({summary.ok} ok, {summary.noisy} noisy, "
                   f"{summary.errors} error, {summary.remeasured} re-measured), {summary.skipped} already there, "
                   f"{summary.wall_s:.1f} s")
-    by_board = board_counts(r.board for r in summary.rows if r.status != "error")
-    if by_board and (len(by_board) > 1 or summary.lost_boards):
-        console.print(f"boards: {by_board}", highlight=False, soft_wrap=True)
-    for board, why in summary.lost_boards.items():
-        console.print(f"  [yellow]board lost[/] {board}: {' '.join(why.split())[:300]} (its keys went to the other "
-                      f"boards)", highlight=False, soft_wrap=True)
+    print_boards(summary)
     if summary.validity is not None:
         style = "green" if summary.validity.valid else "bold red"
         console.print(f"validity: [{style}]{summary.validity.line()}[/]", highlight=False, soft_wrap=True)
     if summary.errors:
         print_errors([(r.key, r.error) for r in summary.rows if r.status == "error"])
         raise typer.Exit(1)
+
+
+def print_boards(summary) -> None:
+    """A farm sweep: rows per board, and each board lost mid-sweep with why."""
+    by_board = board_counts(r.board for r in summary.rows if r.status != "error")
+    if by_board and (", " in by_board or summary.lost_boards):
+        console.print(f"boards: {by_board}", highlight=False, soft_wrap=True)
+    for board, why in summary.lost_boards.items():
+        console.print(f"  [yellow]board lost[/] {board}: {' '.join(why.split())[:300]} (its keys went to the other "
+                      f"boards)", highlight=False, soft_wrap=True)
 
 
 def board_counts(boards) -> str:
@@ -277,9 +280,7 @@ def show(table: Path = typer.Argument(..., help="Table CSV written by hwprof mea
     c = info["counts"]
     med = f"{info['median_cv'] * 100:.2f} %" if info["median_cv"] is not None else "-"
     p(f"entries: {sum(c.values())}  ok {c['ok']}  noisy {c['noisy']}  error {c['error']}  median CV {med}")
-    p("validity: " + info["validity"])
-    if info["boards"]:
-        p("boards: " + info["boards"])
+    p("validity: " + info["validity"] + (f"\nboards: {info['boards']}" if info["boards"] else ""))
     p("calibrated: " + ("yes " + json.dumps(info["calibration"]) if info["calibrated"] else "no"))
     tt = Table(title=f"slowest {len(slowest)} entries")
     for col in ("key", "median ms", "CV %", "status"):

@@ -105,7 +105,8 @@ def test_farm_measures_each_key_once_and_a_lost_board_loses_only_its_rows_in_fli
     boards = boards_of(out)
     measured_by_a = {k for k in flaky.seen[:good] if k != REFERENCE_KEY}
     lost_keys = set(flaky.seen[good:]) - {REFERENCE_KEY}
-    assert lost_keys and all(boards[k] == "b" for k in lost_keys)  # not written as a's, measured by b
+    why = (flaky.seen, summary.lost_boards, boards)
+    assert lost_keys and all(boards[k] == "b" for k in lost_keys), why  # not written as a's, measured by b
     assert {k for k, b in boards.items() if b == "a"} == measured_by_a and len(measured_by_a) == 2
     assert list(summary.lost_boards) == ["a"] and summary.lost_boards["a"].startswith("rpc session lost")
     assert set(summary.validity.details["boards"]) == {"a", "b"}
@@ -155,12 +156,11 @@ def test_rpc_boards_is_validated_in_one_line(tmp_path):
 
 def write_devices(path: Path, tracker: str, boards: int) -> Path:
     """rpi4-loop: the farm under one key; loop-pool: a pool of two device entries (loop-a, loop-b)."""
-    entry = lambda b: (f"""    runtime: tvm
-    target: {{kind: llvm}}
-    threads: 1
-    rpc: {{tracker: "{tracker}", key: farm-loop, session_timeout_s: 300, request_timeout_s: 5, boards: {b}}}
-    protocol: {json.dumps(FAST)}
-""")  # noqa: E731
+    def entry(b: int) -> str:
+        return (f"    runtime: tvm\n    target: {{kind: llvm}}\n    threads: 1\n    rpc: {{tracker: \"{tracker}\", "
+                f"key: farm-loop, session_timeout_s: 300, request_timeout_s: 5, boards: {b}}}\n"
+                f"    protocol: {json.dumps(FAST)}\n")
+
     path.write_text(f"schema: 1\ndevices:\n  rpi4-loop:\n{entry(boards)}  loop-a:\n{entry(1)}  loop-b:\n{entry(1)}"
                     f"  loop-pool:\n    pool: [loop-a, loop-b]\n")
     return path
@@ -271,6 +271,7 @@ def test_server_killed_mid_sweep_then_same_command_completes_the_table(two_board
     t0 = time.monotonic()
     first = measure_on_farm(devs, out, kill_after_two)
     assert time.monotonic() - t0 < 300 and killed_at == [2]
+    assert first.errors == 0 and first.measured == len(keys)  # the survivor measured what the victim lost
     assert list(first.lost_boards.values()) and all(w.startswith(("rpc session lost", "no rpc session"))
                                                    for w in first.lost_boards.values()), first.lost_boards
     written = [r for r in first.rows if r.status != "error"]

@@ -57,7 +57,9 @@ def _space(spec: str):
         fail(str(e))
 
 
-def _runner(device):
+def _runner(device, boards: int | None = None, farm: bool = False):
+    """The device's runner after a preflight; with ``farm``, one per board (``boards`` or the device's rpc.boards)."""
+    from .farm import make_farm, farm_size
     from .rpc import RpcError, preflight
     from .runners import make_runner
 
@@ -65,13 +67,21 @@ def _runner(device):
         runner = make_runner(device)  # configuration errors (a bad target) first
     except (UserError, NotImplementedError, ImportError) as e:
         fail(str(e))
-    if device.rpc is not None:  # a dead tracker or an unserved key: one line now, not an error row per key
-        try:
-            preflight(device.rpc.tracker, device.rpc.key, device.rpc.request_timeout_s, device.threads)
-        except RpcError as e:
-            runner.close()
-            fail(f"device {device.name!r}: {e}")
-    return runner
+    for d in (device.pool or (device,)) if farm else (device,):
+        if d.rpc is not None:  # a dead tracker or an unserved key: one line now, not an error row per key
+            try:
+                preflight(d.rpc.tracker, d.rpc.key, d.rpc.request_timeout_s, d.threads)
+            except RpcError as e:
+                runner.close()
+                fail(f"device {d.name!r}: {e}")
+    if not farm:
+        return runner
+    try:
+        n = farm_size(device, boards)  # a farm: one runner (session) per board under the key
+    except UserError as e:
+        runner.close()
+        fail(str(e))
+    return make_farm(device, n, make_runner, first=runner)
 
 
 @app.command()
@@ -95,6 +105,10 @@ def devices(devices: Optional[Path] = DevicesOpt,
     for d in devs.values():
         where = (d.rpc.tracker + " key " + d.rpc.key) if d.rpc else (f"{d.ssh.user}@{d.ssh.host}:{d.ssh.port}"
                                                                        if d.ssh else "local")
+        if d.pool:
+            where = "pool of " + ", ".join(m.name for m in d.pool)
+        elif d.rpc and d.rpc.boards != 1:
+            where += f" ({d.rpc.boards or 'all'} boards)"
         t.add_row(d.name, d.runtime + (f" ({d.provider})" if d.runtime == "onnxruntime" else ""), where,
                   d.description)
     out.print(t)
@@ -127,6 +141,8 @@ def measure(
     tune_trials: Optional[int] = typer.Option(None, "--tune-trials", min=0,
                                               help="TVM devices: MetaSchedule trials per task (0 = untuned; default "
                                                    "the device's tune_trials). Tuned rows are labelled 'tuned'."),
+    boards: Optional[int] = typer.Option(None, "--boards", min=0, help="Measure on this many boards in parallel "
+                                         "(default rpc.boards, or all of a pool; 0 = all the tracker lists)."),
     devices: Optional[Path] = DevicesOpt,
 ) -> None:
     """Measure every op of SPACE on DEVICE into a latency table (resumable: reruns measure only what is missing)."""
@@ -148,7 +164,7 @@ def measure(
         mix = variant_mix(path, dev.tune_trials)
         if mix:
             fail(mix)
-    runner = _runner(dev)
+    runner = _runner(dev, boards, farm=True)
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[noisy]} noisy {task.fields[err]} "
                                                                     "err  [dim]{task.fields[op]}")]
@@ -176,12 +192,32 @@ def measure(
     if summary.dropped_calibration is not None:
         console.print(f"removed {summary.dropped_calibration}: it was fitted on the table --fresh replaced "
                       f"(refit it with hwprof verify)", highlight=False, soft_wrap=True)
+    print_boards(summary)
     if summary.validity is not None:
         style = "green" if summary.validity.valid else "bold red"
         console.print(f"validity: [{style}]{summary.validity.line()}[/]", highlight=False, soft_wrap=True)
     if summary.errors:
         print_errors([(r.key, r.error) for r in summary.rows if r.status == "error"])
         raise typer.Exit(1)
+
+
+def print_boards(summary) -> None:
+    """A farm sweep: rows per board, and each board lost mid-sweep with why."""
+    by_board = board_counts(r.board for r in summary.rows if r.status != "error")
+    if by_board and (", " in by_board or summary.lost_boards):
+        console.print(f"boards: {by_board}", highlight=False, soft_wrap=True)
+    for board, why in summary.lost_boards.items():
+        console.print(f"  [yellow]board lost[/] {board}: {' '.join(why.split())[:300]} (its keys went to the other "
+                      f"boards)", highlight=False, soft_wrap=True)
+
+
+def board_counts(boards) -> str:
+    """``"a 5 rows, b 3 rows"`` for the boards that measured rows ("" when no row names one)."""
+    counts: dict[str, int] = {}
+    for b in boards:
+        if b:
+            counts[b] = counts.get(b, 0) + 1
+    return ", ".join(f"{b} {n} row{'s' * (n != 1)}" for b, n in sorted(counts.items()))
 
 
 def print_errors(errors: list[tuple[str, str]], show: int = 3) -> None:
@@ -219,6 +255,7 @@ def show(table: Path = typer.Argument(..., help="Table CSV written by hwprof mea
         "fingerprint": t.meta.get("fingerprint"), "protocol": t.meta.get("protocol"), "imported": imported,
         "validity": "not measured here (imported)" if imported else validity_line(t.meta),
         "validity_verdict": (t.meta.get("validity") or {}).get("verdict"),
+        "boards": board_counts(r.get("board", "") for r in usable) or None,
         "slowest": [{"key": r["key"], "median_ms": r["median_ms"], "cv": r["cv"], "status": r["status"]}
                     for r in slowest],
     }
@@ -246,7 +283,7 @@ def show(table: Path = typer.Argument(..., help="Table CSV written by hwprof mea
     c = info["counts"]
     med = f"{info['median_cv'] * 100:.2f} %" if info["median_cv"] is not None else "-"
     p(f"entries: {sum(c.values())}  ok {c['ok']}  noisy {c['noisy']}  error {c['error']}  median CV {med}")
-    p("validity: " + info["validity"])
+    p("validity: " + info["validity"] + (f"\nboards: {info['boards']}" if info["boards"] else ""))
     p("calibrated: " + ("yes " + json.dumps(info["calibration"]) if info["calibrated"] else "no"))
     tt = Table(title=f"slowest {len(slowest)} entries")
     for col in ("key", "median ms", "CV %", "status"):

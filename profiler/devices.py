@@ -11,7 +11,7 @@ import os
 import re
 import types
 import typing
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ class RpcConfig:
     key: str  # device key the rpc_server registered with
     session_timeout_s: float = 600.0  # one session's lifetime on the board
     request_timeout_s: float = 30.0  # give up when no server with this key answers within this time
+    boards: int = 1  # boards measured in parallel under this key (a farm); 0 = every server the tracker lists
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class Device:
     rpc: RpcConfig | None = None
     ssh: SshConfig | None = None
     protocol: Protocol = field(default_factory=Protocol)
+    pool: tuple["Device", ...] = ()  # a farm: the member devices (one class) that a sweep measures on at once
 
     @property
     def is_remote(self) -> bool:
@@ -152,8 +154,40 @@ def _check_ranges(dev: Device, where: str) -> None:
             v = getattr(cfg, t)
             if not (math.isfinite(v) and v > 0):
                 raise DeviceError(f"{where}.{sub}.{t}: {v!r} must be a finite number of seconds > 0")
+    if dev.rpc is not None and dev.rpc.boards < 0:
+        raise DeviceError(f"{where}.rpc.boards: {dev.rpc.boards!r} must be >= 0 (1 = one board, N = a farm of N "
+                          f"boards under the key, 0 = every rpc_server the tracker lists for it)")
     if dev.ssh is not None and not 0 < dev.ssh.port < 65536:
         raise DeviceError(f"{where}.ssh.port: {dev.ssh.port!r} is not a TCP port (1-65535)")
+
+
+# what makes devices "of one class": a pool's members must agree on these (one table, one protocol)
+POOL_CLASS = ("runtime", "provider", "threads", "graph_optimization", "torch_device", "target", "cross_compiler",
+              "tune_trials", "protocol")
+
+
+def _parse_pool(name: str, entry: dict[str, Any], parsed: dict[str, Device], where: str) -> Device:
+    """``{pool: [a, b], description: ...}``: the first member's entry under the pool's name, ``pool`` = members."""
+    unknown = set(entry) - {"pool", "description"}
+    if unknown:
+        raise DeviceError(f"{where}: unknown field(s) {', '.join(sorted(unknown))} beside pool; a pool takes only "
+                          f"pool and description (its members' entries say how to reach them)")
+    members = entry["pool"]
+    if not isinstance(members, list) or len(members) < 2 or not all(isinstance(m, str) for m in members):
+        raise DeviceError(f"{where}.pool: {members!r} is not a list of two or more device names")
+    if len(set(members)) != len(members):
+        raise DeviceError(f"{where}.pool: {members!r} names a device twice; each board once")
+    for m in members:
+        if m not in parsed:
+            raise DeviceError(f"{where}.pool: no device {m!r} (a member is a device entry of this file, not a pool)")
+    first = parsed[members[0]]
+    for m in members[1:]:
+        diff = [f for f in POOL_CLASS if getattr(parsed[m], f) != getattr(first, f)]
+        if diff:
+            raise DeviceError(f"{where}.pool: {m!r} differs from {members[0]!r} in {', '.join(diff)}; a pool's "
+                              f"boards are of one class (give them the same {diff[0]})")
+    desc = entry.get("description", f"pool of {', '.join(members)}")
+    return replace(first, name=name, description=str(desc), pool=tuple(parsed[m] for m in members))
 
 
 def parse_devices(data: Any, source: str) -> dict[str, Device]:
@@ -168,9 +202,13 @@ def parse_devices(data: Any, source: str) -> dict[str, Device]:
     if not isinstance(devs, dict) or not devs:
         raise DeviceError(f"{source}: 'devices' must be a non-empty mapping of name -> entry")
     out: dict[str, Device] = {}
+    pools: dict[str, Any] = {}
     for name, entry in devs.items():
         where = f"{source}: device {name!r}"
         check_device_name(str(name), where)
+        if isinstance(entry, dict) and "pool" in entry:
+            pools[str(name)] = entry
+            continue
         if not isinstance(entry, dict) or "runtime" not in entry:
             raise DeviceError(f"{where}: missing field 'runtime' (one of {', '.join(RUNTIMES)})")
         if entry["runtime"] not in RUNTIMES:
@@ -181,6 +219,9 @@ def parse_devices(data: Any, source: str) -> dict[str, Device]:
                 raise DeviceError(f"{where}: runtime {dev.runtime} needs field {req!r}")
         _check_ranges(dev, where)
         out[str(name)] = dev
+    members = dict(out)
+    for name, entry in pools.items():
+        out[name] = _parse_pool(name, entry, members, f"{source}: device {name!r}")
     return out
 
 

@@ -61,6 +61,7 @@ class SweepSummary:
     rows: tuple[Row, ...]
     validity: Validity | None = None  # None when nothing was measured (the header keeps its verdict)
     dropped_calibration: Path | None = None  # --fresh: the calibration of the replaced table, deleted
+    lost_boards: dict[str, str] = field(default_factory=dict)  # farm: board -> why it was lost mid-sweep
 
 
 def row_from_result(result: MeasureResult, attempts: int, max_abs_err: float, cv_threshold: float) -> Row:
@@ -70,7 +71,8 @@ def row_from_result(result: MeasureResult, attempts: int, max_abs_err: float, cv
     s = summarize(result.samples_ms)
     status = "ok" if s.cv <= cv_threshold else "noisy"
     return Row(result.key, s.median_ms, s.p10_ms, s.p90_ms, s.mean_ms, s.std_ms, s.cv, s.mad_outliers, s.n,
-               result.calls_per_sample, attempts, status, result.variant, "", max_abs_err, tuple(result.samples_ms))
+               result.calls_per_sample, attempts, status, result.variant, "", max_abs_err, tuple(result.samples_ms),
+               str(result.info.get("board", "")))
 
 
 def table_meta(device: Device, space: Space, runner: Runner, protocol: Protocol, batch: int) -> dict[str, Any]:
@@ -179,7 +181,8 @@ def row_from_rounds(key: str, rounds: list[MeasureResult], attempts: int, max_ab
     s = summarize(pooled)
     status = "ok" if round_spread(medians) <= protocol.cv_threshold else "noisy"
     return Row(key, float(np.median(medians)), s.p10_ms, s.p90_ms, s.mean_ms, s.std_ms, s.cv, s.mad_outliers, s.n,
-               ok[-1].calls_per_sample, attempts, status, ok[-1].variant, "", max_abs_err, tuple(pooled))
+               ok[-1].calls_per_sample, attempts, status, ok[-1].variant, "", max_abs_err, tuple(pooled),
+               str(ok[-1].info.get("board", "")))
 
 
 def interleaved_rounds(keys: list[str], requests: dict[str, MeasureRequest], reference: MeasureRequest | None,
@@ -302,16 +305,25 @@ def measure_space(device: Device, space: Space, runner: Runner, out: Path, *, fr
                   on_progress: Callable[[SweepProgress], None] | None = None) -> SweepSummary:
     """Measure every key of ``space`` missing from the table at ``out`` (all of them with ``fresh``).
 
-    Resuming a table under another protocol or fingerprint is a :class:`TableError` unless ``mixed``."""
+    Resuming a table under another protocol or fingerprint is a :class:`TableError` unless ``mixed``. A
+    :class:`profiler.farm.Farm` as ``runner`` spreads the keys over its boards (rows then record their board)."""
+    from .farm import Farm, farm_sweep
+
     protocol = device.protocol
     t0 = time.perf_counter()
     keys = select_keys(space.candidate_keys(batch), only)
+    farm = runner if isinstance(runner, Farm) else None
     with TableWriter(out, table_meta(device, space, runner, protocol, batch), fresh=fresh,
-                     mixed=mixed) as writer:
+                     mixed=mixed, boards=farm is not None) as writer:
         todo = [k for k in keys if k not in writer.existing]
         dropped = writer.dropped_calibration
-        prog = sweep(todo, runner, protocol, writer, on_progress)
-    validity = write_validity(out, sweep_validity(prog, protocol), fresh) if todo else None
+        if farm is not None:
+            prog, verdict = farm_sweep(todo, farm, protocol, writer, on_progress)
+        else:
+            prog = sweep(todo, runner, protocol, writer, on_progress)
+            verdict = sweep_validity(prog, protocol)
+    validity = write_validity(out, verdict, fresh) if todo else None
     rows = tuple(prog.rows)
     return SweepSummary(out, len(todo), len(keys) - len(todo), sum(r.status == "ok" for r in rows), prog.noisy,
-                        prog.errors, prog.remeasured, time.perf_counter() - t0, rows, validity, dropped)
+                        prog.errors, prog.remeasured, time.perf_counter() - t0, rows, validity, dropped,
+                        dict(farm.lost) if farm is not None else {})

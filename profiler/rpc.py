@@ -220,12 +220,20 @@ def connect_session(host: str, port: int, key: str, session_timeout_s: float = 0
         raise RpcError(f"rpc_server {host}:{port}: cannot open a session ({msg}); is it running?") from None
 
 
+def request_board(tracker: str, key: str, request_timeout_s: float, session_timeout_s: float = 0.0,
+                  threads: int | None = None) -> tuple[Any, str]:
+    """A session from ``tracker`` for ``key`` and the ``host:port`` of the rpc_server (the board) it runs on, or
+    :class:`RpcError` within about ``request_timeout_s``. While the session lasts, the tracker hands that server to
+    nobody else: each of several sessions under one key gets its own board."""
+    host, port, matchkey = TrackerClient(tracker, timeout_s=min(10.0, request_timeout_s)).request(
+        key, request_timeout_s, threads)
+    return connect_session(host, port, matchkey, session_timeout_s), f"{host}:{port}"
+
+
 def request_session(tracker: str, key: str, request_timeout_s: float, session_timeout_s: float = 0.0,
                     threads: int | None = None) -> Any:
     """A session from ``tracker`` for ``key``, or :class:`RpcError` within about ``request_timeout_s``."""
-    host, port, matchkey = TrackerClient(tracker, timeout_s=min(10.0, request_timeout_s)).request(
-        key, request_timeout_s, threads)
-    return connect_session(host, port, matchkey, session_timeout_s)
+    return request_board(tracker, key, request_timeout_s, session_timeout_s, threads)[0]
 
 
 # ---------------------------------------------------------------------------------------------------------------

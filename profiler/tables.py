@@ -36,6 +36,10 @@ COLUMNS = ["key", "op", "input_shape", "c_out", "stride", "params", "median_ms",
 # row's setup hash (see :func:`setup_hash`), resolved by the header's ``setups``; readers accept both headers
 SETUP_COLUMN = "setup"
 MIXED_COLUMNS = COLUMNS + [SETUP_COLUMN]
+# a table measured by a device farm (several boards in parallel, see profiler.farm) gets a last column: the board
+# that measured each row (a server address or a pool member's name; empty for rows from before)
+BOARD_COLUMN = "board"
+HEADERS = (COLUMNS, MIXED_COLUMNS, COLUMNS + [BOARD_COLUMN], MIXED_COLUMNS + [BOARD_COLUMN])
 STATUSES = ("ok", "noisy", "error")
 # variant of a row that costs 0 ms by construction: an identity block (a skipped layer) that a peer LUT has no entry
 # for because its estimator counts it as free (written by hwprof import only)
@@ -100,6 +104,7 @@ class Row:
     max_abs_err: float = math.nan
     samples_ms: tuple[float, ...] = ()
     setup: str = ""  # mixed tables only: the short hash of the protocol and fingerprint it was measured under
+    board: str = ""  # which board measured it (written only to a table with the board column)
 
     def _key_columns(self) -> dict[str, Any]:
         k = parse_key(self.key)
@@ -134,7 +139,8 @@ class Row:
         if rec["status"] not in STATUSES:
             raise TableError(f"{where}: status {rec['status']!r} is not one of {', '.join(STATUSES)}")
         vals: dict[str, Any] = {"key": rec["key"], "status": rec["status"], "variant": rec["variant"],
-                                "error": rec["error"], "setup": rec.get(SETUP_COLUMN, "")}
+                                "error": rec["error"], "setup": rec.get(SETUP_COLUMN, ""),
+                                "board": rec.get(BOARD_COLUMN, "")}
         name = "key"
         try:
             k = parse_key(rec["key"])
@@ -259,7 +265,7 @@ def _read_rows(path: Path) -> tuple[dict[str, Row], int]:
                          f"line or re-measure with hwprof measure --fresh)") from None
     reader = csv.reader(io.StringIO(text))
     header = next(reader, None)
-    if header not in (COLUMNS, MIXED_COLUMNS):
+    if header not in HEADERS:
         raise TableError(f"{path}: not a hwprof table (header {','.join(header or [])[:80]!r}); "
                          f"re-measure with hwprof measure --fresh")
     columns = header
@@ -453,11 +459,14 @@ class TableWriter:
     """Appends rows to a table, flushing each one. Opening an existing table keeps its ok/noisy rows.
 
     Resuming under another protocol or fingerprint is refused unless ``mixed``; then every row gets a ``setup``
-    column (the short hash of what it was measured under, listed in the header's ``setups``).
+    column (the short hash of what it was measured under, listed in the header's ``setups``). With ``boards`` (a
+    farm sweep), or when the table has one already, every row gets a ``board`` column (who measured it).
     """
 
-    def __init__(self, path: Path, meta: "dict[str, Any] | TableHeader", fresh: bool = False, mixed: bool = False):
+    def __init__(self, path: Path, meta: "dict[str, Any] | TableHeader", fresh: bool = False, mixed: bool = False,
+                 boards: bool = False):
         self.mixed = mixed
+        self.boards = boards
         self.path = path
         self.dropped_calibration: Path | None = None  # the stale calibration a fresh start removed
         self._lock = FileLock(path, "table", fix="wait for that hwprof to finish or stop it (two writers would "
@@ -476,7 +485,7 @@ class TableWriter:
         if fresh or not path.exists():
             atomic_write_text(meta_path(path), json.dumps(meta, indent=2, sort_keys=True))
             buf = io.StringIO()
-            csv.writer(buf, lineterminator="\n").writerow(COLUMNS)
+            csv.writer(buf, lineterminator="\n").writerow(COLUMNS + [BOARD_COLUMN] * self.boards)
             atomic_write_text(path, buf.getvalue())
             # a calibration fitted on the table this one replaces no longer holds (measure --fresh, import)
             self.dropped_calibration = drop_stale_calibration(path)
@@ -491,7 +500,9 @@ class TableWriter:
             self._setup = None
             columns = COLUMNS
             with open(path, newline="") as f:
-                was_mixed = f.readline().strip() == ",".join(MIXED_COLUMNS)
+                header = next(csv.reader(f), [])
+            was_mixed = SETUP_COLUMN in header
+            self.boards = self.boards or BOARD_COLUMN in header
             mismatch = resume_mismatch(path, old, meta)
             if mismatch and not self.mixed:
                 raise TableError(mismatch, fix="hwprof measure --fresh to start over, or --mixed to keep both "
@@ -508,8 +519,9 @@ class TableWriter:
                 first = setup_hash(old)
                 for r in rows.values():
                     r.setup = r.setup or first
+            columns = columns + [BOARD_COLUMN] * self.boards
             kept = {k: r for k, r in rows.items() if r.usable}
-            if len(kept) != len(rows) or complete != path.stat().st_size or (columns is MIXED_COLUMNS and not was_mixed):
+            if len(kept) != len(rows) or complete != path.stat().st_size or columns != header:
                 # drop error rows (they are re-measured) and any torn last line; rewrite atomically
                 buf = io.StringIO()
                 w = csv.writer(buf, lineterminator="\n")
@@ -523,7 +535,7 @@ class TableWriter:
 
     def append(self, row: Row) -> None:
         try:
-            self._w.writerow(row.to_record() + ([self._setup] if self._setup else []))
+            self._w.writerow(row.to_record() + ([self._setup] if self._setup else []) + [row.board] * self.boards)
             self._f.flush()
             os.fsync(self._f.fileno())
         except OSError as e:

@@ -41,7 +41,7 @@ from ..errors import UserError
 from ..devices import Device
 from ..protocol import Protocol
 from ..timing import KeyTimeout
-from ..rpc import RpcError, RpcProcess, connect_session, request_session, start_server
+from ..rpc import RpcError, RpcProcess, connect_session, request_board, start_server
 from .base import MeasureRequest, MeasureResult, host_fingerprint, library_versions
 
 LOCAL_KEY = "hwprof-local"  # prefix of the private local server's key; each runner adds a random part
@@ -344,6 +344,7 @@ class TvmRunner:
         self._remote: dict[str, Any] = {}
         self._down: str | None = None  # set when a session could not be (re)opened: later keys fail fast
         self._opened = False  # a session was open once: a later failure "lost" it
+        self._board = ""  # host:port of the rpc_server the tracker gave this runner (rows record it)
         self._tmp = Path(tempfile.mkdtemp(prefix="hwprof-tvm-"))
         self._libs: dict[str, Library] = {}
 
@@ -355,8 +356,9 @@ class TvmRunner:
     def _open(self) -> Any:
         dev = self.device
         if dev.rpc is not None:
-            return request_session(dev.rpc.tracker, dev.rpc.key, dev.rpc.request_timeout_s,
-                                   dev.rpc.session_timeout_s, threads=dev.threads)
+            sess, self._board = request_board(dev.rpc.tracker, dev.rpc.key, dev.rpc.request_timeout_s,
+                                              dev.rpc.session_timeout_s, threads=dev.threads)
+            return sess
         if self._server is None or not self._server.alive():
             if self._server is not None:
                 self._server.stop()
@@ -411,7 +413,8 @@ class TvmRunner:
             lib = self._library(request)
             variant = lib.variant
             samples, number, info = self._time(request, lib, protocol)
-            return MeasureResult(request.key, samples, number, variant=variant, info={**lib.info, **info})
+            board = {"board": self._board} if self._board else {}
+            return MeasureResult(request.key, samples, number, variant=variant, info={**lib.info, **info, **board})
         except SessionLost as e:
             text = str(e)
             return MeasureResult.failed(request.key, text if text.startswith(("rpc session lost", "no rpc session"))

@@ -27,7 +27,7 @@ from search.costs import CostModel
 from search.data import load_data
 from search.fused import FusedMixedOp
 from search.samplers import Sampler
-from search.supernet import MixedOp, SearchModel
+from search.supernet import MixedOp, SearchModel, zero_residual_branches
 from profiler.spaces import get_space
 
 SPEC = "fbnet-cifar:input_size=16,width=0.25"
@@ -89,6 +89,7 @@ def rules(sp) -> dict[str, tuple]:
 
     return {
         "soft Gumbel (tau 5, every op runs)": ("gumbel", None, True, False),
+        "soft Gumbel, zero-init branches": ("gumbel", None, True, False, {"zero": True}),
         "lean, before the fix": ("lean", None, True, True),
         "  same, per-op reference layout": ("lean", None, True, True, {"supernet": "reference"}),
         "  same, SGD without momentum or decay": ("lean", None, True, True, {"momentum": 0.0, "weight_decay": 0.0}),
@@ -105,6 +106,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", help="run only the variants whose name contains this")
     a = ap.parse_args()
     torch.set_num_threads(1)
     sp = get_space(SPEC)
@@ -114,7 +116,11 @@ def main() -> None:
           f"train accuracy per 16 steps")
     for name, (sampler, rule, unit, single, *more) in rules(sp).items():
         opt = more[0] if more else {}
+        if a.only and a.only not in name:
+            continue
         model = model_for(sampler, a.seed, unit, single, opt.pop("supernet", "fused"))
+        if opt.pop("zero", False):
+            zero_residual_branches(model.net)
         accs, gn, ms = train(model, rule, data, a.steps, a.seed, **opt)
         per16 = " ".join(f"{sum(accs[i:i + 16]) / len(accs[i:i + 16]):.2f}" for i in range(0, len(accs), 16))
         print(f"  {name:<38} {per16}  | grad norm {gn:6.1f} | {ms:4.0f} ms/step", flush=True)

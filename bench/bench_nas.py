@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import random
 import sys
@@ -77,8 +78,8 @@ class Scale:
 
 
 SCALES = {
-    "quick": Scale("fbnet-cifar:input_size=16,width=0.25", 3, 2, 3, 256, 512, 128, 256, 32, 2, True),
-    "full": Scale("fbnet-cifar:input_size=16,width=0.25", 5, 3, 4, 384, 1000, 300, 500, 32, 3, False),
+    "quick": Scale("fbnet-cifar:input_size=16,width=0.25", 3, 2, 3, 400, 800, 200, 500, 32, 2, True),
+    "full": Scale("fbnet-cifar:input_size=16,width=0.25", 5, 3, 4, 600, 1200, 300, 1000, 32, 3, False),
 }
 FBNET_KAPPAS = np.geomspace(0.01, 10.0, 8)
 MATCH_TOL = 0.03
@@ -256,6 +257,9 @@ def figures(per_seed: list[dict], lat_key: str) -> dict:
         ref = 1.2 * max(r[lat_key] for m in methods for r in res[m]["rows"] if r.get(lat_key))
         for m in methods:
             hv[m].append(hv_of(res[m]["rows"], ref, lat_key))
+        n_h, rnd = len(res["hwnas"]["rows"]), res["random-matched"]["rows"]
+        for fam, part in (("hwnas", rnd[:n_h]), ("seed", rnd[n_h:])):  # the random twins of that family only
+            hv.setdefault(f"random-matched-{fam}", []).append(hv_of(part, ref, lat_key))
     diffs = {}
     for fam in ("hwnas", "seed"):
         d = []
@@ -287,7 +291,7 @@ def print_report(per_seed: list[dict], fig: dict, lat_key: str, head: str) -> di
                 + f" ms {r['test_acc'] * 100:.1f} %" for r in res[m]["rows"]))
     goals = {}
     for fam in ("hwnas", "seed"):
-        hv_f, hv_r = np.array(fig["hv"][fam]), np.array(fig["hv"]["random-matched"])
+        hv_f, hv_r = np.array(fig["hv"][fam]), np.array(fig["hv"][f"random-matched-{fam}"])
         d = hv_f - hv_r
         sd = float(d.std(ddof=1)) if len(d) > 1 else float("inf")
         g1 = bool(d.mean() > 2 * sd)
@@ -296,7 +300,7 @@ def print_report(per_seed: list[dict], fig: dict, lat_key: str, head: str) -> di
         diffs = np.array(fig["matched_diff"][fam]) * 100
         g3 = bool(diffs.mean() >= 1.0)
         print(f"== goals for the {fam} family")
-        print(f"   1. hypervolume beats random (matched) by > 2 std over seeds: diff {_ms(d)} "
+        print(f"   1. hypervolume beats its random twins (matched latencies) by > 2 std over seeds: diff {_ms(d)} "
               f"-> {'PASS' if g1 else 'MISS'}")
         print(f"   2. hypervolume >= the 8 fbnet runs' ({hv_f.mean():.4f} vs {np.mean(fig['hv']['fbnet-8']):.4f}) at "
               f"<= 0.25x their search cost ({cost.mean():.3f}x) -> {'PASS' if g2 else 'MISS'}")
@@ -305,6 +309,49 @@ def print_report(per_seed: list[dict], fig: dict, lat_key: str, head: str) -> di
         goals[fam] = {"g1": g1, "g2": g2, "g3": g3, "hv_diff": d.tolist(), "cost_ratio": cost.tolist(),
                       "matched_diff_pp": diffs.tolist()}
     return goals
+
+
+def seed_result(seed: int, sc: Scale, data: str, a, table_path: Path, device, out: Path) -> dict:
+    """Everything one seed runs, as plain JSON: the per-method results, the data note and the split sizes."""
+    space = get_space(sc.space)
+    splits, note = load_subsets(data, space, seed, sc, a.data_dir)
+    tcfg = TrainConfig(data=splits.name, epochs=sc.retrain_epochs, batch_size=sc.batch_size, seed=seed)
+    trainer = Trainer(tcfg, splits, out / f"models-s{seed}", device, a.measure)
+    res = one_seed(seed, sc, table_path, splits, trainer, out)
+    return {"res": res, "note": note, "data": splits.name,
+            "sizes": [len(splits.train), len(splits.val), len(splits.test)]}
+
+
+def run_seeds(seeds: int, sc: Scale, data: str, a, table_path: Path, device, out: Path) -> list[dict]:
+    """Every seed, ``--jobs`` at a time: with more than one job each seed is its own process (one torch thread
+    each), writing ``seed-N.json`` that this process reads back."""
+    if a.jobs <= 1:
+        return [seed_result(s, sc, data, a, table_path, device, out) for s in range(seeds)]
+    import subprocess
+
+    base = [sys.executable, __file__, "--data", data, "--device", a.device, "--table", str(table_path),
+            "--threads", str(a.threads), "--out", str(a.out)] + (["--quick"] if a.quick else []) \
+        + (["--measure"] if a.measure else []) + (["--data-dir", a.data_dir] if a.data_dir else [])
+    todo, running, failed = list(range(seeds)), [], []
+    while todo or running:
+        while todo and len(running) < a.jobs:
+            s = todo.pop(0)
+            log_f = open(out / f"seed-{s}.log", "w")
+            running.append((s, subprocess.Popen(base + ["--only-seed", str(s)], stdout=log_f,
+                                                stderr=subprocess.STDOUT), log_f))
+            log(f"seed {s}: started in its own process (log {out / f'seed-{s}.log'})")
+        time.sleep(2)
+        for item in list(running):
+            s, proc, log_f = item
+            if proc.poll() is not None:
+                running.remove(item)
+                log_f.close()
+                log(f"seed {s}: done (exit {proc.returncode})")
+                if proc.returncode != 0:
+                    failed.append(s)
+    if failed:
+        raise SystemExit(f"bench_nas: seed(s) {failed} failed; see {out}/seed-N.log")
+    return [json.loads((out / f"seed-{s}.json").read_text()) for s in range(seeds)]
 
 
 def main() -> None:
@@ -316,47 +363,57 @@ def main() -> None:
     ap.add_argument("--device", default="cpu-1t", help="device of the latency table (and of --measure)")
     ap.add_argument("--table", type=Path, default=None, help="an existing table of the space (default: measured)")
     ap.add_argument("--measure", action="store_true", help="also export and time every architecture on --device")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    ap.add_argument("--jobs", type=int, default=1, help="seeds run at once, each in its own process (2 on 2 cores)")
+    ap.add_argument("--only-seed", type=int, default=None, help=argparse.SUPPRESS)  # a --jobs worker
+    ap.add_argument("--report-only", action="store_true",
+                    help="print the report again from the seed-N.json files of an earlier --jobs run in --out")
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench_nas"))
     a = ap.parse_args()
     sc = SCALES["quick" if a.quick else "full"]
     seeds = a.seeds or sc.seeds
     torch.set_num_threads(a.threads)
     out = a.out / ("quick" if a.quick else "full")
+    data = a.data or default_data()
+    device = get_device(a.device)
+    if a.only_seed is not None:  # a worker of run_seeds: the parent made the table and the folder
+        r = seed_result(a.only_seed, sc, data, a, a.table, device, out)
+        atomic_write_text(out / f"seed-{a.only_seed}.json", json.dumps(r) + "\n")
+        return
+    t_all = time.perf_counter()
+    if a.report_only:
+        results = [json.loads((out / f"seed-{s}.json").read_text()) for s in range(seeds)]
+        return report(results, sc, seeds, a, out, t_all)
     if out.exists():
         import shutil
 
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    t_all = time.perf_counter()
-    data = a.data or default_data()
     space = get_space(sc.space)
-    device = get_device(a.device)
     notes: list[str] = []
     rcfg = RunConfig(device=a.device, space=sc.space, table=str(a.table or out / "table.csv"), quick=sc.quick_protocol)
     table_path = ensure_table(rcfg, device, space, out, lambda e: None, notes)
     for n in notes:
         log(n)
-    per_seed, data_notes = [], set()
-    for seed in range(seeds):
-        splits, note = load_subsets(data, space, seed, sc, a.data_dir)
-        if note and note not in data_notes:
-            data_notes.add(note)
-            log(note)
-        tcfg = TrainConfig(data=splits.name, epochs=sc.retrain_epochs, batch_size=sc.batch_size, seed=seed)
-        trainer = Trainer(tcfg, splits, out / f"models-s{seed}", device, a.measure)
-        per_seed.append(one_seed(seed, sc, table_path, splits, trainer, out))
+    results = run_seeds(seeds, sc, data, a, Path(table_path), device, out)
+    report(results, sc, seeds, a, out, t_all)
+
+
+def report(results: list[dict], sc: Scale, seeds: int, a, out: Path, t_all: float) -> None:
+    per_seed = [r["res"] for r in results]
+    data_notes = sorted({r["note"] for r in results if r["note"]})
     lat_key = "measured_ms" if a.measure else "predicted_ms"
     fig = figures(per_seed, lat_key)
-    head = (f"== bench_nas ({'quick' if a.quick else 'full'}): {sc}; data {splits.name} "
-            f"(train/val/test {len(splits.train)}/{len(splits.val)}/{len(splits.test)}), {seeds} seeds, table "
+    n_tr, n_va, n_te = results[0]["sizes"]
+    head = (f"== bench_nas ({'quick' if a.quick else 'full'}): {sc}; data {results[0]['data']} "
+            f"(train/val/test {n_tr}/{n_va}/{n_te}), {seeds} seeds, table "
             f"{a.device}, latency {'measured' if a.measure else 'predicted'}; torch {torch.__version__}, "
-            f"{a.threads} thread(s), {platform.processor() or platform.machine()}; shared machine"
-            + "".join(f"\n   note: {n}" for n in sorted(data_notes)))
+            f"{a.threads} thread(s) x {max(1, a.jobs)} job(s), {platform.processor() or platform.machine()}, "
+            f"{os.cpu_count()} CPUs" + "".join(f"\n   note: {n}" for n in data_notes))
     goals = print_report(per_seed, fig, lat_key, head)
     wall = time.perf_counter() - t_all
     print(f"wall {wall:.0f} s; summary {out / 'summary.json'}")
-    atomic_write_text(out / "summary.json", json.dumps({"scale": dataclasses.asdict(sc), "data": splits.name,
+    atomic_write_text(out / "summary.json", json.dumps({"scale": dataclasses.asdict(sc), "data": results[0]["data"],
                                                          "seeds": per_seed, "figures": fig, "goals": goals,
                                                          "wall_s": wall}, indent=1) + "\n")
 

@@ -50,7 +50,7 @@ class RunConfig:
     data_dir: str | None = None
     search_epochs: int = 10
     family: int = 6
-    retrain_epochs: int = 8
+    retrain_epochs: int = 5  # with the 2250 training images of the default, ~10 min in all on 2 cores
     batch_size: int = 64
     seed: int = 0
     table: str | None = None  # None: tables/DEVICE/SPACE.csv (--quick: OUT/table.csv)
@@ -61,8 +61,8 @@ class RunConfig:
     devices_path: str | None = None
     torch_threads: int = 1  # search/retrain threads: these small nets train fastest on one (and leave a core free)
     calibrate: bool = True  # fit the table's calibration on random whole networks (hwprof verify) when it has none
-    verify_n: int = 6  # held-out random networks that check the calibration
-    calib_n: int = 20  # random networks the calibration is fitted on
+    verify_n: int = 5  # held-out random networks that check the calibration
+    calib_n: int = 16  # random networks the calibration is fitted on
 
     @classmethod
     def quick_defaults(cls, **kw: Any) -> "RunConfig":
@@ -330,12 +330,21 @@ def make_plots(out: Path, rows: list[dict[str, Any]], title: str) -> tuple[Path 
     return pareto, curves
 
 
-# Seconds per unit of work on the 2-core VM of the README's `make run` figures (fbnet-cifar:input_size=16,width=0.5,
-# digits, 1 torch thread): table 72 s / 111 keys; calibration 38 s / 26 networks; search 223 s / (10 epochs x 1258
-# samples); members 54 s / (6 members x 8 epochs x 1258 samples, plus export and timing).
-RATES = {"table_key_s": 0.65, "network_s": 1.5, "search_sample_s": 0.0177, "retrain_sample_s": 0.0008,
-         "member_s": 1.5}
-TRAIN_SAMPLES = {"digits": 1258, "mnist": 51000, "fashion-mnist": 51000, "cifar10": 42500}  # training split sizes
+# Seconds per unit of work, from `make run` on a 2-core AMD EPYC VM (2026-12-02: fbnet-cifar:input_size=16,width=0.5,
+# Fashion-MNIST --data-limit 3000, 1 torch thread, protocol rounds 5): table 167 s / 111 keys; calibration 51 s / 26
+# networks; search 270 s / (10 epochs x 2700 samples); members 198 s / (6 members x 8 epochs x 2700 samples, plus
+# export and timing).
+RATES = {"table_key_s": 1.5, "network_s": 2.0, "search_sample_s": 0.0100, "retrain_sample_s": 0.0014,
+         "member_s": 3.0}
+TRAIN_SAMPLES = {"digits": 1258, "mnist": 51000, "fashion-mnist": 54000, "cifar10": 42500}  # training split sizes
+
+
+def train_samples(data: str, data_limit: int | None) -> int | None:
+    """Training images a run sees: the split's size, or ``data_limit`` less its 10 % validation share."""
+    n = TRAIN_SAMPLES.get(data)
+    if n is not None and data_limit:
+        n = min(n, data_limit - max(1, data_limit // 10))
+    return n
 
 
 def estimate_run(cfg: RunConfig, out: Path) -> tuple[float | None, dict[str, float]]:
@@ -359,7 +368,7 @@ def estimate_run(cfg: RunConfig, out: Path) -> tuple[float | None, dict[str, flo
         calibrated = table.with_suffix(".calib.json").is_file()
     if cfg.calibrate and not calibrated:
         parts["calibrate"] = RATES["network_s"] * (cfg.verify_n + cfg.calib_n)
-    n = TRAIN_SAMPLES.get(cfg.data)
+    n = train_samples(cfg.data, cfg.data_limit)
     if n is None:
         return None, parts
     if not (out / "search" / "control.pt").is_file():

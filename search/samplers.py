@@ -81,3 +81,17 @@ def temperature(cfg: TemperatureConfig, epoch: int, epochs: int) -> float:
     else:
         t = cfg.t0
     return max(cfg.floor, float(t))
+
+
+def entropy_weight(weight: float, epoch: int, epochs: int, warmup: int = 0) -> float:
+    """The entropy term's weight at ``epoch``: 0 at the first architecture epoch (``warmup``), ``weight`` at the
+    last, straight in between; 0 before ``warmup``."""
+    if weight == 0.0 or epoch < warmup:
+        return 0.0
+    span = epochs - 1 - warmup
+    return weight * (min(1.0, (epoch - warmup) / span) if span > 0 else 1.0)
+
+
+def mean_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Mean over layers of the entropy (nats) of each layer's op distribution (rows of ``probs``)."""
+    return -(probs * torch.log(probs.clamp_min(1e-12))).sum(dim=-1).mean()

@@ -35,7 +35,7 @@ from .costs import CostModel, open_table
 from . import distributed
 from .data import Splits, load_data
 from .losses import search_loss
-from .samplers import Sampler, temperature
+from .samplers import Sampler, entropy_weight, mean_entropy, temperature
 from .supernet import SearchModel
 
 Forward = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]
@@ -408,7 +408,7 @@ def _search(cfg: SearchConfig, out: Path, resume: bool, splits: Splits | None, o
     ref_lat = cfg.ref_latency_ms
     if cfg.loss == "proxyless" and ref_lat is None:
         ref_lat = setup.costs.uniform("latency")
-    state = {"epoch": start, "tau": 1.0}
+    state = {"epoch": start, "tau": 1.0, "ent_w": 0.0}
 
     def forward(m: nn.Module, x: torch.Tensor, y: torch.Tensor):
         c = control.sample(gens["arch"])
@@ -417,6 +417,10 @@ def _search(cfg: SearchConfig, out: Path, resume: bool, splits: Splits | None, o
         loss = search_loss(cfg.loss, ce, r.penalty, r.expected.get("latency"), cfg.loss_alpha, cfg.loss_beta,
                            ref_lat)
         info = {"ce": ce, "penalty": r.penalty, **{f"E_{k}": v for k, v in r.expected.items()}}
+        if state["ent_w"] > 0:
+            h = mean_entropy(r.probs)
+            loss = loss + state["ent_w"] * h
+            info["arch_H"] = h
         return loss, r.out, info
 
     def eval_forward(m: nn.Module, x: torch.Tensor, y: torch.Tensor):
@@ -430,7 +434,8 @@ def _search(cfg: SearchConfig, out: Path, resume: bool, splits: Splits | None, o
             break
         t0 = time.perf_counter()
         tau = temperature(cfg.temperature, epoch, cfg.epochs)
-        state.update(epoch=epoch, tau=tau)
+        ent_w = entropy_weight(cfg.entropy_weight, epoch, cfg.epochs, cfg.warmup_epochs)
+        state.update(epoch=epoch, tau=tau, ent_w=ent_w)
         lr = cosine_lr(wo.lr, wo.lr_min, epoch, cfg.epochs)
         set_lr(w_opt, lr)
         arch_on = epoch >= cfg.warmup_epochs
@@ -479,7 +484,7 @@ def _search(cfg: SearchConfig, out: Path, resume: bool, splits: Splits | None, o
             probs = torch.softmax(logits, dim=-1)
             exp = {k: float(setup.costs.expected(k, probs)) for k in model.metric_terms}
             arch = [layer.choices[int(i)] for layer, i in zip(space.layers, logits.argmax(dim=-1))]
-        rec = {"epoch": epoch, "tau": tau, "lr": lr, "arch_trained": arch_on,
+        rec = {"epoch": epoch, "tau": tau, "lr": lr, "arch_trained": arch_on, "entropy_weight": ent_w,
                **{f"train_{k}": v for k, v in tr.items()}, "val_loss": va["loss"], "val_acc": va["acc"],
                "eval_control": control.plain(eval_c), **{f"eval_E_{k}": v for k, v in exp.items()},
                "eval_arch": arch, **arch_decidedness(control, grid), "wall_s": time.perf_counter() - t0,

@@ -119,3 +119,9 @@ def test_the_estimate_follows_the_plan_and_what_is_done(tmp_path):
     assert pl.estimate_run(pl.RunConfig(data="npz:x.npz"), tmp_path / "x")[0] is None
     assert "unknown size" in pl.estimate_line(pl.RunConfig(data="npz:x.npz"), tmp_path / "x")
     assert pl.estimate_line(pl.RunConfig(), tmp_path / "y").startswith("estimate: about ")
+    # --data-limit N: the search and the members see N less the 10 % validation share, not the whole training set
+    full = pl.estimate_run(pl.RunConfig(data="fashion-mnist", table=str(tmp_path / "u.csv")), tmp_path / "z")[1]
+    cut = pl.estimate_run(pl.RunConfig(data="fashion-mnist", data_limit=3000, table=str(tmp_path / "u.csv")),
+                          tmp_path / "z")[1]
+    assert cut["search"] == pytest.approx(full["search"] * 2700 / 54000)
+    assert cut["table"] == full["table"] and cut["members"] < full["members"] / 10

@@ -13,7 +13,7 @@ from search.config import PRESETS, TemperatureConfig
 from search.control import (ControlError, LambdaControl, SimplexOpsControl, StaticControl, TradeoffControl)
 from search.costs import CostModel
 from search.losses import search_loss
-from search.samplers import Sampler, temperature
+from search.samplers import Sampler, entropy_weight, mean_entropy, temperature
 from search.supernet import MixedOp
 
 SPEC = "darts-3ops:C=8,cells=5"
@@ -146,3 +146,21 @@ def test_fbnet_loss_is_log_to_the_beta_not_log_of_power():
     prox = search_loss("proxyless", ce, torch.tensor(0.0), lat_ms, alpha=0.2, beta=0.3, ref_latency_ms=3.0)
     assert float(prox) == pytest.approx(2.0 * 0.2)
     assert float(search_loss("additive", ce, torch.tensor(0.5), None)) == pytest.approx(2.5)
+
+
+@pytest.mark.parametrize("epochs,warmup", [(1, 0), (2, 0), (10, 0), (10, 1), (37, 3), (90, 0)])
+def test_entropy_weight_ramps_from_zero_to_its_value_at_the_last_epoch(epochs, warmup):
+    ws = [entropy_weight(0.4, e, epochs, warmup) for e in range(epochs)]
+    assert ws[-1] == pytest.approx(0.4)
+    assert all(w == 0.0 for w in ws[:warmup])
+    if epochs - warmup > 1:
+        assert ws[warmup] == 0.0
+    assert all(a <= b for a, b in zip(ws, ws[1:]))
+    assert [entropy_weight(0.0, e, epochs, warmup) for e in range(epochs)] == [0.0] * epochs
+
+
+def test_mean_entropy_is_log_k_at_uniform_and_zero_when_decided():
+    assert float(mean_entropy(torch.full((3, 4), 0.25))) == pytest.approx(math.log(4))
+    assert float(mean_entropy(torch.eye(4)[:3])) == pytest.approx(0.0, abs=1e-9)
+    p = torch.softmax(torch.randn(5, 9, generator=torch.Generator().manual_seed(0)), dim=-1)
+    assert 0 < float(mean_entropy(p)) < math.log(9)

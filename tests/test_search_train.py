@@ -73,6 +73,19 @@ def test_each_preset_runs_one_short_epoch(name, spec, small_tables, digits, tmp_
     assert ck["epoch"] == 1
 
 
+def test_entropy_weight_adds_the_mean_arch_entropy_to_the_loss(small_tables, digits, tmp_path):
+    # one epoch is the last epoch: the full weight applies; the additive loss is CE + penalty + w * H(softmax(alpha))
+    cfg = _cfg("hwnas", FBNET, small_tables, epochs=1, sets=["entropy_weight=0.7"])
+    h = search(cfg, tmp_path / "run", splits=digits[16])[0]
+    assert h["entropy_weight"] == pytest.approx(0.7)
+    assert 0 < h["train_arch_H"] <= np.log(len(get_space(FBNET).ops)) + 1e-6
+    assert h["train_loss"] == pytest.approx(h["train_ce"] + h["train_penalty"] + 0.7 * h["train_arch_H"], rel=1e-5)
+    off = search(_cfg("hwnas", FBNET, small_tables, epochs=1, sets=["entropy_weight=0"]), tmp_path / "off",
+                 splits=digits[16])[0]
+    assert "train_arch_H" not in off and off["entropy_weight"] == 0.0
+    assert off["train_loss"] == pytest.approx(off["train_ce"] + off["train_penalty"], rel=1e-5)
+
+
 def test_resume_equals_uninterrupted_run(small_tables, digits, tmp_path):
     cfg = _cfg("hwnas", DARTS, small_tables, epochs=3)
     full = search(cfg, tmp_path / "full", splits=digits[32])

@@ -240,11 +240,12 @@ class ShardedSampler:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def __call__(self, logits: torch.Tensor, tau: float, g: torch.Generator | None = None, n: int = 1):
+    def __call__(self, logits: torch.Tensor, tau: float, g: torch.Generator | None = None, n: int = 1,
+                 soft_rows: torch.Tensor | None = None):
         lo, hi, total = self.d.shards[-1]
         if hi - lo != n:
             raise RuntimeError(f"sharded sampler: batch of {n} rows, expected {hi - lo}")
-        return self.inner(logits, tau, g, total)[lo:hi]
+        return self.inner(logits, tau, g, total, soft_rows=soft_rows)[lo:hi]
 
 
 _CURRENT: Dist | None = None

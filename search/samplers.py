@@ -6,7 +6,9 @@
   every op still runs (the one-hot multiplies them).
 * ``lean`` -- GDAS-style: the same straight-through one-hot, but the supernet runs only the sampled op per layer and
   its gate (value 1, gradient of the soft sample) carries the gradient to alpha. This is what makes FBNet-space
-  search affordable on a CPU.
+  search affordable on a CPU. Layers given as ``soft_rows`` (the supernet's sites without a shortcut, see
+  :class:`search.supernet.SearchModel`) get the soft sample of the same noise instead: a path drawn per layer
+  there hands the next layer one of several unrelated feature sets every step, and the weights do not learn.
 
 Noise comes from an explicit ``torch.Generator`` so a resumed run draws the same samples.
 """
@@ -30,8 +32,9 @@ class Sampler:
         return self.mode == "lean"
 
     def __call__(self, logits: torch.Tensor, tau: float, g: torch.Generator | None = None,
-                 n: int = 1) -> torch.Tensor:
-        """Op weights: [layers, ops], or [n, layers, ops] with ``per_sample``."""
+                 n: int = 1, soft_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Op weights: [layers, ops], or [n, layers, ops] with ``per_sample``; ``soft_rows`` [layers] (bool, lean
+        only): those layers' weights are the soft sample."""
         shape = (n, *logits.shape) if self.per_sample else logits.shape
         if self.mode == "softmax":
             y = torch.softmax(logits / tau, dim=-1)
@@ -42,13 +45,23 @@ class Sampler:
         if self.mode == "gumbel":
             return soft
         hard = torch.nn.functional.one_hot(soft.argmax(dim=-1), soft.shape[-1]).to(soft.dtype)
-        return hard - soft.detach() + soft
+        return _rows(soft_rows if self.lean else None, soft, hard - soft.detach() + soft)
 
-    def deterministic(self, logits: torch.Tensor, tau: float) -> torch.Tensor:
-        """Noise-free weights for evaluation: softmax, or the argmax one-hot for the lean sampler."""
+    def deterministic(self, logits: torch.Tensor, tau: float, soft_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Noise-free weights for evaluation: softmax, or the argmax one-hot for the lean sampler (softmax on its
+        ``soft_rows``)."""
+        soft = torch.softmax(logits / tau, dim=-1)
         if self.lean:
-            return torch.nn.functional.one_hot(logits.argmax(dim=-1), logits.shape[-1]).to(logits.dtype)
-        return torch.softmax(logits / tau, dim=-1)
+            hard = torch.nn.functional.one_hot(logits.argmax(dim=-1), logits.shape[-1]).to(logits.dtype)
+            return _rows(soft_rows, soft, hard)
+        return soft
+
+
+def _rows(soft_rows: torch.Tensor | None, soft: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``soft`` on the layers of ``soft_rows`` (a bool [layers] mask), ``other`` on the rest."""
+    if soft_rows is None or not bool(soft_rows.any()):
+        return other
+    return torch.where(soft_rows.to(soft.device).unsqueeze(-1), soft, other)
 
 
 def temperature(cfg: TemperatureConfig, epoch: int, epochs: int) -> float:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from profiler.network import SpaceNet
-from profiler.ops import build_op
+from profiler.ops import InvertedResidual, build_op
 from profiler.spaces import Site, Space
 
 from .control import Control, Value
@@ -55,8 +55,55 @@ def mixed_op(site: Site, choices: tuple[str, ...], supernet: str = "fused") -> n
     return MixedOp(site, choices)
 
 
-def build_supernet(space: Space, supernet: str = "fused") -> SpaceNet:
-    return SpaceNet(space, lambda row, site: mixed_op(site, space.layers[row].choices, supernet))
+def build_supernet(space: Space, supernet: str = "fused", zero_residual: bool = False) -> SpaceNet:
+    """The supernet of ``space``; with ``zero_residual``, see :func:`zero_residual_branches`."""
+    net = SpaceNet(space, lambda row, site: mixed_op(site, space.layers[row].choices, supernet))
+    if zero_residual:
+        zero_residual_branches(net)
+    return net
+
+
+def zero_residual_branches(net: nn.Module) -> int:
+    """Set the last BatchNorm scale of every candidate block that sits on a residual (``x + body(x)``) to zero, so
+    each such block starts as the identity (Goyal et al.'s zero-gamma init); returns how many sites it changed.
+
+    The lean sampler needs it: a path drawn per layer adds, at every residual site, the unit-variance output of one
+    of several unrelated, randomly initialised blocks, and the network's output is then dominated by which path was
+    drawn -- the weights get large, conflicting gradients and do not learn (README, *The lean sampler*). From zero,
+    a branch grows only as far as training makes it useful to every path through it.
+    """
+    n = 0
+    for m in net.modules():
+        if isinstance(m, FusedMixedOp) and m.residual:
+            with torch.no_grad():
+                m.proj_bn_w.zero_()
+            n += 1
+        elif isinstance(m, MixedOp):
+            bns = [[b for b in op.body.modules() if isinstance(b, nn.BatchNorm2d)][-1]
+                   for op in m.ops if getattr(op, "residual", False) and hasattr(op, "body")]
+            with torch.no_grad():
+                for b in bns:
+                    b.weight.zero_()
+            n += bool(bns)
+    return n
+
+
+def has_shortcut(m: nn.Module) -> bool:
+    """Whether a mixed layer's input reaches its output whichever candidate runs: no candidate is a block without
+    its residual (FBNet / MBConv blocks at a stride or a width change). DARTS edges count as having one (a node sums
+    several edges)."""
+    if isinstance(m, FusedMixedOp):
+        return m.residual
+    return not any(getattr(op, "residual", True) is False for op in getattr(m, "ops", ()))
+
+
+def soft_rows(net: SpaceNet) -> torch.Tensor:
+    """[layers] bool: the layers of a chain supernet whose mixed layer has no shortcut (:func:`has_shortcut`)."""
+    rows = torch.zeros(len(net.space.layers), dtype=torch.bool)
+    if net.space.family == "chain":
+        for i, m in enumerate(net.blocks):
+            rows[i] = not has_shortcut(m)
+    return rows
 
 
 @dataclass
@@ -74,14 +121,17 @@ class SearchModel(nn.Module):
         super().__init__()
         self.cost_under = cost_under  # softmax: costs under softmax(alpha); sample: under the step's op weights
         self.space = space
-        self.net = build_supernet(space, supernet)
+        # lean: residual branches start at zero, and layers without a shortcut take the soft sample and run every
+        # candidate (a single path there starves the weights; README, *The lean sampler*)
+        self.net = build_supernet(space, supernet, zero_residual=sampler.lean)
         self.control = control
         self.costs = costs
         self.sampler = sampler
         self.metric_terms = tuple(dict.fromkeys((*control.cost_terms, *metric_terms)))
+        self.register_buffer("soft_rows", soft_rows(self.net) if sampler.lean else None, persistent=False)
         for m in self.net.modules():
             if isinstance(m, (MixedOp, FusedMixedOp)):
-                m.lean = sampler.lean
+                m.lean = sampler.lean and has_shortcut(m)
 
     def weight_parameters(self) -> list[nn.Parameter]:
         return list(self.net.parameters())
@@ -93,9 +143,9 @@ class SearchModel(nn.Module):
             deterministic: bool = False) -> StepOut:
         logits = self.control(c)
         if deterministic:
-            w = self.sampler.deterministic(logits, tau)
+            w = self.sampler.deterministic(logits, tau, self.soft_rows)
         else:
-            w = self.sampler(logits, tau, g, n=x.shape[0])
+            w = self.sampler(logits, tau, g, n=x.shape[0], soft_rows=self.soft_rows)
         out = self.net(x, w.transpose(0, 1) if w.dim() == 3 else w)
         probs = torch.softmax(logits, dim=-1)
         p = probs if deterministic or self.cost_under == "softmax" else (w.mean(dim=0) if w.dim() == 3 else w)

@@ -72,7 +72,7 @@ def row_from_result(result: MeasureResult, attempts: int, max_abs_err: float, cv
     status = "ok" if s.cv <= cv_threshold else "noisy"
     return Row(result.key, s.median_ms, s.p10_ms, s.p90_ms, s.mean_ms, s.std_ms, s.cv, s.mad_outliers, s.n,
                result.calls_per_sample, attempts, status, result.variant, "", max_abs_err, tuple(result.samples_ms),
-               str(result.info.get("board", "")))
+               board=str(result.info.get("board", "")))
 
 
 def table_meta(device: Device, space: Space, runner: Runner, protocol: Protocol, batch: int) -> dict[str, Any]:
@@ -182,7 +182,7 @@ def row_from_rounds(key: str, rounds: list[MeasureResult], attempts: int, max_ab
     status = "ok" if round_spread(medians) <= protocol.cv_threshold else "noisy"
     return Row(key, float(np.median(medians)), s.p10_ms, s.p90_ms, s.mean_ms, s.std_ms, s.cv, s.mad_outliers, s.n,
                ok[-1].calls_per_sample, attempts, status, ok[-1].variant, "", max_abs_err, tuple(pooled),
-               str(ok[-1].info.get("board", "")))
+               board=str(ok[-1].info.get("board", "")))
 
 
 def interleaved_rounds(keys: list[str], requests: dict[str, MeasureRequest], reference: MeasureRequest | None,

@@ -47,6 +47,22 @@ CALIB_VERSION = 1
 _CAL_FIX = "refit it with hwprof verify or delete the file"
 
 
+class StoredMapping(Mapping):
+    """A typed record that reads as the JSON mapping it is stored as (``to_dict()``): ``r["field"]``, iteration."""
+
+    def to_dict(self) -> dict[str, Any]:  # pragma: no cover - each record defines it
+        raise NotImplementedError
+
+    def __getitem__(self, name: str) -> Any:
+        return self.to_dict()[name]
+
+    def __iter__(self) -> Any:
+        return iter(self.to_dict())
+
+    def __len__(self) -> int:
+        return len(self.to_dict())
+
+
 class CalibrationError(InputError):
     """A calibration file (TABLE.calib.json) of the wrong shape or with bad values."""
 
@@ -59,7 +75,7 @@ def _number(c: Mapping[str, Any], f: str, where: str) -> float:
 
 
 @dataclass(frozen=True, eq=False)
-class Calibration(Mapping):
+class Calibration(StoredMapping):
     """A table's calibration (``<table>.calib.json``): ``entry = raw(stat) * scale_by_op.get(op, scale)`` and one
     ``offset_ms``, with the sha256 of the table file it was fitted on. It validates itself; it reads as the JSON
     mapping it was stored as (``cal["model"]``, ``cal == json.load(file)``)."""
@@ -129,16 +145,6 @@ class Calibration(Mapping):
 
     def scale_of(self, op: str) -> float:
         return float(self.scale_by_op.get(op, self.scale))
-
-    # read as the stored mapping
-    def __getitem__(self, name: str) -> Any:
-        return self.to_dict()[name]
-
-    def __iter__(self) -> Any:
-        return iter(self.to_dict())
-
-    def __len__(self) -> int:
-        return len(self.to_dict())
 
     def __bool__(self) -> bool:
         return True

@@ -19,7 +19,6 @@ import math
 import os
 import time
 import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -29,7 +28,7 @@ import numpy as np
 from .errors import UserError
 from .calibrate import GOALS, CalibrationFit, fit_calibration, goals_reached, metrics, write_calibration
 from .devices import Device
-from .latency import STATS
+from .latency import STATS, StoredMapping
 from .export import cache_dir
 from .model_measure import arch_label, measure_network, measure_with_retries
 from .protocol import INVALID, VALID, Protocol, Validity
@@ -61,7 +60,7 @@ _CORE_FIELDS = ("device", "space", "table", "n_test", "n_calib", "failed", "empt
 
 
 @dataclass
-class VerifySummary(Mapping):
+class VerifySummary(StoredMapping):
     """What a verification found (``summary.json``): metrics of the raw sum and, when fitted, of the calibration.
     It reads as the JSON mapping it is stored as (``s["raw"]["mape_pct"]``); optional parts left unset are left out
     of the file."""
@@ -94,14 +93,6 @@ class VerifySummary(Mapping):
                 out[f.name] = v
         return out
 
-    def __getitem__(self, name: str) -> Any:
-        return self.to_dict()[name]
-
-    def __iter__(self) -> Any:
-        return iter(self.to_dict())
-
-    def __len__(self) -> int:
-        return len(self.to_dict())
 
 
 @dataclass

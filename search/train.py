@@ -244,7 +244,7 @@ def arch_decidedness(control: Control, grid: Sequence[Value]) -> dict[str, float
     for c in grid:
         p = torch.softmax(control(c), dim=-1)
         maxp += float(p.max(dim=-1).values.mean())
-        ent += float(-(p * torch.log(p.clamp_min(1e-12))).sum(dim=-1).mean())
+        ent += float(mean_entropy(p))
     return {"arch_max_prob": maxp / len(grid), "arch_entropy": ent / len(grid)}
 
 

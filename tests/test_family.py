@@ -245,10 +245,14 @@ def test_fill_changes_one_layer_when_one_is_enough(run):
                  and saves(f, m)[0][0] > 0), None)
     assert pair is not None, "no two architectures of the sweep differ in three layers"
     meet, over = pair
-    best_save, best_i = saves(over, meet)[-1]
+    best_save, _ = saves(over, meet)[-1]
+    # layers of one shape share a table entry, so several layers may save exactly as much: any of them is right
+    best = {i for s, i in saves(over, meet) if s == pytest.approx(best_save, rel=1e-9)}
     budget = Budget(latency_ms=over.latency_ms - best_save + 1e-9)  # the largest single saving is just enough
     f = fill_budget(d, meet, [over], budget)
-    assert f.filled == 1 and f.changed == ((best_i, over.choices[best_i], meet.choices[best_i]),)
+    assert f.filled == 1 and len(f.changed) == 1 and f.changed[0][0] in best
+    best_i = f.changed[0][0]
+    assert f.changed == ((best_i, over.choices[best_i], meet.choices[best_i]),)
     assert f.latency_ms <= budget.latency_ms and f.latency_ms == pytest.approx(over.latency_ms - best_save)
     assert f.nearest_control == over.control and f.control == {}
     assert sum(a != b for a, b in zip(f.choices, over.choices)) == 1

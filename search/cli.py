@@ -93,6 +93,7 @@ def search_cmd(
 
         torch.set_num_threads(threads)
     ddp = None
+    finished = False  # every rank got through the search: they leave the group together
     try:
         if bn not in ("sync", "local"):
             raise distributed.DistError(f"--bn {bn!r}: use sync or local")
@@ -130,6 +131,7 @@ def search_cmd(
                               highlight=False)
 
             history = search(cfg, out, resume=resume, on_progress=on_progress if ddp is None or ddp.is_main else None)
+            finished = True
     except UserError as e:
         fail(str(e))
     except KeyboardInterrupt:
@@ -146,7 +148,7 @@ def search_cmd(
              f"({(str(e).splitlines() or [type(e).__name__])[0][:200]}); the last finished epoch (if any) is "
              f"checkpointed in {out}: add --resume to continue", distributed.PEER_LOST)
     finally:
-        distributed.shutdown()
+        distributed.shutdown(finished)
     if ddp is not None and not ddp.is_main:
         return
     done = history[-1]["epoch"] + 1 if history else 0

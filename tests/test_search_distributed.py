@@ -51,11 +51,13 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), **{distributed.TIMEOUT_ENV: "60"})
     distributed.init_from_env("cpu")
+    finished = False
     try:
         for i, (name, sets) in enumerate(JOBS):
             search(_cfg(name, sets), Path(root) / f"{i}", splits=_splits64())
+        finished = True
     finally:
-        distributed.shutdown()
+        distributed.shutdown(finished)
 
 
 def _spawn(root: Path, world: int = 2, limit_s: float = 120) -> None:

@@ -212,7 +212,8 @@ class Trainer:
 # ------------------------------------------------------------------------------------------------ one seed
 
 
-def one_seed(seed: int, sc: Scale, table_path: Path, splits: Splits, trainer: Trainer, out: Path) -> dict:
+def one_seed(seed: int, sc: Scale, table_path: Path, splits: Splits, trainer: Trainer, out: Path,
+             own_sets: list[str] = ()) -> dict:
     table = load_table(table_path)
     space = get_space(sc.space)
     res: dict[str, dict] = {}
@@ -225,7 +226,8 @@ def one_seed(seed: int, sc: Scale, table_path: Path, splits: Splits, trainer: Tr
 
     for name, tag in (("hwnas", "hwnas"), ("seed", "seed"), ("darts-cc", "darts-cc")):
         log(f"seed {seed}: {name} search ({sc.search_epochs} epochs) ...")
-        run, wall, npass = run_search(searched(name, sc, table_path, seed), out / f"{name}-s{seed}", splits)
+        sets = list(own_sets) if name in ("hwnas", "seed") else []  # --search-set: the paper's methods only
+        run, wall, npass = run_search(searched(name, sc, table_path, seed, sets), out / f"{name}-s{seed}", splits)
         archs, derive_s = family(run, sc.members, tag)
         method(name, archs, wall + derive_s, npass)
     fb_archs, fb_wall, fb_pass = [], 0.0, 0.0
@@ -318,7 +320,7 @@ def seed_result(seed: int, sc: Scale, data: str, a, table_path: Path, device, ou
     splits, note = load_subsets(data, space, seed, sc, a.data_dir)
     tcfg = TrainConfig(data=splits.name, epochs=sc.retrain_epochs, batch_size=sc.batch_size, seed=seed)
     trainer = Trainer(tcfg, splits, out / f"models-s{seed}", device, a.measure)
-    res = one_seed(seed, sc, table_path, splits, trainer, out)
+    res = one_seed(seed, sc, table_path, splits, trainer, out, a.search_set)
     return {"res": res, "note": note, "data": splits.name,
             "sizes": [len(splits.train), len(splits.val), len(splits.test)]}
 
@@ -332,7 +334,8 @@ def run_seeds(seeds: int, sc: Scale, data: str, a, table_path: Path, device, out
 
     base = [sys.executable, __file__, "--data", data, "--device", a.device, "--table", str(table_path),
             "--threads", str(a.threads), "--out", str(a.out)] + (["--quick"] if a.quick else []) \
-        + (["--measure"] if a.measure else []) + (["--data-dir", a.data_dir] if a.data_dir else [])
+        + (["--measure"] if a.measure else []) + (["--data-dir", a.data_dir] if a.data_dir else []) \
+        + [f"--search-set={x}" for x in a.search_set]
     todo, running, failed = list(range(seeds)), [], []
     while todo or running:
         while todo and len(running) < a.jobs:
@@ -369,6 +372,9 @@ def main() -> None:
     ap.add_argument("--only-seed", type=int, default=None, help=argparse.SUPPRESS)  # a --jobs worker
     ap.add_argument("--report-only", action="store_true",
                     help="print the report again from the seed-N.json files of an earlier --jobs run in --out")
+    ap.add_argument("--search-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override for the hwnas and seed searches only, e.g. sampler=lean or "
+                         "train_limit=1200 (at most the retrain subset); repeatable")
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench_nas"))
     a = ap.parse_args()
     sc = SCALES["quick" if a.quick else "full"]
@@ -410,13 +416,14 @@ def report(results: list[dict], sc: Scale, seeds: int, a, out: Path, t_all: floa
             f"(train/val/test {n_tr}/{n_va}/{n_te}), {seeds} seeds, table "
             f"{a.device}, latency {'measured' if a.measure else 'predicted'}; torch {torch.__version__}, "
             f"{a.threads} thread(s) x {max(1, a.jobs)} job(s), {platform.processor() or platform.machine()}, "
-            f"{os.cpu_count()} CPUs" + "".join(f"\n   note: {n}" for n in data_notes))
+            f"{os.cpu_count()} CPUs" + (f"; hwnas/seed searches with {a.search_set}" if a.search_set else "")
+            + "".join(f"\n   note: {n}" for n in data_notes))
     goals = print_report(per_seed, fig, lat_key, head)
     wall = time.perf_counter() - t_all
     print(f"wall {wall:.0f} s; summary {out / 'summary.json'}")
-    atomic_write_text(out / "summary.json", json.dumps({"scale": dataclasses.asdict(sc), "data": results[0]["data"],
-                                                         "seeds": per_seed, "figures": fig, "goals": goals,
-                                                         "wall_s": wall}, indent=1) + "\n")
+    summary = {"scale": dataclasses.asdict(sc), "data": results[0]["data"], "search_set": a.search_set,
+               "seeds": per_seed, "figures": fig, "goals": goals, "wall_s": wall}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
 
 
 if __name__ == "__main__":

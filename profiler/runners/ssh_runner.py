@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from ..errors import UserError
+from ..fileio import Closing
 from ..devices import Device
 from ..protocol import Protocol
 from .base import MeasureRequest, MeasureResult, host_fingerprint
@@ -253,7 +254,7 @@ def _blame_in_flight(req: MeasureRequest, stream: _Stream) -> MeasureResult:
                                          + (f": {stream.stderr_tail}" if stream.stderr_tail else ""))
 
 
-class SshRunner:
+class SshRunner(Closing):
     """onnxruntime on a board reached over SSH (paramiko). One connection, reused for the whole sweep."""
 
     name = "onnxruntime-ssh"
@@ -566,9 +567,3 @@ class SshRunner:
         if self._alive() and self._dir:
             self._rmdir(self._dir)
         self._disconnect(keep_dir=False)
-
-    def __enter__(self) -> "SshRunner":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -33,7 +33,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +42,7 @@ from ..devices import Device
 from ..protocol import Protocol
 from ..timing import KeyTimeout
 from ..rpc import RpcError, RpcProcess, connect_session, request_board, start_server
-from .base import MeasureRequest, MeasureResult, host_fingerprint, library_versions
+from .base import MeasureRequest, MeasureResult, SequentialRunner, host_fingerprint, library_versions
 
 LOCAL_KEY = "hwprof-local"  # prefix of the private local server's key; each runner adds a random part
 VARIANTS = ("untuned", "tuned", "tune-failed", "copy")
@@ -327,7 +327,7 @@ class SessionLost(RuntimeError):
     pass
 
 
-class TvmRunner:
+class TvmRunner(SequentialRunner):
     """The TVM runner of one device; see the module docstring."""
 
     name = "tvm"
@@ -422,22 +422,12 @@ class TvmRunner:
         except Exception as e:  # noqa: BLE001 - a failure is a value
             return MeasureResult.failed(request.key, e, variant)
 
-    def measure_many(self, requests: Iterable[MeasureRequest], protocol: Protocol) -> Iterator[MeasureResult]:
-        for req in requests:
-            yield self.measure(req, protocol)
-
     def close(self) -> None:
         self._sess = None
         if self._server is not None:
             self._server.stop()
             self._server = None
         shutil.rmtree(self._tmp, ignore_errors=True)
-
-    def __enter__(self) -> "TvmRunner":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- steps --------------------------------------------------------------------------------------------
     def _compile(self, request: MeasureRequest) -> Compiled:

@@ -36,7 +36,8 @@ from scipy.optimize import least_squares, lsq_linear
 
 from .latency import CALIB_VERSION, STATS, Calibration, CalibrationError  # noqa: F401 - re-exported
 from .spaces import Space
-from .tables import LatencyTable, atomic_write_text, calib_path, table_sha256
+from .fileio import atomic_write_text
+from .tables import LatencyTable, calib_path, table_sha256
 
 
 RIDGE_GRID = (0.0, 0.01, 0.1, 1.0, 10.0)

@@ -43,17 +43,17 @@ import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import yaml
 
 from .errors import InputError, UserError
-from .fileio import read_text
+from .fileio import atomic_write_text, read_text
 from .keys import KEY_VERSION, op_key, parse_key
 from .ops import get_op, mbconv_mid
 from .protocol import Protocol
 from .spaces import Space
-from .tables import SCHEMA_VERSION, ZERO_COST, LatencyTable, Row, TableError, TableWriter, atomic_write_text, read_meta
+from .tables import SCHEMA_VERSION, ZERO_COST, LatencyTable, Row, TableError, TableWriter, read_meta
 
 FORMATS = ("ofa", "proxyless", "nni", "fbnet-grid", "hwprof-jsonl")
 UNITS = ("ms", "us")
@@ -350,12 +350,15 @@ def _read_yaml_lut(src: Path, fmt: str, space: Space, rep: ImportReport) -> list
     return out
 
 
+def _usable_rows(table: LatencyTable) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(key, row) of each table row an export writes: every one but the errors."""
+    return ((key, r) for key, r in table.rows.items() if r["status"] != "error")
+
+
 def _write_yaml_lut(table: LatencyTable, fmt: str, out: Path) -> ExportReport:
     data: dict[str, dict[str, float]] = {}
     skipped, free = [], []
-    for key, r in table.rows.items():
-        if r["status"] == "error":
-            continue
+    for key, r in _usable_rows(table):
         pk = peer_key(key, fmt)
         if pk is None:
             k = parse_key(key)
@@ -437,9 +440,7 @@ def _write_nni(table: LatencyTable, out: Path, unit: str) -> ExportReport:
     lines = [f"# NNI FBNet latency LUT exported by hwprof: device {table.device}, space {table.space}",
              f"# op_data_shape = (w, h, C_in, C_out, stride); op_latency in {unit}"]
     skipped = []
-    for key, r in table.rows.items():
-        if r["status"] == "error":
-            continue
+    for key, r in _usable_rows(table):
         k = parse_key(key)
         if k.input_shape[0] != 1:
             skipped.append(key)
@@ -485,9 +486,7 @@ def _read_jsonl(src: Path, space: Space) -> list[_Match]:
 
 def _write_jsonl(table: LatencyTable, out: Path) -> ExportReport:
     lines = []
-    for key, r in table.rows.items():
-        if r["status"] == "error":
-            continue
+    for key, r in _usable_rows(table):
         k = parse_key(key)
         lines.append(json.dumps({"op_name": k.op, "op_data_shape": list(k.input_shape), "op_dtype": k.dtype,
                                  "op_latency": float(r["median_ms"]), "c_out": k.c_out, "stride": k.stride,

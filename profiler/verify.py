@@ -35,7 +35,8 @@ from .protocol import INVALID, VALID, Protocol, Validity
 from .runners import MeasureRequest, Runner
 from .spaces import Space
 from .stats import drift_ratio, summarize
-from .tables import LatencyTable, atomic_write_text, read_json_or_none
+from .fileio import atomic_write_text
+from .tables import LatencyTable, read_json_or_none
 
 PLAN_VERSION = 1
 CSV_COLUMNS = ["split", "idx", "arch", "pred_raw_ms", "measured_ms", "p10_ms", "p90_ms", "cv", "n", "attempts",

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from profiler.errors import UserError
 from profiler.spaces import Space, get_space
-from profiler.tables import atomic_write_text
+from profiler.fileio import atomic_write_text
 
 from .config import SearchConfig, config_from_dict, config_to_dict
 from .control import Control, Value, build_control

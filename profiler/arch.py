@@ -22,10 +22,10 @@ import torch
 from torch import nn
 
 from .errors import InputError, UserError
-from .fileio import loads_json
+from .fileio import atomic_write_text, loads_json
 from .ops import count_params
 from .spaces import Space, get_space, space_from_json
-from .tables import LatencyTable, atomic_write_text
+from .tables import LatencyTable
 
 ARCH_SCHEMA = "hwnas-arch/1"
 

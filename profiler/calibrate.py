@@ -36,7 +36,8 @@ from scipy.optimize import least_squares, lsq_linear
 
 from .latency import CALIB_VERSION, STATS, Calibration, CalibrationError  # noqa: F401 - re-exported
 from .spaces import Space
-from .tables import LatencyTable, atomic_write_text, calib_path, table_sha256
+from .fileio import atomic_write_text
+from .tables import LatencyTable, calib_path, table_sha256
 
 
 RIDGE_GRID = (0.0, 0.01, 0.1, 1.0, 10.0)
@@ -236,17 +237,9 @@ def _candidates(models: Sequence[str], empty_graph_ms: float | None) -> dict[str
     return out
 
 
-def fit_calibration(table: LatencyTable, space: Space, fit_archs: Sequence[Sequence[str]], fit_ms: Sequence[float],
-                    test_archs: Sequence[Sequence[str]], test_ms: Sequence[float], *,
-                    empty_graph_ms: float | None = None, models: Sequence[str] = MODELS,
-                    stat: str = "median") -> CalibrationFit:
-    """Choose and fit a calibration on (fit_archs, fit_ms); report it on (test_archs, test_ms).
-
-    ``stat``: which statistic of entries and networks is modelled: ``median`` (the table's), or ``p10`` (robust
-    on a busy host, where medians carry the load of other processes). It is stored in the calibration and the
-    table's :class:`profiler.latency.LatencyModel` then scales the entries' p10s. The calibration records the
-    sha256 of the table file it was fitted on (``table_sha256``).
-    """
+def _check_fit_sets(fit_archs: Sequence[Sequence[str]], fit_ms: Sequence[float],
+                    test_archs: Sequence[Sequence[str]], test_ms: Sequence[float]) -> None:
+    """Refuse fit/test sets of unequal lengths, too few fit networks, or networks in both sets (leakage)."""
     if len(fit_archs) != len(fit_ms) or len(test_archs) != len(test_ms):
         raise ValueError("architectures and measurements differ in length")
     if len(fit_archs) < 3:
@@ -254,11 +247,13 @@ def fit_calibration(table: LatencyTable, space: Space, fit_archs: Sequence[Seque
     overlap = {tuple(a) for a in fit_archs} & {tuple(a) for a in test_archs}
     if overlap:
         raise ValueError(f"{len(overlap)} architecture(s) are in both the fit and the test set (leakage)")
-    y_fit = np.asarray(fit_ms, dtype=float)
-    y_test = np.asarray(test_ms, dtype=float)
-    d_fit = design(table, space, fit_archs, stat)
-    d_test = design(table, space, test_archs, stat)
-    candidates = _candidates(models, empty_graph_ms)
+
+
+def _score_candidates(table: LatencyTable, space: Space, candidates: dict[str, dict[str, Any]], d_fit: Design,
+                      y_fit: np.ndarray, d_test: Design, y_test: np.ndarray, empty_graph_ms: float | None,
+                      stat: str) -> tuple[dict[str, float], dict[str, dict[str, Any]], dict[str, dict[str, float]]]:
+    """Per candidate: cross-validated MAPE (``inf`` where it cannot be fitted or predicts a non-positive latency
+    somewhere in the space), fitted parameters and held-out metrics on the test set."""
     kw = {"empty_graph_ms": empty_graph_ms}
     cv = {}
     for name, c in candidates.items():
@@ -280,6 +275,27 @@ def fit_calibration(table: LatencyTable, space: Space, fit_archs: Sequence[Seque
         trial = {"version": CALIB_VERSION, "stat": stat, **_to_file_params(params, space)}
         if not table.model(space, trial).lowest() > 0:
             cv[name] = float("inf")
+    return cv, fitted, held_out
+
+
+def fit_calibration(table: LatencyTable, space: Space, fit_archs: Sequence[Sequence[str]], fit_ms: Sequence[float],
+                    test_archs: Sequence[Sequence[str]], test_ms: Sequence[float], *,
+                    empty_graph_ms: float | None = None, models: Sequence[str] = MODELS,
+                    stat: str = "median") -> CalibrationFit:
+    """Choose and fit a calibration on (fit_archs, fit_ms); report it on (test_archs, test_ms).
+
+    ``stat``: which statistic of entries and networks is modelled: ``median`` (the table's), or ``p10`` (robust
+    on a busy host, where medians carry the load of other processes). It is stored in the calibration and the
+    table's :class:`profiler.latency.LatencyModel` then scales the entries' p10s. The calibration records the
+    sha256 of the table file it was fitted on (``table_sha256``).
+    """
+    _check_fit_sets(fit_archs, fit_ms, test_archs, test_ms)
+    y_fit = np.asarray(fit_ms, dtype=float)
+    y_test = np.asarray(test_ms, dtype=float)
+    d_fit = design(table, space, fit_archs, stat)
+    d_test = design(table, space, test_archs, stat)
+    cv, fitted, held_out = _score_candidates(table, space, _candidates(models, empty_graph_ms), d_fit, y_fit,
+                                             d_test, y_test, empty_graph_ms, stat)
     best = min(cv, key=lambda n: cv[n])
     chosen = fitted.get(best, {"offset_ms": 0.0}) if np.isfinite(cv[best]) else {"offset_ms": 0.0}
     if not np.isfinite(cv[best]):

@@ -149,13 +149,7 @@ def measure(
     from .measure import measure_space
     from .tables import TableError, default_table_path
 
-    dev = _device(device, devices)
-    if tune_trials is not None:
-        if dev.runtime != "tvm":
-            fail(f"--tune-trials: device {dev.name!r} has runtime {dev.runtime}; tuning applies to tvm devices only")
-        import dataclasses
-
-        dev = dataclasses.replace(dev, tune_trials=tune_trials)
+    dev = _with_tune_trials(_device(device, devices), tune_trials)
     sp = _space(space)
     path = out_path or default_table_path(dev.name, sp.spec)
     if dev.runtime == "tvm" and not fresh:
@@ -186,6 +180,22 @@ def measure(
         raise typer.Exit(130)
     finally:
         runner.close()
+    _print_measure_summary(path, summary)
+
+
+def _with_tune_trials(dev, tune_trials: Optional[int]):
+    """The device with ``--tune-trials`` applied (tvm devices only)."""
+    if tune_trials is None:
+        return dev
+    if dev.runtime != "tvm":
+        fail(f"--tune-trials: device {dev.name!r} has runtime {dev.runtime}; tuning applies to tvm devices only")
+    import dataclasses
+
+    return dataclasses.replace(dev, tune_trials=tune_trials)
+
+
+def _print_measure_summary(path: Path, summary) -> None:
+    """What `hwprof measure` did: counts, a replaced calibration, boards, validity, errors (exit 1 with any)."""
     console.print(f"{path}: measured {summary.measured} ({summary.ok} ok, {summary.noisy} noisy, "
                   f"{summary.errors} error, {summary.remeasured} re-measured), {summary.skipped} already there, "
                   f"{summary.wall_s:.1f} s")
@@ -262,6 +272,14 @@ def show(table: Path = typer.Argument(..., help="Table CSV written by hwprof mea
     if as_json:
         out.print_json(json.dumps(info, default=str))
         return
+    _print_show(table, t, info, slowest)
+
+
+def _print_show(table: Path, t, info: dict, slowest: list) -> None:
+    """`hwprof show` as text: header, machine, versions, runtime, protocol, provenance, counts, slowest entries."""
+    import math
+
+    imported = info["imported"]
     p = lambda line: out.print(line, highlight=False, soft_wrap=True)  # noqa: E731
     p(f"[bold]{table}[/]  device [cyan]{t.device}[/]  space [cyan]{t.space}[/]  created {info['created']}")
     fp = info["fingerprint"] or {}
@@ -364,19 +382,7 @@ def measure_model_cmd(
         input_shape = onnx_input_shape(model, shape)
     except UserError as e:
         fail(str(e))
-    try:
-        from .arch import ArchError, onnx_arch
-
-        arch = onnx_arch(model)
-        if tab is not None:
-            try:
-                predicted = tab.model(arch.space).exact(arch.choices) if tab.space == arch.space_spec else None
-            except KeyError:
-                predicted = None
-        elif arch.table is not None and arch.table.device == dev.name:
-            predicted = arch.predicted_ms
-    except UserError:
-        arch = None  # a model not written by hwnas export: time it all the same
+    predicted = _predicted_ms(model, dev, tab)
     res = measure_model(model, dev, protocol, input_shape)
     if not res.ok:
         fail(f"{model} on {dev.name}: {res.error}", 1)
@@ -390,6 +396,32 @@ def measure_model_cmd(
     if as_json:
         out.print_json(json.dumps(info))
         return
+    _print_model_timing(model, dev, input_shape, res, tm, protocol, predicted, info)
+
+
+def _predicted_ms(model: Path, dev, tab) -> Optional[float]:
+    """The table's prediction for a model written by hwnas export (``tab``'s, or the one it names for ``dev``);
+    None for any other model."""
+    predicted = None
+    try:
+        from .arch import onnx_arch
+
+        arch = onnx_arch(model)
+        if tab is not None:
+            try:
+                predicted = tab.model(arch.space).exact(arch.choices) if tab.space == arch.space_spec else None
+            except KeyError:
+                predicted = None
+        elif arch.table is not None and arch.table.device == dev.name:
+            predicted = arch.predicted_ms
+    except UserError:
+        pass  # a model not written by hwnas export: time it all the same
+    return predicted
+
+
+def _print_model_timing(model: Path, dev, input_shape, res, tm, protocol, predicted: Optional[float],
+                        info: dict) -> None:
+    """`hwprof measure-model` as text: percentiles, CV, a noisy warning and the table's prediction."""
     shape_s = "x".join(map(str, input_shape))
     line = (f"{model} on {dev.name} (threads {dev.threads or 'all'}, input {shape_s}): p50 {tm.p50_ms:.4f} ms, "
             f"p90 {tm.p90_ms:.4f}, p99 {tm.p99_ms:.4f}, min {tm.min_ms:.4f}, max {tm.max_ms:.4f}, mean "
@@ -476,7 +508,6 @@ def verify(
     devices: Optional[Path] = DevicesOpt,
 ) -> None:
     """Measure whole networks end to end, compare with the table's prediction, fit a calibration (resumable)."""
-    from .protocol import Validity
     from .tables import TableError, default_table_path
     from .verify import VerifyError, run_verify
 
@@ -505,6 +536,13 @@ def verify(
         raise typer.Exit(130)
     finally:
         runner.close()
+    _print_verify(rep, out_dir)
+
+
+def _print_verify(rep, out_dir: Path) -> None:
+    """`hwprof verify`'s report: counts, validity, raw and calibrated metrics, goals, files written, failures."""
+    from .protocol import Validity
+
     s = rep.summary
     out.print(f"{s.n_test} held-out networks ({s.n_calib} for calibration), {len(s.failed)} failed",
               highlight=False, soft_wrap=True)

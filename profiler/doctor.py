@@ -102,56 +102,74 @@ def tvm_checks(device: Device) -> list[Check]:
         if not found:
             return out
     if device.rpc is not None:
-        from .rpc import RpcError, TrackerClient
-
-        client = TrackerClient(device.rpc.tracker, timeout_s=min(10.0, device.rpc.request_timeout_s))
-        try:
-            servers = client.servers()
-        except RpcError as e:
-            return out + [Check("tracker", False, str(e),
-                                f"start it: python -m profiler.rpc tracker --port "
-                                f"{device.rpc.tracker.rpartition(':')[2]} (tvm.exec.rpc_tracker on 127.0.0.1)")]
-        out.append(Check("tracker", True, f"{device.rpc.tracker} answers, {len(servers)} server(s) registered"))
-        mine = [s for s in servers if s.get("key") == f"server:{device.rpc.key}"]
-        if not mine:
-            keys = sorted({str(s.get("key", "")).split(":", 1)[-1] for s in servers})
-            return out + [Check("server", False, f"no rpc_server registered with key {device.rpc.key!r} "
-                                                 f"(keys: {', '.join(keys) or 'none'})",
-                                f"on the board: TVM_NUM_THREADS={device.threads or 4} python -m tvm.exec.rpc_server "
-                                f"--tracker {device.rpc.tracker} --key {device.rpc.key}")]
-        out.append(Check("server", True, f"{len(mine)} rpc_server(s) with key {device.rpc.key!r}: "
-                                         + ", ".join(":".join(map(str, s.get("addr", []))) for s in mine)))
+        checks, ok = _tracker_checks(device)
+        out += checks
+        if not ok:
+            return out
     runner = TvmRunner(device)
     try:
-        try:
-            runner.session()
-        except Exception as e:  # noqa: BLE001
-            return out + [Check("session", False, _one_line(e),
-                                "check the server's log; is the key served and free (not busy with another run)?")]
-        info = dict(runner._remote)
-        where = "remote" if device.rpc is not None else "local rpc_server"
-        out.append(Check("session", True, f"{where}: arch {info.get('arch', '?')}, cpu {info.get('cpu', '?')}, "
-                                          f"llvm {info.get('llvm_major', '?')}, TVM threads {info.get('threads', '?')}"
-                                          f"; RPC protocol compatible (handshake ok)"))
-        r_arch = info.get("arch")
-        if r_arch is None:
-            out.append(Check("target/arch", True, f"target arch {t_arch}; the remote runtime does not report its "
-                                                  f"arch (runtime-only build), not checked"))
-        else:
-            out.append(Check("target/arch", r_arch == t_arch, f"target {t_arch}, remote {r_arch}",
-                             f"set target in devices.yaml for {r_arch} (e.g. raspberry-pi/4b-aarch64 or "
-                             f"{{kind: llvm, mtriple: {info.get('triple')}}}) and cross_compiler for it"))
-            if r_arch != t_arch:
-                return out
-        want = device.threads
-        got = info.get("threads")
-        if want and got is not None:
-            out.append(Check("threads", int(got) == want, f"device.threads {want}, server runs {got}",
-                             f"restart the rpc_server with TVM_NUM_THREADS={want} in its environment"))
-        out.append(tiny_op_check(device, runner))
+        checks, ok = _session_checks(device, runner, t_arch)
+        out += checks
+        if ok:
+            out.append(tiny_op_check(device, runner))
     finally:
         runner.close()
     return out
+
+
+def _tracker_checks(device: Device) -> tuple[list[Check], bool]:
+    """The RPC tracker answers and holds a server of the device's key; (checks, whether to go on)."""
+    from .rpc import RpcError, TrackerClient
+
+    client = TrackerClient(device.rpc.tracker, timeout_s=min(10.0, device.rpc.request_timeout_s))
+    try:
+        servers = client.servers()
+    except RpcError as e:
+        return [Check("tracker", False, str(e),
+                      f"start it: python -m profiler.rpc tracker --port "
+                      f"{device.rpc.tracker.rpartition(':')[2]} (tvm.exec.rpc_tracker on 127.0.0.1)")], False
+    out = [Check("tracker", True, f"{device.rpc.tracker} answers, {len(servers)} server(s) registered")]
+    mine = [s for s in servers if s.get("key") == f"server:{device.rpc.key}"]
+    if not mine:
+        keys = sorted({str(s.get("key", "")).split(":", 1)[-1] for s in servers})
+        return out + [Check("server", False, f"no rpc_server registered with key {device.rpc.key!r} "
+                                             f"(keys: {', '.join(keys) or 'none'})",
+                            f"on the board: TVM_NUM_THREADS={device.threads or 4} python -m tvm.exec.rpc_server "
+                            f"--tracker {device.rpc.tracker} --key {device.rpc.key}")], False
+    out.append(Check("server", True, f"{len(mine)} rpc_server(s) with key {device.rpc.key!r}: "
+                                     + ", ".join(":".join(map(str, s.get("addr", []))) for s in mine)))
+    return out, True
+
+
+def _session_checks(device: Device, runner: Any, t_arch: str | None) -> tuple[list[Check], bool]:
+    """A session opens (RPC handshake), its arch matches the target's and its threads the device's;
+    (checks, whether to go on to the tiny op)."""
+    try:
+        runner.session()
+    except Exception as e:  # noqa: BLE001
+        return [Check("session", False, _one_line(e),
+                      "check the server's log; is the key served and free (not busy with another run)?")], False
+    info = dict(runner._remote)
+    where = "remote" if device.rpc is not None else "local rpc_server"
+    out = [Check("session", True, f"{where}: arch {info.get('arch', '?')}, cpu {info.get('cpu', '?')}, "
+                                  f"llvm {info.get('llvm_major', '?')}, TVM threads {info.get('threads', '?')}"
+                                  f"; RPC protocol compatible (handshake ok)")]
+    r_arch = info.get("arch")
+    if r_arch is None:
+        out.append(Check("target/arch", True, f"target arch {t_arch}; the remote runtime does not report its "
+                                              f"arch (runtime-only build), not checked"))
+    else:
+        out.append(Check("target/arch", r_arch == t_arch, f"target {t_arch}, remote {r_arch}",
+                         f"set target in devices.yaml for {r_arch} (e.g. raspberry-pi/4b-aarch64 or "
+                         f"{{kind: llvm, mtriple: {info.get('triple')}}}) and cross_compiler for it"))
+        if r_arch != t_arch:
+            return out, False
+    want = device.threads
+    got = info.get("threads")
+    if want and got is not None:
+        out.append(Check("threads", int(got) == want, f"device.threads {want}, server runs {got}",
+                         f"restart the rpc_server with TVM_NUM_THREADS={want} in its environment"))
+    return out, True
 
 
 @register_checks("onnxruntime-ssh")

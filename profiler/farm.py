@@ -24,6 +24,7 @@ from .export import ExportResult, export_key
 from .measure import SweepProgress, _load, _sweep_interleaved, _sweep_sequential, sweep_validity
 from .protocol import INVALID, VALID, Protocol, Validity
 from .runners import MeasureRequest, MeasureResult, Runner
+from .fileio import Closing
 from .tables import Row, TableWriter
 
 # error rows that mean the board (its TVM session, its SSH connection) is gone, not that the key failed on it
@@ -46,7 +47,7 @@ class Board:
 
 
 @dataclass
-class Farm:
+class Farm(Closing):
     """Several boards of one device; to the rest of hwprof a runner (the fingerprint is the first board's)."""
 
     boards: list[Board]
@@ -65,12 +66,6 @@ class Farm:
     def close(self) -> None:
         for b in self.boards:
             b.runner.close()
-
-    def __enter__(self) -> "Farm":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class _Queue:

@@ -242,3 +242,17 @@ def exclusive(target: str | Path, what: str = "file", wait_s: float = 0.0,
               fix: str = "wait for it to finish, or stop that process") -> FileLock:
     """``with exclusive(path, "table"):`` holds the single-writer lock of ``path`` (see ``FileLock``)."""
     return FileLock(target, what, wait_s, fix)
+
+
+class Closing:
+    """Mixin for a resource with ``close()``: ``with obj:`` gives ``obj`` and closes it at the block's end, on error
+    too."""
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

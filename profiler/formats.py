@@ -43,17 +43,17 @@ import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import yaml
 
 from .errors import InputError, UserError
-from .fileio import read_text
+from .fileio import atomic_write_text, read_text
 from .keys import KEY_VERSION, op_key, parse_key
 from .ops import get_op, mbconv_mid
 from .protocol import Protocol
 from .spaces import Space
-from .tables import SCHEMA_VERSION, ZERO_COST, LatencyTable, Row, TableError, TableWriter, atomic_write_text, read_meta
+from .tables import SCHEMA_VERSION, ZERO_COST, LatencyTable, Row, TableError, TableWriter, read_meta
 
 FORMATS = ("ofa", "proxyless", "nni", "fbnet-grid", "hwprof-jsonl")
 UNITS = ("ms", "us")
@@ -350,12 +350,15 @@ def _read_yaml_lut(src: Path, fmt: str, space: Space, rep: ImportReport) -> list
     return out
 
 
+def _usable_rows(table: LatencyTable) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(key, row) of each table row an export writes: every one but the errors."""
+    return ((key, r) for key, r in table.rows.items() if r["status"] != "error")
+
+
 def _write_yaml_lut(table: LatencyTable, fmt: str, out: Path) -> ExportReport:
     data: dict[str, dict[str, float]] = {}
     skipped, free = [], []
-    for key, r in table.rows.items():
-        if r["status"] == "error":
-            continue
+    for key, r in _usable_rows(table):
         pk = peer_key(key, fmt)
         if pk is None:
             k = parse_key(key)
@@ -437,9 +440,7 @@ def _write_nni(table: LatencyTable, out: Path, unit: str) -> ExportReport:
     lines = [f"# NNI FBNet latency LUT exported by hwprof: device {table.device}, space {table.space}",
              f"# op_data_shape = (w, h, C_in, C_out, stride); op_latency in {unit}"]
     skipped = []
-    for key, r in table.rows.items():
-        if r["status"] == "error":
-            continue
+    for key, r in _usable_rows(table):
         k = parse_key(key)
         if k.input_shape[0] != 1:
             skipped.append(key)
@@ -485,9 +486,7 @@ def _read_jsonl(src: Path, space: Space) -> list[_Match]:
 
 def _write_jsonl(table: LatencyTable, out: Path) -> ExportReport:
     lines = []
-    for key, r in table.rows.items():
-        if r["status"] == "error":
-            continue
+    for key, r in _usable_rows(table):
         k = parse_key(key)
         lines.append(json.dumps({"op_name": k.op, "op_data_shape": list(k.input_shape), "op_dtype": k.dtype,
                                  "op_latency": float(r["median_ms"]), "c_out": k.c_out, "stride": k.stride,
@@ -529,54 +528,7 @@ def _is_number(tok: str) -> bool:
 
 def _read_grid(src: Path, space: Space, rep: ImportReport) -> list[_Match]:
     _need_chain(space, "reads")
-    columns: list[int] | None = None  # file column -> space column
-    fixed: dict[str, tuple[int, float]] = {}
-    rows: list[tuple[int, list[float]]] = []
-
-    def header(names: list[str], lineno: int) -> list[int]:
-        idx = []
-        for n in names:
-            op = canonical_op(n, space.ops)
-            if op is None:
-                raise FormatError(f"{src}: line {lineno}: column {n!r} names no op of space {space.spec} (ops: "
-                                  f"{' '.join(space.ops)}; FBNet-PyTorch spellings like ir_k3_e1, ir_k3_s2 work too)")
-            idx.append(space.ops.index(op))
-        if len(set(idx)) != len(idx):
-            raise FormatError(f"{src}: line {lineno}: the header names one op twice ({' '.join(names)})")
-        return idx
-
-    for lineno, line in enumerate(src.read_text().splitlines(), start=1):
-        s = line.strip()
-        if not s:
-            continue
-        if s.startswith("#"):
-            body = s[1:].strip()
-            unit = _unit_in_comment(body)
-            if unit and not rep.unit_source:
-                rep.unit, rep.unit_source = unit, f"line {lineno} of the file"
-            if body.startswith("ops:"):
-                columns = header(body[4:].split(), lineno)
-            elif body.startswith("fixed:"):
-                for item in body[6:].split():
-                    name, _, v = item.partition("=")
-                    if not _is_number(v):
-                        raise FormatError(f"{src}: line {lineno}: fixed entry {item!r} is not name=latency")
-                    fixed[name] = (lineno, float(v))
-            continue
-        toks = [t for t in re.split(r"[,\s]+", s) if t]
-        if not any(_is_number(t) for t in toks) and columns is None and not rows:
-            columns = header(toks, lineno)
-            if any(t.lower().startswith("ir_") for t in toks) and not rep.unit_source:
-                rep.unit, rep.unit_source = "us", "assumed: ir_* column names are FBNet-PyTorch's, whose " \
-                                                  "lookup_table.txt holds microseconds"
-            continue
-        if columns is not None and len(toks) == len(columns) + 1 and not _is_number(toks[0]):
-            toks = toks[1:]  # a leading row label
-        bad = [t for t in toks if not _is_number(t)]
-        if bad:
-            raise FormatError(f"{src}: line {lineno}: value {bad[0]!r} is not a number; a grid row holds one "
-                              f"latency per op")
-        rows.append((lineno, [float(t) for t in toks]))
+    columns, fixed, rows = _parse_grid(src, space, rep)
     if columns is None:
         columns = list(range(len(space.ops)))
     if len(rows) != len(space.layers):
@@ -602,6 +554,62 @@ def _read_grid(src: Path, space: Space, rep: ImportReport) -> list[_Match]:
         out.append(_Match(f"line {lineno} fixed {name}", [], v, reason=f"space {space.spec} has no fixed site "
                           f"{name} (sites: {' '.join(s.name for s in space.fixed)})"))
     return out
+
+
+def _grid_header(src: Path, space: Space, names: list[str], lineno: int) -> list[int]:
+    """A grid header's op names -> their columns in ``space.ops`` (FBNet-PyTorch spellings accepted)."""
+    idx = []
+    for n in names:
+        op = canonical_op(n, space.ops)
+        if op is None:
+            raise FormatError(f"{src}: line {lineno}: column {n!r} names no op of space {space.spec} (ops: "
+                              f"{' '.join(space.ops)}; FBNet-PyTorch spellings like ir_k3_e1, ir_k3_s2 work too)")
+        idx.append(space.ops.index(op))
+    if len(set(idx)) != len(idx):
+        raise FormatError(f"{src}: line {lineno}: the header names one op twice ({' '.join(names)})")
+    return idx
+
+
+def _parse_grid(src: Path, space: Space, rep: ImportReport) -> tuple[list[int] | None, dict[str, tuple[int, float]],
+                                                                     list[tuple[int, list[float]]]]:
+    """The grid file's lines: header columns (None where it has none), ``# fixed:`` entries and numeric rows
+    (each with its line number); a unit named in a comment goes to ``rep``."""
+    columns: list[int] | None = None  # file column -> space column
+    fixed: dict[str, tuple[int, float]] = {}
+    rows: list[tuple[int, list[float]]] = []
+    for lineno, line in enumerate(src.read_text().splitlines(), start=1):
+        s = line.strip()
+        if not s:
+            continue
+        if s.startswith("#"):
+            body = s[1:].strip()
+            unit = _unit_in_comment(body)
+            if unit and not rep.unit_source:
+                rep.unit, rep.unit_source = unit, f"line {lineno} of the file"
+            if body.startswith("ops:"):
+                columns = _grid_header(src, space, body[4:].split(), lineno)
+            elif body.startswith("fixed:"):
+                for item in body[6:].split():
+                    name, _, v = item.partition("=")
+                    if not _is_number(v):
+                        raise FormatError(f"{src}: line {lineno}: fixed entry {item!r} is not name=latency")
+                    fixed[name] = (lineno, float(v))
+            continue
+        toks = [t for t in re.split(r"[,\s]+", s) if t]
+        if not any(_is_number(t) for t in toks) and columns is None and not rows:
+            columns = _grid_header(src, space, toks, lineno)
+            if any(t.lower().startswith("ir_") for t in toks) and not rep.unit_source:
+                rep.unit, rep.unit_source = "us", "assumed: ir_* column names are FBNet-PyTorch's, whose " \
+                                                  "lookup_table.txt holds microseconds"
+            continue
+        if columns is not None and len(toks) == len(columns) + 1 and not _is_number(toks[0]):
+            toks = toks[1:]  # a leading row label
+        bad = [t for t in toks if not _is_number(t)]
+        if bad:
+            raise FormatError(f"{src}: line {lineno}: value {bad[0]!r} is not a number; a grid row holds one "
+                              f"latency per op")
+        rows.append((lineno, [float(t) for t in toks]))
+    return columns, fixed, rows
 
 
 def _write_grid(table: LatencyTable, space: Space, out: Path) -> ExportReport:
@@ -678,6 +686,46 @@ def import_table(src: Path, fmt: str, space: Space, device: str, out: Path, *, u
     if not src.is_file():
         raise FormatError(f"{src}: no such file")
     rep = ImportReport(out, fmt, 0)
+    _check_out(out, force)
+    matches = _read_matches(src, fmt, space, rep)
+    if unit is not None:
+        rep.unit, rep.unit_source = unit, "--unit"
+    elif not rep.unit_source:
+        rep.unit, rep.unit_source = _DEFAULT_UNIT[fmt]
+    scale = _TO_MS[rep.unit]
+    rep.entries = len(matches)
+    found = _route_matches(matches, fmt, scale, rep)
+    candidates = space.candidate_keys()
+    if not found:
+        unused = "; ".join(rep.unused[:2]) or "-"
+        amb = f"; {len(rep.ambiguous)} ambiguous, e.g. {rep.ambiguous[0]}" if rep.ambiguous else ""
+        raise FormatError(f"{src}: no entry of this {fmt} file matches a key of space {space.spec} ({rep.entries} "
+                          f"entries: {len(rep.unused)} unused, e.g. {unused}{amb}); check --space and --format")
+    threshold = Protocol().cv_threshold if cv_threshold is None else cv_threshold
+    rows = _import_rows(src, fmt, found, on_conflict, threshold, scale, rep)
+    if fmt in ("ofa", "proxyless"):
+        for key in candidates:
+            if key not in rows and _is_free_identity(key):
+                rows[key] = Row(key, median_ms=0.0, mean_ms=0.0, std_ms=0.0, cv=math.nan, status="ok",
+                                variant=ZERO_COST)
+                rep.zero_cost.append(key)
+    rep.missing = [k for k in candidates if k not in rows]
+    rep.imported = len(rows)
+    lat = sorted(r.median_ms for r in rows.values() if r.median_ms > 0)
+    if lat and not (1e-4 <= lat[len(lat) // 2] <= 1e4):
+        rep.notes.append(f"the median entry is {lat[len(lat) // 2]:.4g} ms: is the unit right? (pass --unit us|ms)")
+    with TableWriter(out, _import_meta(src, fmt, space, device, on_conflict, rep), fresh=True) as w:
+        for key in candidates:
+            if key in rows:
+                w.append(rows[key])
+    if w.dropped_calibration is not None:
+        rep.notes.append(f"removed {w.dropped_calibration}: it was fitted on the table this import replaced")
+    return rep
+
+
+def _read_matches(src: Path, fmt: str, space: Space, rep: ImportReport) -> list[_Match]:
+    """The file's entries, each with the keys of ``space`` it names; a non-text file or a latency that is not a
+    finite number >= 0 is a :class:`FormatError`."""
     readers: dict[str, Callable[[], list[_Match]]] = {
         "ofa": lambda: _read_yaml_lut(src, "ofa", space, rep),
         "proxyless": lambda: _read_yaml_lut(src, "proxyless", space, rep),
@@ -685,7 +733,6 @@ def import_table(src: Path, fmt: str, space: Space, device: str, out: Path, *, u
         "fbnet-grid": lambda: _read_grid(src, space, rep),
         "hwprof-jsonl": lambda: _read_jsonl(src, space),
     }
-    _check_out(out, force)
     try:
         matches = readers[fmt]()
     except UnicodeDecodeError:
@@ -698,12 +745,12 @@ def import_table(src: Path, fmt: str, space: Space, device: str, out: Path, *, u
         if not (math.isfinite(m.value) and m.value >= 0):
             raise FormatError(f"{src}: {m.label}: latency {m.value!r} must be a finite number >= 0; fix the entry "
                               f"or delete it")
-    if unit is not None:
-        rep.unit, rep.unit_source = unit, "--unit"
-    elif not rep.unit_source:
-        rep.unit, rep.unit_source = _DEFAULT_UNIT[fmt]
-    scale = _TO_MS[rep.unit]
-    rep.entries = len(matches)
+    return matches
+
+
+def _route_matches(matches: list[_Match], fmt: str, scale: float,
+                   rep: ImportReport) -> dict[str, list[tuple[_Match, float]]]:
+    """Key -> the entries naming it with their value in ms; unused and ambiguous entries go to ``rep``."""
     found: dict[str, list[tuple[_Match, float]]] = {}
     fanout = 0
     for m in matches:
@@ -723,13 +770,12 @@ def import_table(src: Path, fmt: str, space: Space, device: str, out: Path, *, u
     if fanout:
         rep.notes.append(f"{fanout} file entries name a block that is several keys here (the format cannot tell "
                          f"them apart); each such entry is written to all of them")
-    candidates = space.candidate_keys()
-    if not found:
-        unused = "; ".join(rep.unused[:2]) or "-"
-        amb = f"; {len(rep.ambiguous)} ambiguous, e.g. {rep.ambiguous[0]}" if rep.ambiguous else ""
-        raise FormatError(f"{src}: no entry of this {fmt} file matches a key of space {space.spec} ({rep.entries} "
-                          f"entries: {len(rep.unused)} unused, e.g. {unused}{amb}); check --space and --format")
-    threshold = Protocol().cv_threshold if cv_threshold is None else cv_threshold
+    return found
+
+
+def _import_rows(src: Path, fmt: str, found: dict[str, list[tuple[_Match, float]]], on_conflict: str,
+                 threshold: float, scale: float, rep: ImportReport) -> dict[str, Row]:
+    """One table row per found key: conflicting entries averaged (or refused with ``on_conflict="error"``)."""
     rows: dict[str, Row] = {}
     for key, vals in found.items():
         ms = [v for _, v in vals]
@@ -752,18 +798,13 @@ def import_table(src: Path, fmt: str, space: Space, device: str, out: Path, *, u
             std = m.std * scale
             rows[key] = Row(key, median_ms=v, mean_ms=v, std_ms=std, cv=std / v if math.isfinite(std) else math.nan,
                             n=m.count, attempts=0, status="ok", variant=f"imported-{fmt}")
-    if fmt in ("ofa", "proxyless"):
-        for key in candidates:
-            if key not in rows and _is_free_identity(key):
-                rows[key] = Row(key, median_ms=0.0, mean_ms=0.0, std_ms=0.0, cv=math.nan, status="ok",
-                                variant=ZERO_COST)
-                rep.zero_cost.append(key)
-    rep.missing = [k for k in candidates if k not in rows]
-    rep.imported = len(rows)
-    lat = sorted(r.median_ms for r in rows.values() if r.median_ms > 0)
-    if lat and not (1e-4 <= lat[len(lat) // 2] <= 1e4):
-        rep.notes.append(f"the median entry is {lat[len(lat) // 2]:.4g} ms: is the unit right? (pass --unit us|ms)")
-    meta = {
+    return rows
+
+
+def _import_meta(src: Path, fmt: str, space: Space, device: str, on_conflict: str,
+                 rep: ImportReport) -> dict[str, Any]:
+    """The imported table's header: a normal table's fields plus what the import read, matched and dropped."""
+    return {
         "schema_version": SCHEMA_VERSION, "key_version": KEY_VERSION, "device": device, "runtime": "imported",
         "space": space.spec, "space_json": space.to_json(), "batch": 1, "opset": None,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "fingerprint": None,
@@ -777,13 +818,6 @@ def import_table(src: Path, fmt: str, space: Space, device: str, out: Path, *, u
                      "conflicts": [c.to_json() for c in rep.conflicts[:200]], "n_conflicts": len(rep.conflicts),
                      "conflict_mode": on_conflict, "zero_cost": rep.zero_cost, "notes": rep.notes},
     }
-    with TableWriter(out, meta, fresh=True) as w:
-        for key in candidates:
-            if key in rows:
-                w.append(rows[key])
-    if w.dropped_calibration is not None:
-        rep.notes.append(f"removed {w.dropped_calibration}: it was fitted on the table this import replaced")
-    return rep
 
 
 def export_table(table: LatencyTable, fmt: str, out: Path, space: Space | None = None,

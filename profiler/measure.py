@@ -27,7 +27,8 @@ from .protocol import INVALID, VALID, Protocol, Validity
 from .runners import MeasureRequest, MeasureResult, Runner
 from .spaces import Space
 from .stats import drift_ratio, round_spread, summarize
-from .tables import SCHEMA_VERSION, Row, TableWriter, atomic_write_text, meta_path, read_meta
+from .fileio import atomic_write_text
+from .tables import SCHEMA_VERSION, Row, TableWriter, meta_path, read_meta
 
 # the drift reference, measured first in every round: a mid-sized op (~0.1-1 ms on a desktop core)
 REFERENCE_KEY = op_key("sep_conv_3x3", (1, 16, 16, 16), 16, 1, {}, "float32")

@@ -120,7 +120,18 @@ def conv_bn(c_in: int, c_out: int, k: int, stride: int = 1, groups: int = 1, dil
     return nn.Sequential(*layers)
 
 
-class InvertedResidual(nn.Module):
+class _Residual(nn.Module):
+    """A block of ``body`` whose input is added to its output where ``residual`` (stride 1, c_in == c_out)."""
+
+    body: nn.Module
+    residual: bool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        return x + y if self.residual else y
+
+
+class InvertedResidual(_Residual):
     """FBNet block: grouped 1x1 expand -> BN -> ReLU -> shuffle (g>1) -> dw kxk -> BN -> ReLU -> grouped 1x1 -> BN."""
 
     def __init__(self, c_in: int, c_out: int, stride: int, kernel: int, expansion: int, groups: int = 1):
@@ -136,10 +147,6 @@ class InvertedResidual(nn.Module):
         parts += [conv_bn(mid, mid, kernel, stride, groups=mid), conv_bn(mid, c_out, 1, groups=g_out, relu=False)]
         self.body = nn.Sequential(*parts)
         self.residual = stride == 1 and c_in == c_out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.body(x)
-        return x + y if self.residual else y
 
 
 def _register_fbnet() -> None:
@@ -375,7 +382,7 @@ class SqueezeExcite(nn.Module):
         return x * self.gate(self.expand(self.relu(self.reduce(y))))
 
 
-class MBConv(nn.Module):
+class MBConv(_Residual):
     """Mobile inverted bottleneck (ProxylessNAS, OFA): [1x1 expand -> BN -> act] (absent at expansion 1) -> dw kxk
     -> BN -> act -> [SE] -> 1x1 -> BN, plus the identity shortcut where stride is 1 and c_in == c_out."""
 
@@ -393,10 +400,6 @@ class MBConv(nn.Module):
         parts += [nn.Conv2d(mid, c_out, 1, bias=False), nn.BatchNorm2d(c_out)]
         self.body = nn.Sequential(*parts)
         self.residual = stride == 1 and c_in == c_out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.body(x)
-        return x + y if self.residual else y
 
 
 MBCONV_KERNELS = (3, 5, 7)

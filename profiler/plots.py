@@ -30,6 +30,14 @@ def save_figure(fig, path: Path) -> Path:
     return path
 
 
+def save_and_close(fig, path: Path) -> Path:
+    """:func:`save_figure`, then close the figure (also when saving fails), so long runs do not pile figures up."""
+    try:
+        return save_figure(fig, path)
+    finally:
+        pyplot().close(fig)
+
+
 def latency_grid(table: LatencyTable, space: Space) -> tuple[np.ndarray, list[str], list[str]]:
     """``[layers, ops]`` raw latency (ms; a row sums its sites), NaN where the table has no usable entry."""
     return table.model(space, None).grid(), [layer.name for layer in space.layers], list(space.ops)
@@ -73,10 +81,7 @@ def plot_table(table: LatencyTable, space: Space, path: Path) -> Path:
 
     ax.set_title(f"{table.space} on {table.device}: raw table latency (ms)\n"
                  + "\n".join(textwrap.wrap("fixed layers (ms): " + ", ".join(fixed), width=int(w * 11))), fontsize=9)
-    try:
-        return save_figure(fig, path)
-    finally:
-        plt.close(fig)
+    return save_and_close(fig, path)
 
 
 def wrap_title(text: str, width: int = 64) -> str:
@@ -174,9 +179,5 @@ def verify_figure(pred_raw_ms: Sequence[float], measured_ms: Sequence[float], pr
 def plot_verify(pred_raw_ms: Sequence[float], measured_ms: Sequence[float], pred_cal_ms: Sequence[float] | None,
                 path: Path, title: str = "predicted vs measured", stat: str = "median") -> Path:
     """:func:`verify_figure`, saved to ``path``."""
-    plt = pyplot()
-    fig = verify_figure(pred_raw_ms, measured_ms, pred_cal_ms, title, stat)
-    try:
-        return save_figure(fig, path)
-    finally:
-        plt.close(fig)
+    pyplot()
+    return save_and_close(verify_figure(pred_raw_ms, measured_ms, pred_cal_ms, title, stat), path)

@@ -24,7 +24,7 @@ import numpy as np
 from .errors import UserError
 from .errors import InputError
 # atomic_write_text: also re-exported
-from .fileio import FileLock, atomic_write_text, loads_json, read_text, sha256_file
+from .fileio import Closing, FileLock, atomic_write_text, loads_json, read_text, sha256_file
 from .keys import KEY_VERSION, key_op, parse_key
 from .latency import TABLE_CALIBRATION, Calibration, LatencyModel, build_model, calibration_terms, entry_ms
 
@@ -455,7 +455,7 @@ def resume_mismatch(path: Path, old: dict[str, Any], new: dict[str, Any]) -> str
     return f"{path}: resumed under another {' and '.join(parts)}"
 
 
-class TableWriter:
+class TableWriter(Closing):
     """Appends rows to a table, flushing each one. Opening an existing table keeps its ok/noisy rows.
 
     Resuming under another protocol or fingerprint is refused unless ``mixed``; then every row gets a ``setup``
@@ -547,12 +547,6 @@ class TableWriter:
             self._f.close()
         finally:
             self._lock.release()
-
-    def __enter__(self) -> "TableWriter":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def samples_of(row: Row) -> np.ndarray:

@@ -35,7 +35,8 @@ from .protocol import INVALID, VALID, Protocol, Validity
 from .runners import MeasureRequest, Runner
 from .spaces import Space
 from .stats import drift_ratio, summarize
-from .tables import LatencyTable, atomic_write_text, read_json_or_none
+from .fileio import atomic_write_text
+from .tables import LatencyTable, read_json_or_none
 
 PLAN_VERSION = 1
 CSV_COLUMNS = ["split", "idx", "arch", "pred_raw_ms", "measured_ms", "p10_ms", "p90_ms", "cv", "n", "attempts",
@@ -242,6 +243,27 @@ def run_verify(device: Device, space: Space, table: LatencyTable, runner: Runner
     ``stat`` compares medians (default) or p10s of entries and networks; the CSV holds both, so a rerun with the
     other statistic reuses every measurement.
     """
+    _check_verify_inputs(device, space, table, n, calib_n, stat)
+    protocol = table_protocol(table, device.protocol)
+    test, calib = plan_archs(table, space, n, calib_n, seed)
+    _write_or_check_plan(out_dir, {
+        "version": PLAN_VERSION, "device": device.name, "space": space.spec, "table": str(table.path),
+        "table_created": table.meta.get("created"), "seed": seed, "n": n, "calib_n": calib_n,
+        "protocol": protocol.to_dict(), "test": [arch_label(a) for a in test],
+        "calib": [arch_label(a) for a in calib]})
+    net_root = cache_dir() / "networks"  # shared export cache: reruns and other folders reuse the files
+    reference = ReferenceProbe(runner, protocol)
+    reference.probe()
+    results = _measure_planned(space, table, runner, protocol, out_dir / "networks.csv", _interleave(test, calib),
+                               net_root, reference, on_progress or (lambda p: None))
+    empty_ms = measure_empty_graph(runner, protocol, (1, *space.input_shape), net_root) if calib else None
+    reference.probe()
+    return summarize_verify(device, space, table, out_dir, test, calib, results, empty_ms, write_calib, plot, stat,
+                            reference.ms)
+
+
+def _check_verify_inputs(device: Device, space: Space, table: LatencyTable, n: int, calib_n: int, stat: str) -> None:
+    """Refuse settings a verification cannot use, each with the fix, before anything is measured."""
     if stat not in STATS:
         raise VerifyError(f"--stat {stat!r}: expected one of {', '.join(STATS)}")
     if table.device != device.name:
@@ -258,12 +280,10 @@ def run_verify(device: Device, space: Space, table: LatencyTable, runner: Runner
         raise VerifyError(f"{table.path}: {len(missing)} key(s) of {space.spec} have no usable entry (e.g. "
                           f"{missing[0]}); measure them first with hwprof measure --device {device.name} "
                           f"--space {space.spec} --out {table.path}")
-    protocol = table_protocol(table, device.protocol)
-    test, calib = plan_archs(table, space, n, calib_n, seed)
-    plan = {"version": PLAN_VERSION, "device": device.name, "space": space.spec, "table": str(table.path),
-            "table_created": table.meta.get("created"), "seed": seed, "n": n, "calib_n": calib_n,
-            "protocol": protocol.to_dict(), "test": [arch_label(a) for a in test],
-            "calib": [arch_label(a) for a in calib]}
+
+
+def _write_or_check_plan(out_dir: Path, plan: dict[str, Any]) -> None:
+    """Store the plan in a new ``out_dir``; in an existing one, refuse a plan that differs (no mixed resumes)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     plan_file = out_dir / "plan.json"
     if plan_file.exists():
@@ -273,25 +293,28 @@ def run_verify(device: Device, space: Space, table: LatencyTable, runner: Runner
     else:
         atomic_write_text(plan_file, json.dumps(plan, indent=2) + "\n")
 
-    csv_path = out_dir / "networks.csv"
-    done = {(r["split"], r["arch"]): r for r in _read_rows(csv_path) if r["status"] == "ok"}
-    if not csv_path.exists():
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerow(CSV_COLUMNS)
-        atomic_write_text(csv_path, buf.getvalue())
 
-    # interleave test and calibration networks so slow drift of the machine hits both sets alike
+def _interleave(test: list[tuple[str, ...]], calib: list[tuple[str, ...]]) -> list[tuple[str, int, tuple[str, ...]]]:
+    """(split, index, arch) in alternating order, so slow drift of the machine hits both sets alike."""
     order: list[tuple[str, int, tuple[str, ...]]] = []
     for i in range(max(len(test), len(calib))):
         if i < len(test):
             order.append(("test", i, test[i]))
         if i < len(calib):
             order.append(("calib", i, calib[i]))
+    return order
+
+
+def _measure_planned(space: Space, table: LatencyTable, runner: Runner, protocol: Protocol, csv_path: Path,
+                     order: list[tuple[str, int, tuple[str, ...]]], net_root: Path, reference: "ReferenceProbe",
+                     notify: Callable[[VerifyProgress], None]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Measure each planned network not yet ``ok`` in ``csv_path``, appending (and fsyncing) one row per network."""
+    done = {(r["split"], r["arch"]): r for r in _read_rows(csv_path) if r["status"] == "ok"}
+    if not csv_path.exists():
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow(CSV_COLUMNS)
+        atomic_write_text(csv_path, buf.getvalue())
     prog = VerifyProgress(total=len(order))
-    notify = on_progress or (lambda p: None)
-    net_root = cache_dir() / "networks"  # shared export cache: reruns and other folders reuse the files
-    reference = ReferenceProbe(runner, protocol)
-    reference.probe()
     results: dict[tuple[str, str], dict[str, Any]] = {}
     with open(csv_path, "a", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
@@ -305,17 +328,7 @@ def run_verify(device: Device, space: Space, table: LatencyTable, runner: Runner
                 notify(prog)
                 continue
             notify(prog)
-            t0 = time.perf_counter()
-            res, info = measure_network(space, arch, runner, protocol, net_root)
-            row: dict[str, Any] = {"split": split, "idx": idx, "arch": label,
-                                   "pred_raw_ms": raw_predict_ms(table, space, arch), "measured_ms": math.nan,
-                                   "p10_ms": math.nan, "p90_ms": math.nan, "cv": math.nan, "n": 0,
-                                   "attempts": int(res.info.get("attempts", 1)), "status": "error",
-                                   "error": res.error or "", "max_abs_err": info.get("max_abs_err", math.nan)}
-            if res.ok:
-                s = summarize(res.samples_ms)
-                row.update(measured_ms=s.median_ms, p10_ms=s.p10_ms, p90_ms=s.p90_ms, cv=s.cv, n=s.n, status="ok")
-            row["wall_s"] = time.perf_counter() - t0
+            row = _measure_row(space, table, runner, protocol, net_root, split, idx, arch)
             w.writerow([_fmt(row[c]) for c in CSV_COLUMNS])
             f.flush()
             os.fsync(f.fileno())
@@ -327,10 +340,24 @@ def run_verify(device: Device, space: Space, table: LatencyTable, runner: Runner
             notify(prog)
         prog.current = "empty graph"
         notify(prog)
-    empty_ms = measure_empty_graph(runner, protocol, (1, *space.input_shape), net_root) if calib else None
-    reference.probe()
-    return summarize_verify(device, space, table, out_dir, test, calib, results, empty_ms, write_calib, plot, stat,
-                            reference.ms)
+    return results
+
+
+def _measure_row(space: Space, table: LatencyTable, runner: Runner, protocol: Protocol, net_root: Path,
+                 split: str, idx: int, arch: tuple[str, ...]) -> dict[str, Any]:
+    """Export and time one network; its CSV row (status ``error`` with the message when it could not be timed)."""
+    t0 = time.perf_counter()
+    res, info = measure_network(space, arch, runner, protocol, net_root)
+    row: dict[str, Any] = {"split": split, "idx": idx, "arch": arch_label(arch),
+                           "pred_raw_ms": raw_predict_ms(table, space, arch), "measured_ms": math.nan,
+                           "p10_ms": math.nan, "p90_ms": math.nan, "cv": math.nan, "n": 0,
+                           "attempts": int(res.info.get("attempts", 1)), "status": "error",
+                           "error": res.error or "", "max_abs_err": info.get("max_abs_err", math.nan)}
+    if res.ok:
+        s = summarize(res.samples_ms)
+        row.update(measured_ms=s.median_ms, p10_ms=s.p10_ms, p90_ms=s.p90_ms, cv=s.cv, n=s.n, status="ok")
+    row["wall_s"] = time.perf_counter() - t0
+    return row
 
 
 REFERENCE_EVERY = 10  # networks measured between two timings of the drift reference op

@@ -13,7 +13,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from profiler.errors import UserError
 
@@ -92,6 +92,12 @@ def _check_optim(name: str, o: OptimConfig, bad: Callable[[str, Any, str], Confi
         raise bad(f"{name}.grad_clip", o.grad_clip, "> 0 (or null for no clipping)")
 
 
+def _one_of(name: str, value: Any, accepted: Iterable[str]) -> None:
+    """Refuse ``value`` for config field ``name`` unless it is one of ``accepted`` (named in the error)."""
+    if value not in accepted:
+        raise ConfigError(f"config field {name}={value!r} is invalid: one of {', '.join(accepted)}")
+
+
 @dataclass
 class SearchConfig:
     preset: str
@@ -130,25 +136,20 @@ class SearchConfig:
             return ConfigError(f"config field {name}={value!r} is invalid: {accepted}")
 
         c = self.control
-        if c.kind not in CONTROLS:
-            raise bad("control.kind", c.kind, "one of " + ", ".join(CONTROLS))
-        if self.sampler not in SAMPLERS:
-            raise bad("sampler", self.sampler, "one of " + ", ".join(SAMPLERS))
+        _one_of("control.kind", c.kind, CONTROLS)
+        _one_of("sampler", self.sampler, SAMPLERS)
         if self.per_sample and self.sampler in ("lean",):
             raise bad("per_sample", True, "per-sample noise needs a soft sampler (softmax, gumbel, gumbel-hard)")
         if self.cost_under not in ("softmax", "sample"):
             raise bad("cost_under", self.cost_under, "softmax or sample")
-        if self.temperature.schedule not in SCHEDULES:
-            raise bad("temperature.schedule", self.temperature.schedule, "one of " + ", ".join(SCHEDULES))
+        _one_of("temperature.schedule", self.temperature.schedule, SCHEDULES)
         if not self.temperature.floor > 0 or not self.temperature.t0 > 0:
             raise bad("temperature.floor/t0", (self.temperature.floor, self.temperature.t0), "both must be > 0")
         t_end = self.temperature.t_end
         if t_end is not None and not t_end >= self.temperature.floor:
             raise bad("temperature.t_end", t_end, f"must be >= temperature.floor ({self.temperature.floor})")
-        if self.loss not in LOSSES:
-            raise bad("loss", self.loss, "one of " + ", ".join(LOSSES))
-        if self.optimisation not in OPTIMISATIONS:
-            raise bad("optimisation", self.optimisation, "one of " + ", ".join(OPTIMISATIONS))
+        _one_of("loss", self.loss, LOSSES)
+        _one_of("optimisation", self.optimisation, OPTIMISATIONS)
         nets = HYPERNETS.get(c.kind)
         if nets and c.hypernet not in nets:
             raise bad("control.hypernet", c.hypernet, f"for control {c.kind}: one of " + ", ".join(nets))
@@ -169,8 +170,7 @@ class SearchConfig:
             raise bad("batch_size", self.batch_size, "at least 1")
         if not 0 < self.arch_fraction < 1:
             raise bad("arch_fraction", self.arch_fraction, "strictly between 0 and 1")
-        if self.supernet not in SUPERNETS:
-            raise bad("supernet", self.supernet, "one of " + ", ".join(SUPERNETS))
+        _one_of("supernet", self.supernet, SUPERNETS)
         if self.torch_device not in ("cpu", "cuda") and not self.torch_device.startswith("cuda:"):
             raise bad("torch_device", self.torch_device, "cpu or cuda")
         for name, o in (("weights_opt", self.weights_opt), ("arch_opt", self.arch_opt)):
@@ -187,10 +187,8 @@ class SearchConfig:
 
     def _validate_seed(self, bad) -> None:
         c = self.control
-        if c.reg not in SEED_REGS:
-            raise bad("control.reg", c.reg, "one of " + ", ".join(SEED_REGS))
-        if c.s_dist not in S_DISTS:
-            raise bad("control.s_dist", c.s_dist, "one of " + ", ".join(S_DISTS))
+        _one_of("control.reg", c.reg, SEED_REGS)
+        _one_of("control.s_dist", c.s_dist, S_DISTS)
         if not c.s_tau > 0 or not c.sigma > 0:
             raise bad("control.s_tau/sigma", (c.s_tau, c.sigma), "both must be > 0")
         if c.kappa < 0 or c.lam < 0:

@@ -180,7 +180,20 @@ class LambdaControl(Control):
         return {"lambda": [self.range.lo, self.range.hi], "cost_terms": list(self.cost_terms)}
 
 
-class SimplexOpsControl(Control):
+class _AnchorMixture(Control):
+    """Logits that mix per-anchor logits ``anchors`` ``[anchors, layers, ops]`` with the weights ``mixing(S)``."""
+
+    anchors: torch.Tensor
+
+    def mixing(self, s: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, c: Value) -> torch.Tensor:
+        w = self.mixing(c["S"].to(self.anchors.device))
+        return torch.einsum("r,rlk->lk", w, self.anchors)
+
+
+class SimplexOpsControl(_AnchorMixture):
     kind = "simplex-ops"
 
     def __init__(self, layers: int, ops: Sequence[str], kappa: float = 50.0, sigma: float = 0.25,
@@ -204,10 +217,6 @@ class SimplexOpsControl(Control):
         d2 = ((s[None, :] - self.pivots) ** 2).sum(dim=1)
         return torch.softmax(-d2 / self.sigma, dim=0)  # the minus sign: the nearest pivots weigh most
 
-    def forward(self, c: Value) -> torch.Tensor:
-        w = self.mixing(c["S"].to(self.anchors.device))
-        return torch.einsum("r,rlk->lk", w, self.anchors)
-
     def penalty(self, c: Value, probs: torch.Tensor, expected: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.kappa * (probs * c["S"].to(probs.device)).sum()  # S acts as a per-op cost
 
@@ -215,7 +224,7 @@ class SimplexOpsControl(Control):
         return {"S_dim": len(self.ops), "ops": list(self.ops), "kappa": self.kappa, "cost_terms": []}
 
 
-class SeedControl(Control):
+class SeedControl(_AnchorMixture):
     """S over the ops is the control; latency (ms, from the table) and an S-weighted regulariser form the penalty."""
 
     kind = "seed"
@@ -260,10 +269,6 @@ class SeedControl(Control):
             return s  # barycentric: linear between the vertex anchors
         d2 = ((s[None, :] - self.pivots()) ** 2).sum(dim=1)
         return torch.softmax(-d2 / self.sigma, dim=0)  # the minus sign: the nearest pivots weigh most
-
-    def forward(self, c: Value) -> torch.Tensor:
-        w = self.mixing(c["S"].to(self.anchors.device))
-        return torch.einsum("r,rlk->lk", w, self.anchors)
 
     def regulariser(self, c: Value, probs: torch.Tensor, expected: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.reg == "params":

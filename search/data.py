@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from profiler.errors import UserError
+from profiler.fileio import atomic_write_bytes
 
 TORCHVISION = {"cifar10": "CIFAR10", "mnist": "MNIST"}
 FMNIST_DEB_DIR = Path("/usr/share/datasets/fashion-mnist")  # apt-get install dataset-fashion-mnist
@@ -269,15 +270,13 @@ def _download_fmnist(dest: Path, timeout: float = 20.0) -> dict[tuple[str, str],
         target = dest / (name + ".gz")
         if target.is_file():
             continue
-        tmp = target.with_name(target.name + ".part")
         try:
             with urllib.request.urlopen(FMNIST_URL + name + ".gz", timeout=timeout) as r:
                 body = r.read()
         except (urllib.error.URLError, OSError, TimeoutError):
             return None
         check_download(name + ".gz", body)
-        tmp.write_bytes(body)
-        os.replace(tmp, target)
+        atomic_write_bytes(target, body)
     return _find_in(dest)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from profiler.arch import collapse_runs
-from profiler.plots import legend_below, pyplot, save_figure, wrap_title
+from profiler.plots import legend_below, pyplot, save_and_close, wrap_title
 
 FAMILY_COLUMNS = ["member", "ops", "params", "flops", "predicted_ms", "measured_ms", "error_pct", "test_acc",
                   "predicted_raw_ms", "control", "status", "note"]
@@ -126,11 +126,7 @@ def pareto_figure(rows: Sequence[dict[str, Any]], title: str = "family"):
 def plot_pareto(rows: Sequence[dict[str, Any]], path: Path, title: str = "family") -> Path | None:
     """:func:`pareto_figure`, saved to ``path`` (None when no member has a result)."""
     fig = pareto_figure(rows, title)
-    if fig is None:
-        return None
-    save_figure(fig, path)
-    pyplot().close(fig)
-    return path
+    return None if fig is None else save_and_close(fig, path)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -210,8 +206,4 @@ def plot_curves(metrics: Sequence[dict[str, Any]], members: dict[str, Sequence[d
                 title: str = "training curves") -> Path | None:
     """:func:`curves_figure`, saved to ``path``."""
     fig = curves_figure(metrics, members, title)
-    if fig is None:
-        return None
-    save_figure(fig, path)
-    pyplot().close(fig)
-    return path
+    return None if fig is None else save_and_close(fig, path)

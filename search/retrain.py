@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from profiler.errors import UserError
 from profiler.arch import Arch, save_weights
-from profiler.tables import atomic_write_text
+from profiler.fileio import atomic_write_text
 
 
 @dataclass(frozen=True)

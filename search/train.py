@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from profiler.errors import UserError
 from profiler.spaces import Space, get_space
-from profiler.tables import atomic_write_text
+from profiler.fileio import atomic_write_text
 
 from .config import SearchConfig, config_from_dict, config_to_dict
 from .control import Control, Value, build_control
@@ -336,21 +336,134 @@ def search(cfg: SearchConfig, out: str | Path, *, resume: bool = False, splits: 
 
 def _search(cfg: SearchConfig, out: Path, resume: bool, splits: Splits | None, on_progress: ProgressFn | None,
             stop_after: int | None) -> list[dict[str, Any]]:
+    """The search in named steps: check the run directory, build, load data and loaders, restore a checkpoint,
+    write the run's start, then per epoch train, evaluate, record and checkpoint."""
+    ckpt_path, metrics_path = out / "checkpoint.pt", out / "metrics.jsonl"
+    cfg = _check_run_dir(cfg, out, resume)
+    setup = build(cfg)
+    cfg, space, model, control = setup.cfg, setup.space, setup.model, setup.control
+    dev = torch.device(cfg.torch_device)
+    splits = _load_splits(cfg, space, splits)
+    model.to(dev)
+    ddp = distributed.current()  # None: one process
+    if ddp is not None:
+        ddp.prepare(model)
+    gens = {k: torch.Generator().manual_seed(cfg.seed * 1000 + i) for i, k in enumerate(("data", "arch", "adata"))}
+    w_loader, a_loader, val_loader = _loaders(cfg, splits, gens, ddp)
+    main = ddp is None or ddp.is_main  # only rank 0 writes the run directory
+
+    wo, ao = cfg.weights_opt, cfg.arch_opt
+    w_opt = torch.optim.SGD(model.weight_parameters(), lr=wo.lr, momentum=wo.momentum, weight_decay=wo.weight_decay)
+    a_opt = torch.optim.Adam(model.arch_parameters(), lr=ao.lr, betas=tuple(ao.betas), weight_decay=ao.weight_decay)
+    start, last_finite = 0, {}
+    if resume and ckpt_path.is_file():
+        start, last_finite = _restore(ckpt_path, dev, model, w_opt, a_opt, gens)
+    history = [m for m in read_metrics(metrics_path) if m.get("epoch", 1 << 30) < start]
+    if ddp is not None:
+        ddp.barrier()  # every rank has checked and read the run directory before rank 0 writes it
+    if main:
+        _write_run_start(out, cfg, setup, resume, history)
+    loop = _EpochLoop(setup, _Objective(cfg, setup, gens["arch"]), control_grid(control), dev, ddp, gens,
+                      w_loader, a_loader, val_loader, w_opt, a_opt, last_finite, ckpt_path, on_progress)
+    t_start = time.perf_counter()
+    done_this_call = 0
+    for epoch in range(start, cfg.epochs):
+        if stop_after is not None and done_this_call >= stop_after:
+            break
+        rec = loop.run_epoch(epoch, start + done_this_call, t_start)
+        if main:
+            _append_metrics(metrics_path, rec)
+        history.append(rec)
+        if main:
+            loop.checkpoint(epoch)
+        done_this_call += 1
+        if on_progress is not None:
+            on_progress({"event": "epoch", **rec, "epochs": cfg.epochs})
+    if main and history and history[-1]["epoch"] == cfg.epochs - 1:
+        atomic_torch_save(control.state_dict(), out / "control.pt")
+    return history
+
+
+@dataclass
+class _EpochLoop:
+    """What one search epoch uses: the built run, its objective, loaders, optimisers and generators."""
+
+    setup: Setup
+    objective: "_Objective"
+    grid: list[Value]
+    dev: torch.device
+    ddp: Any
+    gens: dict[str, torch.Generator]
+    w_loader: DataLoader
+    a_loader: DataLoader | None
+    val_loader: DataLoader
+    w_opt: torch.optim.Optimizer
+    a_opt: torch.optim.Optimizer
+    last_finite: dict[str, float]
+    ckpt_path: Path
+    on_progress: ProgressFn | None
+
+    def run_epoch(self, epoch: int, kept_epoch: int, t_start: float) -> dict[str, Any]:
+        """Train one epoch (weights, and the architecture once past warm-up), evaluate; the epoch's record.
+        ``kept_epoch`` is the epoch the checkpoint on disk holds (named when the loss becomes non-finite)."""
+        cfg, wo, ddp, objective = self.setup.cfg, self.setup.cfg.weights_opt, self.ddp, self.objective
+        t0 = time.perf_counter()
+        tau = temperature(cfg.temperature, epoch, cfg.epochs)
+        ent_w = entropy_weight(cfg.entropy_weight, epoch, cfg.epochs, cfg.warmup_epochs)
+        objective.tau, objective.ent_w = tau, ent_w
+        lr = cosine_lr(wo.lr, wo.lr_min, epoch, cfg.epochs)
+        set_lr(self.w_opt, lr)
+        arch_on = epoch >= cfg.warmup_epochs
+        steps = len(self.w_loader)
+        before = None
+        if cfg.optimisation == "bilevel" and arch_on:
+            before = _arch_step(objective, self.a_loader, self.a_opt, self.dev, self.last_finite, ddp)
+        opts = [self.w_opt, self.a_opt] if (cfg.optimisation == "single" and arch_on) else [self.w_opt]
+
+        def on_step(step: int, info: dict[str, float]) -> None:
+            self.last_finite.update(info)
+            if self.on_progress is not None:
+                self.on_progress({"event": "step", "epoch": epoch, "epochs": cfg.epochs, "step": step + 1,
+                                  "steps": steps, "tau": tau, **info})
+
+        try:
+            tr = fit_epoch(self.setup.model, self.w_loader, opts, forward=objective.forward, grad_clip=wo.grad_clip,
+                           before_step=before, on_step=on_step, backward=ddp and ddp.backward)
+        except NonFiniteLoss as e:
+            raise _non_finite_error(e, epoch, kept_epoch, self.ckpt_path) from None
+        if ddp is not None:
+            tr = ddp.reduce_train(tr)
+        va = (evaluate if ddp is None else ddp.evaluate)(self.setup.model, self.val_loader, objective.eval_forward)
+        return {"epoch": epoch, "tau": tau, "lr": lr, "arch_trained": arch_on, "entropy_weight": ent_w,
+                **{f"train_{k}": v for k, v in tr.items()}, "val_loss": va["loss"], "val_acc": va["acc"],
+                **_eval_arch(self.setup, objective.eval_c, self.grid), "wall_s": time.perf_counter() - t0,
+                "elapsed_s": time.perf_counter() - t_start}
+
+    def checkpoint(self, epoch: int) -> None:
+        """Save weights, optimisers and every RNG state after ``epoch`` (atomic), so a resume continues exactly."""
+        atomic_torch_save({"epoch": epoch + 1, "model": self.setup.model.state_dict(),
+                           "w_opt": self.w_opt.state_dict(), "a_opt": self.a_opt.state_dict(),
+                           "rng": _rng_state(self.gens), "last_finite": dict(self.last_finite)}, self.ckpt_path)
+
+
+def _check_run_dir(cfg: SearchConfig, out: Path, resume: bool) -> SearchConfig:
+    """The config to run with (the stored one on ``resume``); refuses a fresh run into a used directory and a
+    CUDA device this torch cannot use."""
     cfg.tables = tuple(str(Path(t).resolve()) for t in cfg.tables)
     cfg.validate()
-    ckpt_path = out / "checkpoint.pt"
     if resume:
         if not (out / "config.json").is_file():
             raise SearchError(f"{out}: nothing to resume (no config.json); start it without --resume")
         cfg = _check_resume(out, cfg)
-    elif (out / "config.json").exists() or ckpt_path.exists():
+    elif (out / "config.json").exists() or (out / "checkpoint.pt").exists():
         raise SearchError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     if cfg.torch_device.startswith("cuda") and not torch.cuda.is_available():
         raise SearchError("--torch-device cuda: no CUDA device is available to this torch build; use cpu")
+    return cfg
 
-    setup = build(cfg)
-    cfg, space, model, control = setup.cfg, setup.space, setup.model, setup.control
-    dev = torch.device(cfg.torch_device)
+
+def _load_splits(cfg: SearchConfig, space: Space, splits: Splits | None) -> Splits:
+    """The configured data (or ``splits`` as given); refuses data with more classes than the space's head."""
     if splits is None:
         splits = load_data(cfg.data, space.input_shape[1], space.input_shape[0], cfg.seed, cfg.data_dir,
                            limit=cfg.data_limit)
@@ -358,11 +471,13 @@ def _search(cfg: SearchConfig, out: Path, resume: bool, splits: Splits | None, o
         raise SearchError(f"data {splits.name} has {splits.num_classes} classes but space {space.spec} has "
                           f"num_classes={space.num_classes}; use --space {space.name}:num_classes="
                           f"{splits.num_classes}")
-    model.to(dev)
-    ddp = distributed.current()  # None: one process
-    if ddp is not None:
-        ddp.prepare(model)
+    return splits
 
+
+def _loaders(cfg: SearchConfig, splits: Splits, gens: dict[str, torch.Generator],
+             ddp: Any) -> tuple[DataLoader, DataLoader | None, DataLoader]:
+    """Weights, architecture (bilevel only: the last ``arch_fraction`` of train) and validation loaders, sharded
+    over the ranks of a multi-process run."""
     train = _subset(splits.train, cfg.train_limit)
     val = _subset(splits.val, cfg.eval_limit)
     if cfg.optimisation == "bilevel":
@@ -371,139 +486,113 @@ def _search(cfg: SearchConfig, out: Path, resume: bool, splits: Splits | None, o
         a_ds = TensorDataset(*(t[len(train) - n_arch:] for t in train.tensors))
     else:
         w_ds, a_ds = train, None
-    gens = {k: torch.Generator().manual_seed(cfg.seed * 1000 + i) for i, k in enumerate(("data", "arch", "adata"))}
     w_loader = _loader(w_ds, cfg.batch_size, gens["data"], True)
     a_loader = _loader(a_ds, cfg.batch_size, gens["adata"], True) if a_ds is not None else None
     val_loader = _loader(val, 256, None, False)
     if ddp is not None:
         w_loader, a_loader, val_loader = ddp.shard(w_loader), ddp.shard(a_loader), ddp.shard(val_loader, False)
-    main = ddp is None or ddp.is_main  # only rank 0 writes the run directory
+    return w_loader, a_loader, val_loader
 
-    wo, ao = cfg.weights_opt, cfg.arch_opt
-    w_opt = torch.optim.SGD(model.weight_parameters(), lr=wo.lr, momentum=wo.momentum, weight_decay=wo.weight_decay)
-    a_opt = torch.optim.Adam(model.arch_parameters(), lr=ao.lr, betas=tuple(ao.betas), weight_decay=ao.weight_decay)
 
-    start = 0
-    last_finite: dict[str, float] = {}
-    if resume and ckpt_path.is_file():
-        from .run import load_state
+def _restore(ckpt_path: Path, dev: torch.device, model: SearchModel, w_opt: torch.optim.Optimizer,
+             a_opt: torch.optim.Optimizer, gens: dict[str, torch.Generator]) -> tuple[int, dict[str, float]]:
+    """Load a checkpoint into model, optimisers and generators; (the epoch to start at, the last finite values)."""
+    from .run import load_state
 
-        ck = load_state(ckpt_path, dev)
-        model.load_state_dict(ck["model"])
-        w_opt.load_state_dict(ck["w_opt"])
-        a_opt.load_state_dict(ck["a_opt"])
-        _set_rng_state(ck["rng"], gens)
-        start = int(ck["epoch"])
-        last_finite = dict(ck.get("last_finite", {}))
-    metrics_path = out / "metrics.jsonl"
-    history = [m for m in read_metrics(metrics_path) if m.get("epoch", 1 << 30) < start]
-    if ddp is not None:
-        ddp.barrier()  # every rank has checked and read the run directory before rank 0 writes it
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.json", json.dumps(config_to_dict(cfg), indent=2))
-        record_provenance(out, setup.tables, resume)  # which tables and calibrations this run uses
-        atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in history))
+    ck = load_state(ckpt_path, dev)
+    model.load_state_dict(ck["model"])
+    w_opt.load_state_dict(ck["w_opt"])
+    a_opt.load_state_dict(ck["a_opt"])
+    _set_rng_state(ck["rng"], gens)
+    return int(ck["epoch"]), dict(ck.get("last_finite", {}))
 
-    eval_c = default_control(control, cfg)
-    grid = control_grid(control)
-    ref_lat = cfg.ref_latency_ms
-    if cfg.loss == "proxyless" and ref_lat is None:
-        ref_lat = setup.costs.uniform("latency")
-    state = {"epoch": start, "tau": 1.0, "ent_w": 0.0}
 
-    def forward(m: nn.Module, x: torch.Tensor, y: torch.Tensor):
-        c = control.sample(gens["arch"])
-        r = model.run(x, c, state["tau"], gens["arch"])
+def _write_run_start(out: Path, cfg: SearchConfig, setup: Setup, resume: bool, history: list[dict[str, Any]]) -> None:
+    """Write config.json, the provenance of tables and calibrations, and metrics.jsonl cut to ``history``."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.json", json.dumps(config_to_dict(cfg), indent=2))
+    record_provenance(out, setup.tables, resume)  # which tables and calibrations this run uses
+    atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
+
+
+class _Objective:
+    """The search loss of a batch (a sampled control value, op weights at temperature ``tau``, an entropy term
+    weighted ``ent_w``) and the deterministic evaluation at the default control value."""
+
+    def __init__(self, cfg: SearchConfig, setup: Setup, gen: torch.Generator):
+        self.cfg, self.model, self.control, self.gen = cfg, setup.model, setup.control, gen
+        self.eval_c = default_control(setup.control, cfg)
+        self.ref_lat = cfg.ref_latency_ms
+        if cfg.loss == "proxyless" and self.ref_lat is None:
+            self.ref_lat = setup.costs.uniform("latency")
+        self.tau, self.ent_w = 1.0, 0.0
+
+    def forward(self, m: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        cfg = self.cfg
+        c = self.control.sample(self.gen)
+        r = self.model.run(x, c, self.tau, self.gen)
         ce = F.cross_entropy(r.out, y)
         loss = search_loss(cfg.loss, ce, r.penalty, r.expected.get("latency"), cfg.loss_alpha, cfg.loss_beta,
-                           ref_lat)
+                           self.ref_lat)
         info = {"ce": ce, "penalty": r.penalty, **{f"E_{k}": v for k, v in r.expected.items()}}
-        if state["ent_w"] > 0:
+        if self.ent_w > 0:
             h = mean_entropy(r.probs)
-            loss = loss + state["ent_w"] * h
+            loss = loss + self.ent_w * h
             info["arch_H"] = h
         return loss, r.out, info
 
-    def eval_forward(m: nn.Module, x: torch.Tensor, y: torch.Tensor):
-        r = model.run(x, eval_c, state["tau"], None, deterministic=True)
+    def eval_forward(self, m: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        r = self.model.run(x, self.eval_c, self.tau, None, deterministic=True)
         return F.cross_entropy(r.out, y), r.out, {}
 
-    t_start = time.perf_counter()
-    done_this_call = 0
-    for epoch in range(start, cfg.epochs):
-        if stop_after is not None and done_this_call >= stop_after:
-            break
-        t0 = time.perf_counter()
-        tau = temperature(cfg.temperature, epoch, cfg.epochs)
-        ent_w = entropy_weight(cfg.entropy_weight, epoch, cfg.epochs, cfg.warmup_epochs)
-        state.update(epoch=epoch, tau=tau, ent_w=ent_w)
-        lr = cosine_lr(wo.lr, wo.lr_min, epoch, cfg.epochs)
-        set_lr(w_opt, lr)
-        arch_on = epoch >= cfg.warmup_epochs
-        steps = len(w_loader)
 
-        before = None
-        if cfg.optimisation == "bilevel" and arch_on:
-            it = {"it": iter(a_loader)}
+def _arch_step(objective: _Objective, a_loader: DataLoader, a_opt: torch.optim.Optimizer, dev: torch.device,
+               last_finite: dict[str, float], ddp: Any) -> Callable[[int], None]:
+    """Bilevel: the ``before_step`` hook that steps the architecture on the next batch of the architecture split
+    (cycling through it)."""
+    it = {"it": iter(a_loader)}
 
-            def before(step: int) -> None:
-                try:
-                    x, y = next(it["it"])
-                except StopIteration:
-                    it["it"] = iter(a_loader)
-                    x, y = next(it["it"])
-                x, y = x.to(dev), y.to(dev)
-                a_opt.zero_grad(set_to_none=True)
-                loss, _, _ = forward(model, x, y)
-                if not math.isfinite(float(loss.detach())):
-                    raise NonFiniteLoss(step, float(loss.detach()), last_finite)
-                loss.backward() if ddp is None else ddp.backward(loss, [a_opt])
-                a_opt.step()
-
-        opts = [w_opt, a_opt] if (cfg.optimisation == "single" and arch_on) else [w_opt]
-
-        def on_step(step: int, info: dict[str, float]) -> None:
-            last_finite.update(info)
-            if on_progress is not None:
-                on_progress({"event": "step", "epoch": epoch, "epochs": cfg.epochs, "step": step + 1,
-                             "steps": steps, "tau": tau, **info})
-
+    def before(step: int) -> None:
         try:
-            tr = fit_epoch(model, w_loader, opts, forward=forward, grad_clip=wo.grad_clip, before_step=before,
-                           on_step=on_step, backward=ddp and ddp.backward)
-        except NonFiniteLoss as e:
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in e.last.items()) or "none (first step)"
-            kept = f"checkpoint of epoch {start + done_this_call} kept in {ckpt_path}" if ckpt_path.exists() \
-                else "no checkpoint yet"
-            raise SearchError(f"loss became {e.value} at epoch {epoch} step {e.step + 1}; last finite values: "
-                              f"{shown}; {kept} (lower the learning rates or check the data)") from None
-        if ddp is not None:
-            tr = ddp.reduce_train(tr)
-        va = (evaluate if ddp is None else ddp.evaluate)(model, val_loader, eval_forward)
-        with torch.no_grad():
-            logits = control(eval_c)
-            probs = torch.softmax(logits, dim=-1)
-            exp = {k: float(setup.costs.expected(k, probs)) for k in model.metric_terms}
-            arch = [layer.choices[int(i)] for layer, i in zip(space.layers, logits.argmax(dim=-1))]
-        rec = {"epoch": epoch, "tau": tau, "lr": lr, "arch_trained": arch_on, "entropy_weight": ent_w,
-               **{f"train_{k}": v for k, v in tr.items()}, "val_loss": va["loss"], "val_acc": va["acc"],
-               "eval_control": control.plain(eval_c), **{f"eval_E_{k}": v for k, v in exp.items()},
-               "eval_arch": arch, **arch_decidedness(control, grid), "wall_s": time.perf_counter() - t0,
-               "elapsed_s": time.perf_counter() - t_start}
-        if main:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-        history.append(rec)
-        if main:
-            atomic_torch_save({"epoch": epoch + 1, "model": model.state_dict(), "w_opt": w_opt.state_dict(),
-                               "a_opt": a_opt.state_dict(), "rng": _rng_state(gens),
-                               "last_finite": dict(last_finite)}, ckpt_path)
-        done_this_call += 1
-        if on_progress is not None:
-            on_progress({"event": "epoch", **rec, "epochs": cfg.epochs})
-    if main and history and history[-1]["epoch"] == cfg.epochs - 1:
-        atomic_torch_save(control.state_dict(), out / "control.pt")
-    return history
+            x, y = next(it["it"])
+        except StopIteration:
+            it["it"] = iter(a_loader)
+            x, y = next(it["it"])
+        x, y = x.to(dev), y.to(dev)
+        a_opt.zero_grad(set_to_none=True)
+        loss, _, _ = objective.forward(objective.model, x, y)
+        if not math.isfinite(float(loss.detach())):
+            raise NonFiniteLoss(step, float(loss.detach()), last_finite)
+        loss.backward() if ddp is None else ddp.backward(loss, [a_opt])
+        a_opt.step()
+
+    return before
+
+
+def _non_finite_error(e: NonFiniteLoss, epoch: int, kept_epoch: int, ckpt_path: Path) -> SearchError:
+    """The one-line error for a loss that became nan/inf, with the last finite values and the checkpoint kept."""
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in e.last.items()) or "none (first step)"
+    kept = f"checkpoint of epoch {kept_epoch} kept in {ckpt_path}" if ckpt_path.exists() else "no checkpoint yet"
+    return SearchError(f"loss became {e.value} at epoch {epoch} step {e.step + 1}; last finite values: "
+                       f"{shown}; {kept} (lower the learning rates or check the data)")
+
+
+def _eval_arch(setup: Setup, eval_c: Value, grid: Sequence[Value]) -> dict[str, Any]:
+    """The epoch record's view of the architecture at the default control: its value, expected costs, argmax
+    architecture and decidedness over the control grid."""
+    model, control, space = setup.model, setup.control, setup.space
+    with torch.no_grad():
+        logits = control(eval_c)
+        probs = torch.softmax(logits, dim=-1)
+        exp = {k: float(setup.costs.expected(k, probs)) for k in model.metric_terms}
+        arch = [layer.choices[int(i)] for layer, i in zip(space.layers, logits.argmax(dim=-1))]
+    return {"eval_control": control.plain(eval_c), **{f"eval_E_{k}": v for k, v in exp.items()},
+            "eval_arch": arch, **arch_decidedness(control, grid)}
+
+
+def _append_metrics(path: Path, rec: dict[str, Any]) -> None:
+    """Append one epoch's record to metrics.jsonl, synced to disk."""
+    with open(path, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+        f.flush()
+        os.fsync(f.fileno())

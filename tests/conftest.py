@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import os
 from pathlib import Path
@@ -36,3 +37,28 @@ def small_tables(tmp_path_factory) -> dict[str, Path]:
     os.environ.setdefault("HWNAS_CACHE", str(tmp_path_factory.mktemp("hwnas-cache")))
     root = tmp_path_factory.mktemp("tables")
     return {spec: measure_small_table(spec, root / f"{i}.csv") for i, spec in enumerate(SMALL_SPACES)}
+
+
+@pytest.fixture
+def rows_per_key():
+    """A function: table CSV path -> how many rows each key has (a resumed sweep must write each key once)."""
+    def count(path: Path) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                counts[row["key"]] = counts.get(row["key"], 0) + 1
+        return counts
+
+    return count
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one intra-op thread for a module's tests (the CI box has 2 shared cores; one thread is faster for
+    tiny nets), restored after."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

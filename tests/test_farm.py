@@ -28,14 +28,6 @@ FAST = {"warmup_s": 0.02, "min_samples": 5, "min_seconds": 0.03, "max_seconds": 
         "cv_threshold": 10.0}
 
 
-def rows_per_key(path: Path) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            counts[row["key"]] = counts.get(row["key"], 0) + 1
-    return counts
-
-
 def boards_of(path: Path) -> dict[str, str]:
     with open(path, newline="") as f:
         return {row["key"]: row[BOARD_COLUMN] for row in csv.DictReader(f)}
@@ -89,7 +81,7 @@ class WaitsFor(LosesBoard):
 
 @pytest.mark.parametrize("protocol,good", [({}, 2), ({"rounds": 2, "chunk": 2}, 6)],
                          ids=["sequential", "interleaved"])
-def test_farm_measures_each_key_once_and_a_lost_board_loses_only_its_rows_in_flight(tmp_path, protocol, good):
+def test_farm_measures_each_key_once_and_a_lost_board_loses_only_its_rows_in_flight(tmp_path, protocol, good, rows_per_key):
     """Sequential: board a measures 2 keys, then fails; interleaved: it finishes one chunk (2 rounds of the
     reference and 2 keys = 6 calls), then fails on the next chunk. What it failed on is measured by b."""
     from profiler.measure import REFERENCE_KEY
@@ -112,7 +104,7 @@ def test_farm_measures_each_key_once_and_a_lost_board_loses_only_its_rows_in_fli
     assert set(summary.validity.details["boards"]) == {"a", "b"}
 
 
-def test_all_boards_lost_gives_error_rows_and_a_rerun_completes_the_table(tmp_path):
+def test_all_boards_lost_gives_error_rows_and_a_rerun_completes_the_table(tmp_path, rows_per_key):
     dev = ort_device(tmp_path)
     space = get_space(SPACE)
     keys = select_keys(space.candidate_keys(), ONLY)
@@ -193,7 +185,7 @@ def measure_on_farm(devs: Path, out: Path, on_progress=None):
         runner.close()
 
 
-def test_cli_farm_uses_both_servers_and_measures_each_key_once(two_boards, tmp_path):
+def test_cli_farm_uses_both_servers_and_measures_each_key_once(two_boards, tmp_path, rows_per_key):
     from typer.testing import CliRunner
 
     from profiler.cli import app
@@ -218,7 +210,7 @@ def test_cli_farm_uses_both_servers_and_measures_each_key_once(two_boards, tmp_p
     assert "--boards is 3, but tracker" in text and "lists 2 rpc_server(s) with key 'farm-loop'" in text, text
 
 
-def test_cli_pool_records_the_member_that_measured_each_row(two_boards, tmp_path):
+def test_cli_pool_records_the_member_that_measured_each_row(two_boards, tmp_path, rows_per_key):
     from typer.testing import CliRunner
 
     from profiler.cli import app
@@ -255,7 +247,7 @@ def test_pool_entries_are_validated_in_one_line():
         farm_size(pool, 3)
 
 
-def test_server_killed_mid_sweep_then_same_command_completes_the_table(two_boards, tmp_path):
+def test_server_killed_mid_sweep_then_same_command_completes_the_table(two_boards, tmp_path, rows_per_key):
     tracker, servers = two_boards
     devs = write_devices(tmp_path / "devices.yaml", tracker.addr, boards=0)  # 0: every server the tracker lists
     keys = select_keys(get_space(SPACE).candidate_keys(), ONLY)

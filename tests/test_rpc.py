@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import time
 from pathlib import Path
 
@@ -60,14 +59,6 @@ def group_alive(pgid: int) -> list[int]:
     return group_members(pgid)
 
 
-def rows_per_key(path: Path) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            counts[row["key"]] = counts.get(row["key"], 0) + 1
-    return counts
-
-
 def test_tracker_lists_server_and_rejects_unknown_key(loop):
     client = TrackerClient(loop["tracker"].addr)
     assert [s["key"] for s in client.servers("rpi4-loop")] == ["server:rpi4-loop"]
@@ -111,7 +102,7 @@ def test_measure_through_tracker_matches_local_keys(loop, tmp_path):
     assert set(load_table(tmp_path / "local.csv").rows) == set(table.rows)
 
 
-def test_server_killed_mid_sweep_then_resume(loop, tmp_path):
+def test_server_killed_mid_sweep_then_resume(loop, tmp_path, rows_per_key):
     devs = write_devices(tmp_path / "devices.yaml", loop["tracker"].addr, request_timeout_s=3.0)
     dev = get_device("rpi4-loop", devs)
     space = get_space(SPACE)

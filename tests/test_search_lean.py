@@ -61,12 +61,7 @@ def train_lean(seed: int, steps: int = 48, hook: Callable[[SearchModel], None] |
     return sum(accs[-16:]) / 16
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # torch on one thread (conftest)
 
 
 def test_lean_supernet_learns_in_48_steps():

@@ -21,12 +21,7 @@ from search.train import build, search
 DARTS = "darts-3ops:C=8,cells=5"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # torch on one thread (conftest)
 
 
 @pytest.fixture(scope="module")

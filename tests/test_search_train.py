@@ -21,12 +21,7 @@ FBNET = "fbnet-cifar:input_size=16,width=0.25"
 DARTS = "darts-3ops:C=8,cells=5"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the CI box has 2 shared cores; one thread is faster for these tiny nets
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # torch on one thread (conftest)
 
 
 @pytest.fixture(scope="module")

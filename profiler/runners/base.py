@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Protocol as TypingProtocol
 
+from ..fileio import Closing
 from ..protocol import Protocol
 
 
@@ -50,10 +51,8 @@ class Runner(TypingProtocol):
     def close(self) -> None: ...
 
 
-class LocalRunner:
-    """Base for runners that time in this process: ``measure_many`` loops over ``measure``."""
-
-    name = "local"
+class SequentialRunner(Closing):
+    """Base for runners that measure one request after another: ``measure_many`` loops over ``measure``."""
 
     def measure_many(self, requests: Iterable[MeasureRequest], protocol: Protocol) -> Iterator[MeasureResult]:
         for req in requests:
@@ -62,14 +61,11 @@ class LocalRunner:
     def measure(self, request: MeasureRequest, protocol: Protocol) -> MeasureResult:  # pragma: no cover
         raise NotImplementedError
 
-    def close(self) -> None:
-        pass
 
-    def __enter__(self):
-        return self
+class LocalRunner(SequentialRunner):
+    """Base for runners that time in this process."""
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    name = "local"
 
 
 def host_fingerprint() -> dict[str, Any]:

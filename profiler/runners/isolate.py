@@ -21,11 +21,11 @@ import sys
 import traceback
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from ..errors import SetupError
 from ..protocol import Protocol
-from .base import MeasureRequest, MeasureResult
+from .base import MeasureRequest, MeasureResult, SequentialRunner
 
 
 def _load_factory(spec: str) -> Any:
@@ -117,7 +117,7 @@ class RunnerCrashed(RuntimeError):
     pass
 
 
-class IsolatedRunner:
+class IsolatedRunner(SequentialRunner):
     """A runner whose ``measure`` runs in a spawned child process built by ``factory(*args, **kwargs)``.
 
     ``timeout_s`` bounds one request (compile + measure); ``start_timeout_s`` bounds building the runner in the
@@ -215,15 +215,5 @@ class IsolatedRunner:
             return MeasureResult.failed(request.key, e)
         return _result_from_json(value)
 
-    def measure_many(self, requests: Iterable[MeasureRequest], protocol: Protocol) -> Iterator[MeasureResult]:
-        for req in requests:
-            yield self.measure(req, protocol)
-
     def close(self) -> None:
         self._stop()
-
-    def __enter__(self) -> "IsolatedRunner":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

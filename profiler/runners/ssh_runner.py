@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from ..errors import UserError
+from ..fileio import Closing
 from ..devices import Device
 from ..protocol import Protocol
 from .base import MeasureRequest, MeasureResult, host_fingerprint
@@ -235,7 +236,25 @@ def _expand(path: str) -> Path:
     return Path(path).expanduser()
 
 
-class SshRunner:
+def _fail_all(pending: Iterable[MeasureRequest], why: str) -> Iterator[MeasureResult]:
+    """A failed result for each pending request, all with one reason."""
+    for req in pending:
+        yield MeasureResult.failed(req.key, why)
+
+
+def _blame_in_flight(req: MeasureRequest, stream: _Stream) -> MeasureResult:
+    """The failed result of the model a board process was measuring when it ended or skipped it."""
+    if not stream.ended:
+        how = "sent no result for this model"
+    elif stream.exit_status == -1:  # sshd reported a signal (paramiko keeps no name for it)
+        how = "was killed by a signal (a crash in a native library?)"
+    else:
+        how = f"ended with exit status {stream.exit_status}"
+    return MeasureResult.failed(req.key, f"board process {how} while measuring this model"
+                                         + (f": {stream.stderr_tail}" if stream.stderr_tail else ""))
+
+
+class SshRunner(Closing):
     """onnxruntime on a board reached over SSH (paramiko). One connection, reused for the whole sweep."""
 
     name = "onnxruntime-ssh"
@@ -456,82 +475,89 @@ class SshRunner:
             yield from self._chunk(chunk, protocol)
 
     def _chunk(self, chunk: list[MeasureRequest], protocol: Protocol) -> Iterator[MeasureResult]:
-        """Upload a chunk's models in one SFTP session, run them as one job, yield results in request order."""
+        """Upload a chunk's models in one SFTP session, run them as one job, yield results in request order.
+
+        Named steps, as TVM's RPCRunner has them: connect, upload and start the job, read its results, blame the
+        model a dead board process was on (then run the rest again), remove the uploads."""
         pending = deque(chunk)
         uploaded: dict[str, str] = {}
-        pk = self.paramiko
         while pending:
             try:
                 self._ensure()
             except SshError as e:
-                for req in pending:
-                    yield MeasureResult.failed(req.key, f"ssh: {e}")
+                yield from _fail_all(pending, f"ssh: {e}")
                 return
-            try:
-                models = []
-                for req in pending:
-                    if req.key not in uploaded:
-                        name = posixpath.join(self._dir, f"m{self._n:05d}.onnx")
-                        self._n += 1
-                        self._sftp.put(str(req.onnx_path), name)
-                        uploaded[req.key] = name
-                    models.append({"key": req.key, "file": posixpath.basename(uploaded[req.key]),
-                                   "input_shape": list(req.input_shape)})
-                stream = self._open_stream()
-                stream.send(make_job(models, protocol, self.device.threads, self.device.graph_optimization))
-            except SshError as e:  # the board's python cannot run the script: no use retrying
-                for req in pending:
-                    yield MeasureResult.failed(req.key, f"ssh: {e}")
+            stream, error = self._start_job(pending, uploaded, protocol)
+            if stream is None:
+                yield from _fail_all(pending, error)
                 return
-            except (OSError, EOFError, pk.SSHException) as e:
-                self._disconnect()
-                for req in pending:
-                    yield MeasureResult.failed(req.key, f"ssh {self.where}: connection lost while uploading "
-                                                        f"({type(e).__name__}: {e}); rerun to measure the rest")
-                return
-            job = _Job(stream)
-            try:
-                while pending:
-                    ev = job.next_event()
-                    if ev is None or ev[0] == "done":
-                        break
-                    kind, value = ev
-                    if kind == "result" and value.key == pending[0].key:
-                        pending.popleft()
-                        self._job = job  # measure() during this yield drains the job first (no overlap)
-                        try:
-                            yield value
-                        finally:
-                            self._job = None
-                job.drain()  # up to its "done", so the next job starts on a clean stream
-            finally:
-                if not job.finished:  # abandoned mid-job: this stream's output is out of step, drop it
-                    stream.close()
+            yield from self._read_job(stream, pending)
             if not pending:
                 break
             if stream.lost or (stream.ended and not self._alive()):
                 self._disconnect()
                 why = stream.lost or "connection lost"
-                for req in pending:
-                    yield MeasureResult.failed(req.key, f"ssh {self.where}: {why} before this model finished; "
-                                                        f"rerun to measure the missing rows")
+                yield from _fail_all(pending, f"ssh {self.where}: {why} before this model finished; rerun to "
+                                              f"measure the missing rows")
                 return
             # the board's process ended (e.g. a crash in a native library) or skipped a model: blame the model in
             # flight and run the rest again (a fresh process when it died)
-            req = pending.popleft()
-            if not stream.ended:
-                how = "sent no result for this model"
-            elif stream.exit_status == -1:  # sshd reported a signal (paramiko keeps no name for it)
-                how = "was killed by a signal (a crash in a native library?)"
-            else:
-                how = f"ended with exit status {stream.exit_status}"
-            yield MeasureResult.failed(req.key, f"board process {how} while measuring this model"
-                                                + (f": {stream.stderr_tail}" if stream.stderr_tail else ""))
+            yield _blame_in_flight(pending.popleft(), stream)
+        self._remove_uploads(uploaded)
+
+    def _start_job(self, pending: deque[MeasureRequest], uploaded: dict[str, str],
+                   protocol: Protocol) -> tuple[_Stream | None, str]:
+        """Upload the pending models not on the board yet (recorded in ``uploaded``) and send the job:
+        ``(stream, "")``, or ``(None, why)`` when every pending model fails with ``why``."""
+        try:
+            models = []
+            for req in pending:
+                if req.key not in uploaded:
+                    name = posixpath.join(self._dir, f"m{self._n:05d}.onnx")
+                    self._n += 1
+                    self._sftp.put(str(req.onnx_path), name)
+                    uploaded[req.key] = name
+                models.append({"key": req.key, "file": posixpath.basename(uploaded[req.key]),
+                               "input_shape": list(req.input_shape)})
+            stream = self._open_stream()
+            stream.send(make_job(models, protocol, self.device.threads, self.device.graph_optimization))
+        except SshError as e:  # the board's python cannot run the script: no use retrying
+            return None, f"ssh: {e}"
+        except (OSError, EOFError, self.paramiko.SSHException) as e:
+            self._disconnect()
+            return None, (f"ssh {self.where}: connection lost while uploading ({type(e).__name__}: {e}); rerun to "
+                          f"measure the rest")
+        return stream, ""
+
+    def _read_job(self, stream: _Stream, pending: deque[MeasureRequest]) -> Iterator[MeasureResult]:
+        """Yield the job's results in request order (popping them from ``pending``) up to its "done"; a stream
+        left mid-job is closed, its output being out of step."""
+        job = _Job(stream)
+        try:
+            while pending:
+                ev = job.next_event()
+                if ev is None or ev[0] == "done":
+                    break
+                kind, value = ev
+                if kind == "result" and value.key == pending[0].key:
+                    pending.popleft()
+                    self._job = job  # measure() during this yield drains the job first (no overlap)
+                    try:
+                        yield value
+                    finally:
+                        self._job = None
+            job.drain()  # up to its "done", so the next job starts on a clean stream
+        finally:
+            if not job.finished:  # abandoned mid-job: this stream's output is out of step, drop it
+                stream.close()
+
+    def _remove_uploads(self, uploaded: dict[str, str]) -> None:
+        """Delete the chunk's model files from the board (best effort: a lost connection leaves them)."""
         if self._alive():
             for path in list(uploaded.values()):
                 try:
                     self._sftp.remove(path)
-                except (OSError, EOFError, pk.SSHException):
+                except (OSError, EOFError, self.paramiko.SSHException):
                     pass
 
     def close(self) -> None:
@@ -541,9 +567,3 @@ class SshRunner:
         if self._alive() and self._dir:
             self._rmdir(self._dir)
         self._disconnect(keep_dir=False)
-
-    def __enter__(self) -> "SshRunner":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -33,7 +33,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +42,7 @@ from ..devices import Device
 from ..protocol import Protocol
 from ..timing import KeyTimeout
 from ..rpc import RpcError, RpcProcess, connect_session, request_board, start_server
-from .base import MeasureRequest, MeasureResult, host_fingerprint, library_versions
+from .base import MeasureRequest, MeasureResult, SequentialRunner, host_fingerprint, library_versions
 
 LOCAL_KEY = "hwprof-local"  # prefix of the private local server's key; each runner adds a random part
 VARIANTS = ("untuned", "tuned", "tune-failed", "copy")
@@ -304,6 +304,37 @@ def evaluator_plan(protocol: Protocol, one_call_ms: float) -> tuple[int, int]:
     return number, max(2, min(repeat, cap))
 
 
+@dataclass
+class EvaluatorRun:
+    """What :func:`_run_evaluator` measured: ``samples`` (ms) and ``output`` are None when the plan would have run
+    past the protocol's ``key_timeout_s`` (nothing was timed then)."""
+
+    one_call_ms: float
+    number: int
+    repeat: int
+    planned_s: float
+    samples: tuple[float, ...] | None = None
+    output: np.ndarray | None = None
+
+
+def _run_evaluator(vm: Any, dev: Any, protocol: Protocol) -> EvaluatorRun:
+    """Warm up (one call's time), plan ``(number, repeat)`` from the protocol, then time the samples."""
+    warm = vm.time_evaluator("invoke_stateful", dev, number=1, repeat=1,
+                             min_repeat_ms=max(1, int(protocol.warmup_s * 1000)))("main")
+    one_call_ms = float(warm.mean) * 1000.0
+    number, repeat = evaluator_plan(protocol, one_call_ms)
+    # time_evaluator cannot be interrupted: a key whose planned samples would run past the protocol's per-key limit
+    # is an error row before it starts (the plan itself is capped by max_seconds)
+    run = EvaluatorRun(one_call_ms, number, repeat, protocol.warmup_s + number * repeat * one_call_ms / 1000.0)
+    if run.planned_s > protocol.key_timeout_s:
+        return run
+    res = vm.time_evaluator("invoke_stateful", dev, number=number, repeat=repeat, min_repeat_ms=0)("main")
+    out = vm.get_outputs("main")
+    run.output = out.numpy() if hasattr(out, "numpy") else out[0].numpy()
+    run.samples = tuple(float(v) * 1000.0 for v in res.results)
+    return run
+
+
 # -----------------------------------------------------------------------------------------------------------
 # sessions
 
@@ -327,7 +358,7 @@ class SessionLost(RuntimeError):
     pass
 
 
-class TvmRunner:
+class TvmRunner(SequentialRunner):
     """The TVM runner of one device; see the module docstring."""
 
     name = "tvm"
@@ -422,22 +453,12 @@ class TvmRunner:
         except Exception as e:  # noqa: BLE001 - a failure is a value
             return MeasureResult.failed(request.key, e, variant)
 
-    def measure_many(self, requests: Iterable[MeasureRequest], protocol: Protocol) -> Iterator[MeasureResult]:
-        for req in requests:
-            yield self.measure(req, protocol)
-
     def close(self) -> None:
         self._sess = None
         if self._server is not None:
             self._server.stop()
             self._server = None
         shutil.rmtree(self._tmp, ignore_errors=True)
-
-    def __enter__(self) -> "TvmRunner":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- steps --------------------------------------------------------------------------------------------
     def _compile(self, request: MeasureRequest) -> Compiled:
@@ -461,33 +482,17 @@ class TvmRunner:
 
     def _time(self, request: MeasureRequest, lib: Library,
               protocol: Protocol) -> tuple[tuple[float, ...], int, dict[str, Any]]:
-        import tvm
-        from tvm import relax
-
-        name = lib.path.name
+        """Run the built library over the session in named steps, as TVM's RPCRunner does: upload and load it,
+        allocate the input, run the evaluator (warm-up, plan, samples), clean up; then check the output against
+        onnxruntime. A broken session is a :class:`SessionLost`, a plan past ``key_timeout_s`` a ``KeyTimeout``."""
         x = np.random.default_rng(0).standard_normal(request.input_shape).astype(np.float32)
         sess = self.session()
         try:
-            sess.upload(str(lib.path), name)
-            rlib = sess.load_module(name)
-            dev = sess.cpu()
-            vm = relax.VirtualMachine(rlib, dev)
-            vm.set_input("main", tvm.runtime.tensor(x, dev))
-            warm = vm.time_evaluator("invoke_stateful", dev, number=1, repeat=1,
-                                     min_repeat_ms=max(1, int(protocol.warmup_s * 1000)))("main")
-            one_call_ms = float(warm.mean) * 1000.0
-            number, repeat = evaluator_plan(protocol, one_call_ms)
-            # time_evaluator cannot be interrupted: a key whose planned samples would run past the protocol's
-            # per-key limit is an error row before it starts (the plan itself is capped by max_seconds)
-            planned_s = protocol.warmup_s + number * repeat * one_call_ms / 1000.0
-            over = planned_s > protocol.key_timeout_s
-            if not over:
-                res = vm.time_evaluator("invoke_stateful", dev, number=number, repeat=repeat, min_repeat_ms=0)("main")
-                out = vm.get_outputs("main")
-                y = out.numpy() if hasattr(out, "numpy") else out[0].numpy()
-            del vm, rlib
+            vm, dev = self._load(sess, lib, x)
+            run = _run_evaluator(vm, dev, protocol)
+            del vm
             try:
-                sess.remove(name)
+                sess.remove(lib.path.name)
             except Exception:  # noqa: BLE001 - a leftover file in the session's temp dir is harmless
                 pass
         except Exception as e:  # noqa: BLE001 - decide whether the session is gone
@@ -495,16 +500,29 @@ class TvmRunner:
                 self._drop_session()
                 raise SessionLost(" ".join(str(e).split())[:300]) from None
             raise
-        if over:
-            raise KeyTimeout(f"timed out: {repeat} samples of {number} call(s) at {one_call_ms:.4g} ms would take "
-                             f"{planned_s:.3g} s > {protocol.key_timeout_s:g} s (protocol key_timeout_s)")
-        err, rel = _err_vs_ort(request.onnx_path, x, y) if lib.variant != "copy" else (0.0, 0.0)
+        if run.samples is None:
+            raise KeyTimeout(f"timed out: {run.repeat} samples of {run.number} call(s) at {run.one_call_ms:.4g} ms "
+                             f"would take {run.planned_s:.3g} s > {protocol.key_timeout_s:g} s (protocol "
+                             f"key_timeout_s)")
+        err, rel = _err_vs_ort(request.onnx_path, x, run.output) if lib.variant != "copy" else (0.0, 0.0)
         if not rel <= MAX_REL_ERR:
             raise RuntimeError(f"TVM output differs from onnxruntime by {rel:.3g} relative to its largest value "
                                f"(> {MAX_REL_ERR}): miscompiled")
-        samples = tuple(float(s) * 1000.0 for s in res.results)
-        return samples, number, {"max_abs_err_vs_onnxruntime": err, "one_call_ms": one_call_ms,
-                                 "number": number, "repeat": repeat}
+        return run.samples, run.number, {"max_abs_err_vs_onnxruntime": err, "one_call_ms": run.one_call_ms,
+                                         "number": run.number, "repeat": run.repeat}
+
+    @staticmethod
+    def _load(sess: Any, lib: Library, x: np.ndarray) -> tuple[Any, Any]:
+        """Upload the library, load it into a Relax VM on the session's CPU and set its input: (vm, device)."""
+        import tvm
+        from tvm import relax
+
+        sess.upload(str(lib.path), lib.path.name)
+        rlib = sess.load_module(lib.path.name)
+        dev = sess.cpu()
+        vm = relax.VirtualMachine(rlib, dev)
+        vm.set_input("main", tvm.runtime.tensor(x, dev))
+        return vm, dev
 
     def _session_broken(self, e: Exception) -> bool:
         text = str(e)

@@ -208,7 +208,9 @@ def derive_cmd(
     run_dir: _Path = typer.Argument(..., help="Search run directory (hwnas search --out) or an hwnas run output "
                                               "(runs/cpu: its search/ is used)."),
     control: _Opt[str] = typer.Option(None, "--control", help="One control value, e.g. kappa=0.3,S=0.5:0.5."),
-    latency_ms: _Opt[str] = typer.Option(None, "--latency-ms", help="Latency budgets, e.g. 3,5,8."),
+    latency_ms: _Opt[str] = typer.Option(None, "--latency-ms", help="Latency budgets, e.g. 3,5,8; on a run with "
+                                         "several tables one limit per device, e.g. cpu-1t=0.2,tvm-cpu=3 (every "
+                                         "limit must hold; DEV=0.2:0.3 gives one budget per value)."),
     params: _Opt[str] = typer.Option(None, "--params", help="Params budget, e.g. 100k (alone or with --latency-ms)."),
     family: _Opt[int] = typer.Option(None, "--family", help="N distinct Pareto-optimal architectures."),
     fill: bool = typer.Option(True, "--fill/--no-fill", help="Budgets: change the fewest layers of the nearest "
@@ -223,9 +225,8 @@ def derive_cmd(
     from profiler.arch import ArchError
     from profiler.tables import TableError
 
-    from .derive import (Budget, Derived, DeriveError, Deriver, check_control, derive_budgets, derive_family,
-                         family_items, family_message, parse_control, parse_count, parse_floats, to_arch,
-                         write_derived)
+    from .derive import (Derived, DeriveError, Deriver, check_control, derive_budgets, derive_family, family_items,
+                         family_message, parse_budgets, parse_control, parse_count, to_arch, write_derived)
     from .report import format_table
 
     modes = sum(x is not None for x in (control, family)) + (latency_ms is not None or params is not None)
@@ -251,8 +252,7 @@ def derive_cmd(
                 con.print(("[yellow]" if i else "") + line, highlight=False)
         else:
             p = parse_count(params) if params is not None else None
-            lats = parse_floats(latency_ms) if latency_ms is not None else [None]
-            results = derive_budgets(d, [Budget(lat, p) for lat in lats], fill=fill)
+            results = derive_budgets(d, parse_budgets(latency_ms, d.devices, p), fill=fill)
             for i, r in enumerate(results):
                 con.print(("[green]" if r.ok else "[yellow]") + r.message(), highlight=False)
                 items.append(Derived(f"budget-{i:02d}", to_arch(run, r.closest, "budget", str(run_dir)),
@@ -261,7 +261,8 @@ def derive_cmd(
     except UserError as e:
         _fam_fail(str(e))
     rows = [{"member": it.name, "ops": " ".join(it.arch.choices), "params": it.arch.params,
-             "predicted_ms": it.arch.predicted_ms, **({"note": it.note} if any(i.note for i in items) else {})}
+             "predicted_ms": it.arch.predicted_ms, "predicted_ms_by_device": it.arch.predicted_ms_by_device,
+             **({"note": it.note} if any(i.note for i in items) else {})}
             for it in items]
     typer.echo(format_table(rows))
     con.print(f"wrote {len(items)} architecture(s) and {summary}")

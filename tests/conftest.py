@@ -12,15 +12,15 @@ import pytest
 SMALL_SPACES = ("fbnet-cifar:input_size=16,width=0.25", "darts-3ops:C=8,cells=5")
 
 
-def measure_small_table(spec: str, out: Path) -> Path:
-    """Measure ``spec`` on device ``cpu`` with a fast protocol (for tests, not for real figures)."""
+def measure_small_table(spec: str, out: Path, device: str = "cpu") -> Path:
+    """Measure ``spec`` on ``device`` (of devices.yaml) with a fast protocol (for tests, not for real figures)."""
     from profiler.devices import get_device
     from profiler.measure import measure_space
     from profiler.protocol import Protocol
     from profiler.runners import make_runner
     from profiler.spaces import get_space
 
-    dev = get_device("cpu")
+    dev = get_device(device)
     dev = dataclasses.replace(dev, protocol=Protocol(warmup_s=0.02, min_samples=3, min_seconds=0.02, retries=0))
     runner = make_runner(dev)
     try:
@@ -36,3 +36,17 @@ def small_tables(tmp_path_factory) -> dict[str, Path]:
     os.environ.setdefault("HWNAS_CACHE", str(tmp_path_factory.mktemp("hwnas-cache")))
     root = tmp_path_factory.mktemp("tables")
     return {spec: measure_small_table(spec, root / f"{i}.csv") for i, spec in enumerate(SMALL_SPACES)}
+
+
+@pytest.fixture(scope="session")
+def two_device_tables(small_tables, tmp_path_factory) -> dict[str, Path]:
+    """device -> a table of SMALL_SPACES[0] measured on it (fast protocol): ``cpu-1t`` (one onnxruntime thread) and
+    ``cpu`` (all cores; a private copy of ``small_tables``' table). Two real devices of devices.yaml."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("two-devices")
+    spec = SMALL_SPACES[0]
+    cpu = root / "cpu.csv"
+    shutil.copy(small_tables[spec], cpu)
+    shutil.copy(small_tables[spec].with_suffix(".meta.json"), cpu.with_suffix(".meta.json"))
+    return {"cpu-1t": measure_small_table(spec, root / "cpu-1t.csv", "cpu-1t"), "cpu": cpu}

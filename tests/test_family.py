@@ -56,6 +56,7 @@ def test_derive_at_control_is_deterministic(run):
     assert a.choices == b.choices and a.latency_ms == b.latency_ms
     arch = to_arch(run, a, "control")
     assert arch.predicted_ms == pytest.approx(run.table.predict_ms(run.space.arch_keys(list(a.choices))))
+    assert arch.predicted_ms_by_device == {run.table.device: arch.predicted_ms}  # one table: its device's prediction
     assert arch.control == {"kappa": 0.5, "S": [0.5, 0.5]}
 
 

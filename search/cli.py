@@ -337,12 +337,14 @@ QUICK_FMNIST_LIMIT = 1200
 
 @app.command("run")
 def run_cmd(
-    device: str = typer.Option("cpu-1t", "--device", "-d", help="Device name from devices.yaml (default cpu-1t: "
-                               "see hwprof doctor for whether all cores time stably here)."),
+    device: list[str] = typer.Option(["cpu-1t"], "--device", "-d", help="Device name from devices.yaml (default "
+                                     "cpu-1t: see hwprof doctor for whether all cores time stably here); repeat it to "
+                                     "search once conditioned on every device (members are timed on the first)."),
     quick: bool = typer.Option(False, "--quick", help="~2 min: small space, fast protocol, short training."),
     out: _Opt[_Path] = typer.Option(None, "--out", "-o", help="Output directory (default runs/DEVICE[-quick])."),
     space: _Opt[str] = typer.Option(None, "--space", help="Space spec (default fbnet-cifar:input_size=16,width=0.5)."),
-    table: _Opt[_Path] = typer.Option(None, "--table", help="Latency table (default tables/DEVICE/SPACE.csv)."),
+    table: list[_Path] = typer.Option([], "--table", help="Latency table (default tables/DEVICE/SPACE.csv); with "
+                                                          "several --device, one per device in the same order."),
     data: _Opt[str] = typer.Option(None, "--data", help="Default: fashion-mnist when installed, else digits."),
     data_limit: _Opt[int] = typer.Option(None, "--data-limit", help="fashion-mnist: a seeded N training images "
                                                                     f"(default {RUN_FMNIST_LIMIT}, quick "
@@ -374,13 +376,15 @@ def run_cmd(
         data, note = default_data(data_dir)
     if data == "fashion-mnist" and data_limit is None:
         data_limit = QUICK_FMNIST_LIMIT if quick else RUN_FMNIST_LIMIT
-    kw = dict(device=device, space=space, table=str(table) if table else None, data=data, family=family,
-              data_limit=data_limit or None, data_dir=data_dir,
-              search_epochs=search_epochs, retrain_epochs=retrain_epochs, seed=seed, calibrate=calibrate)
+    kw = dict(device=device[0], more_devices=tuple(device[1:]), space=space, table=str(table[0]) if table else None,
+              more_tables=tuple(str(t) for t in table[1:]), data=data, family=family, data_limit=data_limit or None,
+              data_dir=data_dir, search_epochs=search_epochs, retrain_epochs=retrain_epochs, seed=seed,
+              calibrate=calibrate)
     cfg = RunConfig.quick_defaults(**kw) if quick else RunConfig(**{k: v for k, v in kw.items() if v is not None})
-    out = out or _Path("runs") / (device + ("-quick" if quick else ""))
+    out = out or _Path("runs") / ("+".join(device) + ("-quick" if quick else ""))
     shown = note + (f", {cfg.data_limit} training images" if cfg.data_limit else "")
-    con.print(f"hwnas run: space {cfg.space}, device {cfg.device}, data {shown}, search {cfg.search_epochs} "
+    devs = "+".join(cfg.devices)
+    con.print(f"hwnas run: space {cfg.space}, device {devs}, data {shown}, search {cfg.search_epochs} "
               f"epochs, family {cfg.family}, retrain {cfg.retrain_epochs} epochs -> {out}", highlight=False)
     try:
         con.print(estimate_line(cfg, out), highlight=False)

@@ -50,3 +50,28 @@ def two_device_tables(small_tables, tmp_path_factory) -> dict[str, Path]:
     shutil.copy(small_tables[spec], cpu)
     shutil.copy(small_tables[spec].with_suffix(".meta.json"), cpu.with_suffix(".meta.json"))
     return {"cpu-1t": measure_small_table(spec, root / "cpu-1t.csv", "cpu-1t"), "cpu": cpu}
+
+
+@pytest.fixture(scope="session")
+def tiny_search():
+    """A function ``(tables, out, cost_terms=None) -> out``: a short real hwnas-preset search (2 epochs on 384
+    digits, one torch thread) of SMALL_SPACES[0] with ``tables`` (and the preset's cost terms unless given)."""
+    import torch
+
+    def run(tables, out: Path, cost_terms=None) -> Path:
+        from search.config import preset
+        from search.train import search
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            cfg = preset("hwnas", space=SMALL_SPACES[0], tables=tuple(str(t) for t in tables), epochs=2,
+                         train_limit=384, eval_limit=128)
+            if cost_terms is not None:
+                cfg.control.cost_terms = tuple(cost_terms)
+            search(cfg, out)
+        finally:
+            torch.set_num_threads(threads)
+        return out
+
+    return run

@@ -22,23 +22,13 @@ SPEC = "fbnet-cifar:input_size=16,width=0.25"
 
 
 @pytest.fixture(scope="module")
-def tiny_run(small_tables, tmp_path_factory):
+def tiny_run(small_tables, tiny_search, tmp_path_factory):
     """A short real hwnas-preset (tradeoff control) search on digits with the small measured table."""
-    from search.config import preset
-    from search.train import search
-
     root = tmp_path_factory.mktemp("family")
     table = root / "table.csv"  # a private copy: nothing here may touch the session's shared table
     shutil.copy(small_tables[SPEC], table)
     shutil.copy(small_tables[SPEC].with_suffix(".meta.json"), table.with_suffix(".meta.json"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        cfg = preset("hwnas", space=SPEC, tables=(str(table),), epochs=2, train_limit=384, eval_limit=128)
-        search(cfg, root / "run")
-    finally:
-        torch.set_num_threads(threads)
-    return root / "run"
+    return tiny_search([table], root / "run")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import csv
 import dataclasses
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from profiler.arch import load_arch
@@ -21,22 +20,10 @@ TERMS = ("params", "latency", "latency:1")
 
 
 @pytest.fixture(scope="module")
-def two_run(two_device_tables, tmp_path_factory):
+def two_run(two_device_tables, tiny_search, tmp_path_factory):
     """A short real hwnas-preset search whose penalty holds params and the latency on both devices."""
-    from search.config import preset
-    from search.train import search
-
     root = tmp_path_factory.mktemp("multidev")
-    tables = tuple(str(two_device_tables[d]) for d in DEVICES)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        cfg = preset("hwnas", space=SPEC, tables=tables, epochs=2, train_limit=384, eval_limit=128)
-        cfg.control.cost_terms = TERMS
-        search(cfg, root / "run")
-    finally:
-        torch.set_num_threads(threads)
-    return root / "run"
+    return tiny_search([two_device_tables[d] for d in DEVICES], root / "run", TERMS)
 
 
 @pytest.fixture(scope="module")
@@ -179,3 +166,50 @@ def test_single_table_budgets_parse_as_before():
     assert parse_budgets("latency=3", ["cpu-1t"]) == [Budget(devices=(DeviceLimit(0, "cpu-1t", 3.0),))]
     with pytest.raises(DeriveError, match="not a device of this run; its devices are cpu-1t"):
         parse_budgets("cpu=3", ["cpu-1t"])
+
+
+def _private_tables(two_device_tables, root):
+    """Copies of both tables (hwnas run may write a calibration beside a table)."""
+    import shutil
+
+    out = []
+    for d in DEVICES:
+        src = two_device_tables[d]
+        dst = root / f"{d}.csv"
+        shutil.copy(src, dst)
+        shutil.copy(src.with_suffix(".meta.json"), dst.with_suffix(".meta.json"))
+        out.append(dst)
+    return out
+
+
+@pytest.mark.slow
+def test_run_with_two_devices_searches_once_on_both(two_device_tables, tmp_path):
+    import json
+
+    tables = _private_tables(two_device_tables, tmp_path)
+    out = tmp_path / "run"
+    args = ["run", "--quick", "--device", DEVICES[0], "--device", DEVICES[1], "--table", str(tables[0]), "--table",
+            str(tables[1]), "--data", "digits", "--search-epochs", "1", "--family", "2", "--retrain-epochs", "1",
+            "--no-calibrate", "--out", str(out)]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "device cpu-1t+cpu" in text and "conditioned on 2 devices" in text
+    cfg = json.loads((out / "search" / "config.json").read_text())
+    assert cfg["control"]["cost_terms"] == list(TERMS) and cfg["tables"] == [str(t.resolve()) for t in tables]
+    rows = json.loads((out / "family.json").read_text())
+    assert rows and all(row["status"] == "ok" for row in rows)
+    for row in rows:
+        arch = load_arch(out / "family" / f"{row['member']}.json")
+        assert list(arch.predicted_ms_by_device) == DEVICES and row["predicted_ms_by_device"] == pytest.approx(
+            arch.predicted_ms_by_device)
+    assert "pred ms cpu-1t" in r.stdout and "pred ms cpu " in r.stdout
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--device", "cpu", "--device", "cpu"], "a device is given twice"),
+    (["--device", "cpu", "--table", "a.csv", "--table", "b.csv"], "give at most one table per device"),
+])
+def test_run_bad_devices_are_one_line(tmp_path, extra, match):
+    r = CliRunner().invoke(app, ["run", "--quick", "--data", "digits", "--out", str(tmp_path / "r"), *extra])
+    assert r.exit_code == 2 and "Traceback" not in r.output and match in " ".join(r.output.split())

@@ -63,6 +63,8 @@ class Arch:
     table: TableRef | None = None
     control: dict[str, Any] | None = None  # e.g. {"kappa": 0.3, "S": [0.5, 0.5]}; None for a hand-made arch
     source: dict[str, Any] = field(default_factory=dict)  # free provenance (run dir, kind of derivation)
+    # the prediction (ms) on every device of the run it was derived from (hwnas derive; empty without a table)
+    predicted_ms_by_device: dict[str, float] = field(default_factory=dict)
 
     # ------------------------------------------------------------------------------------------------- views
     @property
@@ -109,6 +111,7 @@ class Arch:
             "table": None if self.table is None else dict(self.table.__dict__),
             "control": self.control,
             "source": dict(self.source),
+            "predicted_ms_by_device": dict(self.predicted_ms_by_device),
         }
 
     def dumps(self) -> str:
@@ -286,7 +289,16 @@ def _parse(data: Any, where: str) -> Arch:
     if not isinstance(source, dict):
         raise ArchError(f"{where}: field 'source' must be an object; {_FIX}")
     return Arch(name, dict(space.params), tuple(layers), fixed, n_params, flops,
-                float(pred) if pred is not None else None, tref, control, source)
+                float(pred) if pred is not None else None, tref, control, source, _by_device(data, where))
+
+
+def _by_device(data: dict[str, Any], where: str) -> dict[str, float]:
+    by = data.get("predicted_ms_by_device") or {}
+    if not isinstance(by, dict) or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+                                       or v <= 0 for v in by.values()):
+        raise ArchError(f"{where}: field 'predicted_ms_by_device' = {str(by)[:60]!r} must map device names to "
+                        f"positive numbers; {_FIX}")
+    return {str(k): float(v) for k, v in by.items()}
 
 
 def save_arch(arch: Arch, path: str | Path) -> Path:

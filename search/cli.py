@@ -208,7 +208,9 @@ def derive_cmd(
     run_dir: _Path = typer.Argument(..., help="Search run directory (hwnas search --out) or an hwnas run output "
                                               "(runs/cpu: its search/ is used)."),
     control: _Opt[str] = typer.Option(None, "--control", help="One control value, e.g. kappa=0.3,S=0.5:0.5."),
-    latency_ms: _Opt[str] = typer.Option(None, "--latency-ms", help="Latency budgets, e.g. 3,5,8."),
+    latency_ms: _Opt[str] = typer.Option(None, "--latency-ms", help="Latency budgets, e.g. 3,5,8; on a run with "
+                                         "several tables one limit per device, e.g. cpu-1t=0.2,tvm-cpu=3 (every "
+                                         "limit must hold; DEV=0.2:0.3 gives one budget per value)."),
     params: _Opt[str] = typer.Option(None, "--params", help="Params budget, e.g. 100k (alone or with --latency-ms)."),
     family: _Opt[int] = typer.Option(None, "--family", help="N distinct Pareto-optimal architectures."),
     fill: bool = typer.Option(True, "--fill/--no-fill", help="Budgets: change the fewest layers of the nearest "
@@ -223,9 +225,8 @@ def derive_cmd(
     from profiler.arch import ArchError
     from profiler.tables import TableError
 
-    from .derive import (Budget, Derived, DeriveError, Deriver, check_control, derive_budgets, derive_family,
-                         family_items, family_message, parse_control, parse_count, parse_floats, to_arch,
-                         write_derived)
+    from .derive import (Derived, DeriveError, Deriver, check_control, derive_budgets, derive_family, family_items,
+                         family_message, parse_budgets, parse_control, parse_count, to_arch, write_derived)
     from .report import format_table
 
     modes = sum(x is not None for x in (control, family)) + (latency_ms is not None or params is not None)
@@ -251,8 +252,7 @@ def derive_cmd(
                 con.print(("[yellow]" if i else "") + line, highlight=False)
         else:
             p = parse_count(params) if params is not None else None
-            lats = parse_floats(latency_ms) if latency_ms is not None else [None]
-            results = derive_budgets(d, [Budget(lat, p) for lat in lats], fill=fill)
+            results = derive_budgets(d, parse_budgets(latency_ms, d.devices, p), fill=fill)
             for i, r in enumerate(results):
                 con.print(("[green]" if r.ok else "[yellow]") + r.message(), highlight=False)
                 items.append(Derived(f"budget-{i:02d}", to_arch(run, r.closest, "budget", str(run_dir)),
@@ -261,7 +261,8 @@ def derive_cmd(
     except UserError as e:
         _fam_fail(str(e))
     rows = [{"member": it.name, "ops": " ".join(it.arch.choices), "params": it.arch.params,
-             "predicted_ms": it.arch.predicted_ms, **({"note": it.note} if any(i.note for i in items) else {})}
+             "predicted_ms": it.arch.predicted_ms, "predicted_ms_by_device": it.arch.predicted_ms_by_device,
+             **({"note": it.note} if any(i.note for i in items) else {})}
             for it in items]
     typer.echo(format_table(rows))
     con.print(f"wrote {len(items)} architecture(s) and {summary}")
@@ -336,12 +337,14 @@ QUICK_FMNIST_LIMIT = 1200
 
 @app.command("run")
 def run_cmd(
-    device: str = typer.Option("cpu-1t", "--device", "-d", help="Device name from devices.yaml (default cpu-1t: "
-                               "see hwprof doctor for whether all cores time stably here)."),
+    device: list[str] = typer.Option(["cpu-1t"], "--device", "-d", help="Device name from devices.yaml (default "
+                                     "cpu-1t: see hwprof doctor for whether all cores time stably here); repeat it to "
+                                     "search once conditioned on every device (members are timed on the first)."),
     quick: bool = typer.Option(False, "--quick", help="~2 min: small space, fast protocol, short training."),
     out: _Opt[_Path] = typer.Option(None, "--out", "-o", help="Output directory (default runs/DEVICE[-quick])."),
     space: _Opt[str] = typer.Option(None, "--space", help="Space spec (default fbnet-cifar:input_size=16,width=0.5)."),
-    table: _Opt[_Path] = typer.Option(None, "--table", help="Latency table (default tables/DEVICE/SPACE.csv)."),
+    table: list[_Path] = typer.Option([], "--table", help="Latency table (default tables/DEVICE/SPACE.csv); with "
+                                                          "several --device, one per device in the same order."),
     data: _Opt[str] = typer.Option(None, "--data", help="Default: fashion-mnist when installed, else digits."),
     data_limit: _Opt[int] = typer.Option(None, "--data-limit", help="fashion-mnist: a seeded N training images "
                                                                     f"(default {RUN_FMNIST_LIMIT}, quick "
@@ -373,13 +376,15 @@ def run_cmd(
         data, note = default_data(data_dir)
     if data == "fashion-mnist" and data_limit is None:
         data_limit = QUICK_FMNIST_LIMIT if quick else RUN_FMNIST_LIMIT
-    kw = dict(device=device, space=space, table=str(table) if table else None, data=data, family=family,
-              data_limit=data_limit or None, data_dir=data_dir,
-              search_epochs=search_epochs, retrain_epochs=retrain_epochs, seed=seed, calibrate=calibrate)
+    kw = dict(device=device[0], more_devices=tuple(device[1:]), space=space, table=str(table[0]) if table else None,
+              more_tables=tuple(str(t) for t in table[1:]), data=data, family=family, data_limit=data_limit or None,
+              data_dir=data_dir, search_epochs=search_epochs, retrain_epochs=retrain_epochs, seed=seed,
+              calibrate=calibrate)
     cfg = RunConfig.quick_defaults(**kw) if quick else RunConfig(**{k: v for k, v in kw.items() if v is not None})
-    out = out or _Path("runs") / (device + ("-quick" if quick else ""))
+    out = out or _Path("runs") / ("+".join(device) + ("-quick" if quick else ""))
     shown = note + (f", {cfg.data_limit} training images" if cfg.data_limit else "")
-    con.print(f"hwnas run: space {cfg.space}, device {cfg.device}, data {shown}, search {cfg.search_epochs} "
+    devs = "+".join(cfg.devices)
+    con.print(f"hwnas run: space {cfg.space}, device {devs}, data {shown}, search {cfg.search_epochs} "
               f"epochs, family {cfg.family}, retrain {cfg.retrain_epochs} epochs -> {out}", highlight=False)
     try:
         con.print(estimate_line(cfg, out), highlight=False)

@@ -13,9 +13,14 @@ direction S on the simplex of cost terms). Three ways to pick controls:
   produces it (:func:`fill_budget`; ``fill=False`` / ``--no-fill`` turns it off). When no control meets a budget
   the result says so and carries the closest architecture;
 * :func:`derive_family` — N distinct architectures spanning the control range, Pareto-filtered on (predicted
-  latency, params, penalty pressure — the accuracy proxy) and spread evenly over predicted latency.
+  latency on every device of the run, params, penalty pressure — the accuracy proxy) and spread evenly over the
+  first device's predicted latency.
 
-Everything is judged with the run's cost model: its latency table's :class:`profiler.latency.LatencyModel` (the
+Several devices: a run searched with several tables (``latency``, ``latency:1``, ...) names each by its table's
+device (:func:`device_names`). A budget may hold one latency limit per device (:class:`DeviceLimit`,
+``--latency-ms cpu-1t=0.2,tvm-cpu=3``); an architecture meets it only when it meets every limit.
+
+Everything is judged with the run's cost model: each latency table's :class:`profiler.latency.LatencyModel` (the
 table's batch, calibration and statistic) and exact params from the op registry; no network is trained or timed here.
 """
 
@@ -49,6 +54,7 @@ class RunLike(Protocol):
 
     space: Space
     table: LatencyTable | None
+    tables: list[LatencyTable]  # every table of the run (the recorded ones), in cost-term order
     costs: CostModel  # exact params and, per table, the latency model's prediction
     control_kind: str
 
@@ -67,10 +73,25 @@ class Candidate:
     filled: int = 0  # fill_budget: layers of the nearest control's architecture changed to meet the budget
     nearest_control: dict[str, Any] | None = None  # fill_budget: the control whose architecture it started from
     changed: tuple[tuple[int, str, str], ...] = ()  # fill_budget: (layer, op there, op here) per changed layer
+    latencies: tuple[float, ...] = ()  # predicted ms on every table of the run (latencies[0] == latency_ms)
 
     @property
     def key(self) -> tuple[str, ...]:
         return self.choices
+
+    @property
+    def objectives(self) -> tuple[float, ...]:
+        """What the Pareto front minimises: the latency on every device, params, pressure (the accuracy proxy)."""
+        return (*(self.latencies or (self.latency_ms,)), float(self.params), self.pressure)
+
+
+def device_names(tables: Sequence[LatencyTable]) -> list[str]:
+    """A name per table of a run: its device, or its cost term (``latency:N``) when an earlier table has the same
+    device."""
+    names: list[str] = []
+    for n, t in enumerate(tables):
+        names.append(t.device if t.device not in names else f"latency:{n}")
+    return names
 
 
 class Deriver:
@@ -81,8 +102,9 @@ class Deriver:
         self.kind = run.control_kind
         self.range = run.control_range()
         self.costs = run.costs
+        self.devices = device_names(self.costs.tables)  # one per latency model of the cost model, in order
         self.grid, self.bisect_steps, self.simplex_step = grid, bisect_steps, simplex_step
-        self._by_choices: dict[tuple[str, ...], tuple[float, int]] = {}
+        self._by_choices: dict[tuple[str, ...], tuple[float, int, tuple[float, ...]]] = {}
         self.evaluated: list[Candidate] = []
 
     # ----------------------------------------------------------------------------------- control geometry
@@ -130,18 +152,23 @@ class Deriver:
 
     # ------------------------------------------------------------------------------------------ evaluation
     def evaluate(self, control: dict[str, Any]) -> Candidate:
-        choices = tuple(self.run.choices(control))
-        lat, params = self.price(choices)
         mag = self.magnitude_name
-        cand = Candidate(dict(control), float(control.get(mag, 0.0)) if mag else 0.0, choices, lat, params)
+        cand = self.candidate(tuple(self.run.choices(control)), dict(control),
+                              float(control.get(mag, 0.0)) if mag else 0.0)
         self.evaluated.append(cand)
         return cand
 
-    def price(self, choices: tuple[str, ...]) -> tuple[float, int]:
-        """(predicted ms by the run's first table -- NaN without one --, exact params), cached by choices."""
+    def candidate(self, choices: tuple[str, ...], control: dict[str, Any] | None = None,
+                  pressure: float = 0.0) -> Candidate:
+        lat, params, lats = self.price(choices)
+        return Candidate(control or {}, pressure, choices, lat, params, latencies=lats)
+
+    def price(self, choices: tuple[str, ...]) -> tuple[float, int, tuple[float, ...]]:
+        """(predicted ms by the run's first table -- NaN without one --, exact params, predicted ms by every table),
+        cached by choices."""
         if choices not in self._by_choices:
-            lat = self.costs.latency_ms(choices) if self.costs.models else math.nan
-            self._by_choices[choices] = (lat, self.costs.params(choices))
+            lats = tuple(self.costs.latency_ms(choices, n) for n in range(len(self.costs.models)))
+            self._by_choices[choices] = (lats[0] if lats else math.nan, self.costs.params(choices), lats)
         return self._by_choices[choices]
 
     def sweep(self) -> list[Candidate]:
@@ -163,27 +190,42 @@ class Deriver:
 
 
 @dataclass(frozen=True)
+class DeviceLimit:
+    """A latency limit on one device of the run: its table's index (cost term ``latency:N``) and name."""
+
+    table: int
+    device: str
+    ms: float
+
+
+@dataclass(frozen=True)
 class Budget:
-    latency_ms: float | None = None
+    latency_ms: float | None = None  # on the run's first table (a bare ``--latency-ms 3``)
     params: int | None = None
+    devices: tuple[DeviceLimit, ...] = ()  # a limit per named device (``--latency-ms cpu-1t=0.2,tvm-cpu=3``)
+
+    def limits(self, c: Candidate) -> list[tuple[float, float]]:
+        """(the candidate's value, the limit) for every limit of the budget."""
+        out = [] if self.latency_ms is None else [(c.latency_ms, self.latency_ms)]
+        lats = c.latencies or (c.latency_ms,)
+        out += [(lats[d.table] if d.table < len(lats) else math.nan, d.ms) for d in self.devices]
+        return out + ([] if self.params is None else [(float(c.params), float(self.params))])
+
+    @property
+    def has_latency(self) -> bool:
+        return self.latency_ms is not None or bool(self.devices)
 
     def meets(self, c: Candidate) -> bool:
-        return ((self.latency_ms is None or c.latency_ms <= self.latency_ms)
-                and (self.params is None or c.params <= self.params))
+        """Every limit met (on every device the budget names)."""
+        return all(v <= lim for v, lim in self.limits(c))
 
     def excess(self, c: Candidate) -> float:
-        """How far over the budget, as the worst ratio (<= 1 when met)."""
-        r = []
-        if self.latency_ms is not None:
-            r.append(c.latency_ms / self.latency_ms)
-        if self.params is not None:
-            r.append(c.params / self.params)
-        return max(r) if r else 0.0
+        """How far over the budget, as the worst ratio over its limits (<= 1 when met)."""
+        return max((v / lim for v, lim in self.limits(c)), default=0.0)
 
     def label(self) -> str:
-        parts = []
-        if self.latency_ms is not None:
-            parts.append(f"{self.latency_ms:g} ms")
+        parts = [] if self.latency_ms is None else [f"{self.latency_ms:g} ms"]
+        parts += [f"{d.ms:g} ms on {d.device}" for d in self.devices]
         if self.params is not None:
             parts.append(f"{self.params:,} params")
         return " and ".join(parts) or "no budget"
@@ -194,6 +236,7 @@ class BudgetResult:
     budget: Budget
     found: Candidate | None
     closest: Candidate  # the found one, or the evaluated candidate least over the budget
+    devices: Sequence[str] = ()  # the run's device names (:func:`device_names`): the message shows each latency
 
     @property
     def ok(self) -> bool:
@@ -205,11 +248,17 @@ class BudgetResult:
             at = (f"filled: the architecture of {_fmt_control(f.nearest_control)} with {f.filled} layer(s) "
                   f"changed (no control gives it)" if f.nearest_control is not None else
                   f"met at {_fmt_control(f.control)}")
-            return f"budget {self.budget.label()}: {at} ({f.latency_ms:.3f} ms, {f.params:,} params)"
+            return f"budget {self.budget.label()}: {at} ({self._costs(f)})"
         c = self.closest
         return (f"budget {self.budget.label()}: no control of this run meets it; closest is "
-                f"{_fmt_control(c.control)} ({c.latency_ms:.3f} ms, {c.params:,} params, "
-                f"{(self.budget.excess(c) - 1) * 100:.1f} % over)")
+                f"{_fmt_control(c.control)} ({self._costs(c)}, {(self.budget.excess(c) - 1) * 100:.1f} % over)")
+
+    def _costs(self, c: Candidate) -> str:
+        if len(self.devices) > 1 and len(c.latencies) == len(self.devices):
+            lat = ", ".join(f"{ms:.3f} ms on {name}" for name, ms in zip(self.devices, c.latencies))
+        else:
+            lat = f"{c.latency_ms:.3f} ms"
+        return f"{lat}, {c.params:,} params"
 
 
 def _least_meeting_on_ray(d: Deriver, direction: list[float] | None,
@@ -242,8 +291,9 @@ def fill_budget(d: Deriver, meet: Candidate, towards: Sequence[Candidate], budge
     """Use the slack a budget leaves, changing as little as possible. The family is discrete: the least-pressure
     architecture that meets a budget (``meet``) can sit well under it while the less-pressured ones on its ray
     (``towards``, nearest first) are over. Starting from the nearest of those, the fewest layers go back to
-    ``meet``'s op that bring it within the budget -- the layer that saves the most first, so for a latency (or
-    params) budget no smaller set of layers would do; when that uses the budget no better than ``meet``, the next
+    ``meet``'s op that bring it within the budget -- the layer that lowers the budget's worst ratio most first, so for
+    a budget of one limit (latency on one device, or params) no smaller set of layers would do; when that uses the
+    budget no better than ``meet``, the next
     one is tried. No control produces the result: it is marked filled (``nearest_control``, ``changed``, ``filled``
     = how many layers). It is ``meet`` itself when no architecture on the ray gives a closer fill."""
     seen: set[tuple[str, ...]] = {meet.choices}
@@ -279,7 +329,7 @@ def _fill_from(d: Deriver, target: Candidate, meet: Candidate, budget: Budget) -
 
 
 def _priced(d: Deriver, choices: tuple[str, ...]) -> Candidate:
-    return Candidate({}, 0.0, choices, *d.price(choices))
+    return d.candidate(choices)
 
 
 def derive_budgets(d: Deriver, budgets: Sequence[Budget], fill: bool = True) -> list[BudgetResult]:
@@ -287,7 +337,7 @@ def derive_budgets(d: Deriver, budgets: Sequence[Budget], fill: bool = True) -> 
     less-pressured architectures on the same ray while the budget holds (:func:`fill_budget`)."""
     out = []
     for budget in budgets:
-        if budget.latency_ms is not None and d.run.table is None:
+        if budget.has_latency and d.run.table is None:
             raise DeriveError("a latency budget needs a run with a latency table")
         meeting: list[tuple[Candidate, list[Candidate]]] = []
         if d.magnitude_name is None:
@@ -301,10 +351,10 @@ def derive_budgets(d: Deriver, budgets: Sequence[Budget], fill: bool = True) -> 
             best, below = min(meeting, key=lambda m: (m[0].pressure, -m[0].latency_ms, -m[0].params))
             if fill:
                 best = fill_budget(d, best, below, budget)
-            out.append(BudgetResult(budget, best, best))
+            out.append(BudgetResult(budget, best, best, d.devices))
         else:
             closest = min(d.evaluated, key=lambda c: (budget.excess(c), c.pressure))
-            out.append(BudgetResult(budget, None, closest))
+            out.append(BudgetResult(budget, None, closest, d.devices))
     return out
 
 
@@ -312,27 +362,27 @@ def derive_budgets(d: Deriver, budgets: Sequence[Budget], fill: bool = True) -> 
 
 
 def pareto(cands: Iterable[Candidate]) -> list[Candidate]:
-    """Architectures not dominated on (predicted latency, params, pressure), one per architecture (its least-pressure
-    control), sorted by latency. Pressure stands in for accuracy (a lower penalty magnitude leans to accuracy): a
-    member is dropped when another is no slower, no bigger and was derived at no higher pressure. (Latency and
-    params alone are both costs and correlate, so their front would hold only the fastest few architectures.)"""
+    """Architectures not dominated on (predicted latency on every device of the run, params, pressure), one per
+    architecture (its least-pressure control), sorted by the first device's latency. Pressure stands in for accuracy
+    (a lower penalty magnitude leans to accuracy): a member is dropped when another is no slower on any device, no
+    bigger and was derived at no higher pressure (:attr:`Candidate.objectives`). (Latency and params alone are both
+    costs and correlate, so their front would hold only the fastest few architectures.)"""
     uniq: dict[tuple[str, ...], Candidate] = {}
     for c in cands:
         if c.choices not in uniq or c.pressure < uniq[c.choices].pressure:
             uniq[c.choices] = c
     items = list(uniq.values())
 
-    def dominates(o: Candidate, c: Candidate) -> bool:
-        le = o.latency_ms <= c.latency_ms and o.params <= c.params and o.pressure <= c.pressure
-        lt = o.latency_ms < c.latency_ms or o.params < c.params or o.pressure < c.pressure
-        return le and lt
+    def dominates(o: tuple[float, ...], c: tuple[float, ...]) -> bool:
+        return all(a <= b for a, b in zip(o, c)) and any(a < b for a, b in zip(o, c))
 
-    front = [c for c in items if not any(dominates(o, c) for o in items if o is not c)]
+    objs = {id(c): c.objectives for c in items}
+    front = [c for c in items if not any(dominates(objs[id(o)], objs[id(c)]) for o in items if o is not c)]
     return sorted(front, key=lambda c: (c.latency_ms, c.params))
 
 
 def nondominated_ranks(cands: Sequence[Candidate]) -> list[list[Candidate]]:
-    """Successive Pareto fronts on (latency, params): rank 0 is the front, rank 1 the front of the rest, ..."""
+    """Successive Pareto fronts (:func:`pareto`): rank 0 is the front, rank 1 the front of the rest, ..."""
     rest = list(cands)
     ranks = []
     while rest:
@@ -361,7 +411,8 @@ def derive_family(d: Deriver, n: int) -> tuple[list[Candidate], dict[str, Any]]:
     """``n`` distinct architectures spanning the run's control range, fastest first.
 
     Every grid control is derived; duplicates keep their least-pressure control. Members come from the Pareto front
-    on (predicted latency, params, pressure) (see :func:`pareto`), spread evenly over its latency range; when the
+    on (predicted latency on every device, params, pressure) (see :func:`pareto`), spread evenly over the first
+    device's latency range; when the
     front holds fewer than ``n`` architectures, the next non-dominated ranks fill in (so the family still spans the
     range), and the stats say how many members are on the front itself.
     """
@@ -494,14 +545,59 @@ def parse_count(text: str, what: str = "--params") -> int:
     return int(v)
 
 
-def parse_floats(text: str, what: str = "--latency-ms") -> list[float]:
+def parse_floats(text: str, what: str = "--latency-ms", sep: str = ",") -> list[float]:
     try:
-        vals = [float(x) for x in text.split(",") if x.strip()]
+        vals = [float(x) for x in text.split(sep) if x.strip()]
     except ValueError:
-        raise DeriveError(f"{what} {text!r} is not a comma-separated list of numbers (e.g. 3,5,8)") from None
+        raise DeriveError(f"{what} {text!r} is not a {'comma' if sep == ',' else repr(sep)}-separated list of "
+                          f"numbers (e.g. {sep.join(('3', '5', '8'))})") from None
     if not vals or any(v <= 0 or not math.isfinite(v) for v in vals):
         raise DeriveError(f"{what} {text!r}: every value must be a positive number")
     return vals
+
+
+def parse_budgets(text: str | None, devices: Sequence[str], params: int | None = None) -> list[Budget]:
+    """``--latency-ms`` (with ``--params``) as budgets. ``3,5`` is one budget per value on the run's only table;
+    ``cpu-1t=0.2,tvm-cpu=3`` is one budget with a limit per named device (``DEV=0.2:0.3`` gives one budget per
+    ':'-separated value, paired in order across devices; a single value applies to each). A device the text does
+    not name is unconstrained. A device is named as :func:`device_names` does (or by its term, ``latency:N``)."""
+    if text is None:
+        return [Budget(None, params)]
+    items = [p.strip() for p in text.split(",") if p.strip()]
+    named = [("=" in p) for p in items]
+    if not any(named):
+        if len(devices) > 1:
+            raise DeriveError(f"--latency-ms {text!r}: this run has {len(devices)} devices ({', '.join(devices)}); "
+                              f"name the device of each limit, e.g. --latency-ms "
+                              + ",".join(f"{d}={v}" for d, v in zip(devices, ("3", "5", "8", "13"))))
+        return [Budget(v, params) for v in parse_floats(text)]
+    if not all(named):
+        raise DeriveError(f"--latency-ms {text!r}: give either plain numbers (3,5) or DEVICE=MS for every item "
+                          f"(e.g. {devices[0] if devices else 'cpu-1t'}=3), not both")
+    limits: dict[int, list[float]] = {}
+    for item in items:
+        name, _, value = (x.strip() for x in item.partition("="))
+        n = _device_index(name, devices, text)
+        if n in limits:
+            raise DeriveError(f"--latency-ms {text!r}: device {devices[n]!r} is given twice; give each device once")
+        limits[n] = parse_floats(value, f"--latency-ms {name}=", sep=":")
+    count = max(len(v) for v in limits.values())
+    if any(len(v) not in (1, count) for v in limits.values()):
+        raise DeriveError(f"--latency-ms {text!r}: each device needs 1 or {count} ':'-separated values (one per "
+                          f"budget)")
+    return [Budget(None, params, tuple(DeviceLimit(n, devices[n], v[i if len(v) > 1 else 0])
+                                       for n, v in limits.items())) for i in range(count)]
+
+
+def _device_index(name: str, devices: Sequence[str], text: str) -> int:
+    """The table index of a device name (or cost term ``latency`` / ``latency:N``) of the run."""
+    if name in devices:
+        return list(devices).index(name)
+    term, _, num = name.partition(":")
+    if term == "latency" and (not num or num.isdigit()) and int(num or 0) < len(devices):
+        return int(num or 0)
+    raise DeriveError(f"--latency-ms {text!r}: {name!r} is not a device of this run; its devices are "
+                      f"{', '.join(devices) or 'none (the run has no latency table)'}")
 
 
 @dataclass
@@ -525,17 +621,23 @@ def family_items(run: RunLike, cands: Sequence[Candidate], stats: dict[str, Any]
 
 
 SUMMARY_COLUMNS = ["name", "file", "digest", "control", "predicted_ms", "params", "flops", "budget_ms",
-                   "budget_params", "meets", "note", "ops"]
+                   "budget_params", "meets", "note", "ops", "predicted_ms_by_device", "budget_ms_by_device"]
 
 
 def to_arch(run: RunLike, cand: Candidate, how: str, run_dir: str | None = None) -> Arch:
+    """The architecture of a candidate, its prediction on every device of the run recorded
+    (``predicted_ms_by_device``, as :func:`device_names` names them)."""
     meta = {"derived": how, **({"run": str(run_dir)} if run_dir else {})}
+    control = cand.control
     if cand.nearest_control is not None:  # fill_budget's answer: no control produces it, the trained family did not
         names = [layer.name for layer in run.space.layers]
         meta.update(kind="filled", nearest_control=dict(cand.nearest_control), filled_layers=cand.filled,
                     layers_changed=[{"layer": names[i], "index": i, "from": a, "to": b} for i, a, b in cand.changed])
-        return make_arch(run.space, list(cand.choices), run.table, None, meta)
-    return make_arch(run.space, list(cand.choices), run.table, cand.control, meta)
+        control = None
+    arch = make_arch(run.space, list(cand.choices), run.table, control, meta)
+    models = run.costs.models
+    by_device = {name: m.exact(cand.choices) for name, m in zip(device_names(run.costs.tables), models)}
+    return dataclasses.replace(arch, predicted_ms_by_device=by_device)
 
 
 def write_derived(items: Sequence[Derived], out_dir: Path) -> Path:
@@ -556,7 +658,9 @@ def write_derived(items: Sequence[Derived], out_dir: Path) -> Path:
                     "" if a.predicted_ms is None else f"{a.predicted_ms:.6g}", a.params, a.flops,
                     "" if not it.budget or it.budget.latency_ms is None else f"{it.budget.latency_ms:g}",
                     "" if not it.budget or it.budget.params is None else it.budget.params,
-                    "" if it.meets is None else ("yes" if it.meets else "no"), it.note, " ".join(a.choices)])
+                    "" if it.meets is None else ("yes" if it.meets else "no"), it.note, " ".join(a.choices),
+                    " ".join(f"{k}={v:.6g}" for k, v in a.predicted_ms_by_device.items()),
+                    "" if not it.budget else " ".join(f"{b.device}={b.ms:g}" for b in it.budget.devices)])
     path = out_dir / "summary.csv"
     atomic_write_text(path, buf.getvalue())
     return path

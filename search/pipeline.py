@@ -12,6 +12,10 @@ directory::
 
 Every finished member's ``result.json`` is written as soon as it is done, and a rerun with the same ``--out`` skips
 finished stages and members, so Ctrl-C loses at most the member in flight.
+
+Several devices (``--device A --device B``): each device's table is measured and calibrated, the one search holds
+every table in its penalty (``latency``, ``latency:1``, ...), the family's front is over every device's latency,
+and members are timed on the first device (each device's prediction is in the rows).
 """
 
 from __future__ import annotations
@@ -63,6 +67,23 @@ class RunConfig:
     calibrate: bool = True  # fit the table's calibration on random whole networks (hwprof verify) when it has none
     verify_n: int = 5  # held-out random networks that check the calibration
     calib_n: int = 16  # random networks the calibration is fitted on
+    more_devices: tuple[str, ...] = ()  # hwnas run --device A --device B: B... condition the one search too
+    more_tables: tuple[str, ...] = ()  # their tables, in order (missing: the default path, as for the first)
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        """Every device of the run; the first is the one members are timed on."""
+        return (self.device, *self.more_devices)
+
+    def table_path(self, n: int, out: Path) -> Path:
+        """Device ``n``'s table: ``--table`` (its n-th), else tables/DEVICE/SPACE.csv (--quick: OUT/table.csv for
+        the first device, OUT/table-DEVICE.csv for the others)."""
+        given = (self.table, *self.more_tables)
+        if n < len(given) and given[n]:
+            return Path(given[n])
+        if self.quick:
+            return out / ("table.csv" if n == 0 else f"table-{self.devices[n]}.csv")
+        return default_table_path(self.devices[n], get_space(self.space).spec)
 
     @classmethod
     def quick_defaults(cls, **kw: Any) -> "RunConfig":
@@ -73,6 +94,9 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        for k in ("more_devices", "more_tables"):  # a one-device run.json reads as before
+            if not d[k]:
+                del d[k]
         return json.loads(json.dumps(d, default=str))
 
 
@@ -108,12 +132,12 @@ class RunResult:
 
 
 def ensure_table(cfg: RunConfig, device: Device, space: Space, out: Path, on_event: OnEvent,
-                 notes: list[str]) -> Path:
+                 notes: list[str], path: Path | None = None) -> Path:
+    """``path`` (default: the first device's, :meth:`RunConfig.table_path`) when it holds every key, else measured."""
     from profiler.measure import measure_space
     from profiler.runners import make_runner
 
-    path = Path(cfg.table) if cfg.table else (out / "table.csv" if cfg.quick else
-                                              default_table_path(device.name, space.spec))
+    path = path or cfg.table_path(0, out)
     if path.is_file():
         table = load_table(path, device=device.name, space=space.spec)
         missing = table.missing(space.candidate_keys(table.batch))
@@ -223,8 +247,9 @@ def _fmt_protocol(p: Protocol) -> str:
     return ", ".join(f"{k}={v}" for k, v in p.to_dict().items())
 
 
-def _stage_search(cfg: RunConfig, space: Space, table: Path, run_dir: Path, on_event: OnEvent,
+def _stage_search(cfg: RunConfig, space: Space, tables: list[Path], run_dir: Path, on_event: OnEvent,
                   notes: list[str]) -> None:
+    """The ``hwnas`` preset's search; with several devices its penalty holds every table (``latency:N``)."""
     from .config import preset
     from .train import search
 
@@ -233,9 +258,13 @@ def _stage_search(cfg: RunConfig, space: Space, table: Path, run_dir: Path, on_e
         on_event(Event("search", 1, 1, "reused"))
         return
     resume = (run_dir / "config.json").is_file()
-    scfg = preset("hwnas", space=space.spec, tables=(str(table),), data=cfg.data, epochs=cfg.search_epochs,
-                  data_dir=cfg.data_dir, data_limit=cfg.data_limit, seed=cfg.seed, batch_size=cfg.batch_size,
-                  train_limit=cfg.train_limit)
+    scfg = preset("hwnas", space=space.spec, tables=tuple(str(t) for t in tables), data=cfg.data,
+                  epochs=cfg.search_epochs, data_dir=cfg.data_dir, data_limit=cfg.data_limit, seed=cfg.seed,
+                  batch_size=cfg.batch_size, train_limit=cfg.train_limit)
+    if len(tables) > 1:
+        scfg.control.cost_terms = (*scfg.control.cost_terms, *(f"latency:{n}" for n in range(1, len(tables))))
+        notes.append(f"search: conditioned on {len(tables)} devices ({', '.join(cfg.devices)}): cost terms "
+                     f"{', '.join(scfg.control.cost_terms)}")
 
     def prog(e: dict[str, Any]) -> None:
         if e.get("event") == "step":
@@ -359,15 +388,12 @@ def estimate_run(cfg: RunConfig, out: Path) -> tuple[float | None, dict[str, flo
     if cfg.quick:
         scale *= 0.5  # the fast protocol and a smaller space
     parts: dict[str, float] = {}
-    table = Path(cfg.table) if cfg.table else (out / "table.csv" if cfg.quick else
-                                               default_table_path(cfg.device, sp.spec))
-    calibrated = False
-    if not table.is_file():
-        parts["table"] = RATES["table_key_s"] * len(set(sp.candidate_keys()))
-    else:
-        calibrated = table.with_suffix(".calib.json").is_file()
-    if cfg.calibrate and not calibrated:
-        parts["calibrate"] = RATES["network_s"] * (cfg.verify_n + cfg.calib_n)
+    for n in range(len(cfg.devices)):
+        table = cfg.table_path(n, out)
+        if not table.is_file():
+            parts["table"] = parts.get("table", 0.0) + RATES["table_key_s"] * len(set(sp.candidate_keys()))
+        if cfg.calibrate and not table.with_suffix(".calib.json").is_file():
+            parts["calibrate"] = parts.get("calibrate", 0.0) + RATES["network_s"] * (cfg.verify_n + cfg.calib_n)
     n = train_samples(cfg.data, cfg.data_limit)
     if n is None:
         return None, parts
@@ -415,18 +441,8 @@ def _run_pipeline(cfg: RunConfig, out: Path, on_event: OnEvent) -> RunResult:
     notes: list[str] = []
     t0 = time.perf_counter()
     stage_s: dict[str, float] = {}
-    try:
-        device = get_device(cfg.device, cfg.devices_path)
-        space = get_space(cfg.space)
-    except ValueError as e:
-        raise PipelineError(str(e)) from None
-    if device.rpc is not None:  # an unreachable board stops here in one line, before any stage starts
-        from profiler.rpc import RpcError, preflight
-
-        try:
-            preflight(device.rpc.tracker, device.rpc.key, device.rpc.request_timeout_s, device.threads)
-        except RpcError as e:
-            raise PipelineError(f"device {device.name!r}: {e}") from None
+    devices, space = _open_devices(cfg)
+    device = devices[0]
     prev = out / "run.json"
     if prev.is_file():
         old = read_json_or_none(prev)
@@ -436,20 +452,15 @@ def _run_pipeline(cfg: RunConfig, out: Path, on_event: OnEvent) -> RunResult:
                                 f"same options to continue, or choose another --out")
     atomic_write_text(prev, json.dumps(cfg.to_dict(), indent=2) + "\n")
 
-    t = time.perf_counter()
-    table_path = ensure_table(cfg, device, space, out, on_event, notes)
-    stage_s["table"] = time.perf_counter() - t
-    if cfg.calibrate:
-        t = time.perf_counter()
-        ensure_calibration(cfg, device, space, table_path, out, on_event, notes)
-        stage_s["calibrate"] = time.perf_counter() - t
+    table_paths = _stage_tables(cfg, devices, space, out, on_event, notes, stage_s)
+    table_path = table_paths[0]
     table = load_table(table_path)
     protocol = cfg.measure_protocol or Protocol.from_dict(table.meta.get("protocol", {}), f"{table_path} protocol")
     if cfg.quick and cfg.measure_protocol is None:
         notes.append("--quick: whole models measured with the table's fast protocol")
 
     t = time.perf_counter()
-    _stage_search(cfg, space, table_path, out / "search", on_event, notes)
+    _stage_search(cfg, space, table_paths, out / "search", on_event, notes)
     stage_s["search"] = time.perf_counter() - t
     t = time.perf_counter()
     paths = _stage_derive(cfg, out / "search", out / "family", on_event, notes)
@@ -473,7 +484,8 @@ def _run_pipeline(cfg: RunConfig, out: Path, on_event: OnEvent) -> RunResult:
                                                          f"val {rec['val_acc'] * 100:.1f} %"))
 
             raw = table.model(space, None).exact(arch.choices)
-            extra = {"predicted_raw_ms": raw, "calibrated": bool(table.calibration), "note": fam_notes.get(name, "")}
+            extra = {"predicted_raw_ms": raw, "calibrated": bool(table.calibration), "note": fam_notes.get(name, ""),
+                     **({"predicted_ms_by_device": arch.predicted_ms_by_device} if len(devices) > 1 else {})}
             rows.append(run_member(arch, name, out / "members" / name, device, protocol, tcfg, splits, on_epoch,
                                    extra))
             write_family(out, rows)
@@ -484,11 +496,51 @@ def _run_pipeline(cfg: RunConfig, out: Path, on_event: OnEvent) -> RunResult:
                      f"command to continue")
     stage_s["members"] = time.perf_counter() - t
     write_family(out, rows)
-    title = f"{space.spec} on {device.name} ({cfg.data})"
+    title = f"{space.spec} on {'+'.join(cfg.devices)} ({cfg.data})"
     pareto, curves = make_plots(out, rows, title)
     res = RunResult(out, rows, table_path, notes, pareto, curves, interrupted, time.perf_counter() - t0, stage_s)
     atomic_write_text(out / "summary.txt", "\n".join(notes) + "\n\n" + format_table(rows) + "\n")
     return res
+
+
+def _open_devices(cfg: RunConfig) -> tuple[list[Device], Space]:
+    """Every device of the run (an unreachable board stops here in one line, before any stage starts) and the
+    space."""
+    if len(set(cfg.devices)) < len(cfg.devices):
+        raise PipelineError(f"--device {' --device '.join(cfg.devices)}: a device is given twice; give each once")
+    if len(cfg.more_tables) > len(cfg.more_devices):
+        raise PipelineError(f"{1 + len(cfg.more_tables)} --table for {len(cfg.devices)} --device: give at most one "
+                            f"table per device, in the same order")
+    try:
+        devices = [get_device(name, cfg.devices_path) for name in cfg.devices]
+        space = get_space(cfg.space)
+    except ValueError as e:
+        raise PipelineError(str(e)) from None
+    for device in devices:
+        if device.rpc is not None:
+            from profiler.rpc import RpcError, preflight
+
+            try:
+                preflight(device.rpc.tracker, device.rpc.key, device.rpc.request_timeout_s, device.threads)
+            except RpcError as e:
+                raise PipelineError(f"device {device.name!r}: {e}") from None
+    return devices, space
+
+
+def _stage_tables(cfg: RunConfig, devices: list[Device], space: Space, out: Path, on_event: OnEvent,
+                  notes: list[str], stage_s: dict[str, float]) -> list[Path]:
+    """Each device's table, measured if missing, and (``cfg.calibrate``) its calibration; the first device's
+    verification goes to OUT/verify, another's to OUT/DEVICE/verify."""
+    paths = []
+    for n, device in enumerate(devices):
+        t = time.perf_counter()
+        paths.append(ensure_table(cfg, device, space, out, on_event, notes, cfg.table_path(n, out)))
+        stage_s["table"] = stage_s.get("table", 0.0) + time.perf_counter() - t
+        if cfg.calibrate:
+            t = time.perf_counter()
+            ensure_calibration(cfg, device, space, paths[-1], out if n == 0 else out / device.name, on_event, notes)
+            stage_s["calibrate"] = stage_s.get("calibrate", 0.0) + time.perf_counter() - t
+    return paths
 
 
 def report_run(out: Path) -> tuple[list[dict[str, Any]], Path | None, Path | None]:

@@ -100,14 +100,20 @@ def check_table(run_dir: Path, use: TableUse, accept_changed: bool = False) -> s
     return change + f"; {ACCEPT_FLAG}: using it as it is now"
 
 
-def check_tables(run_dir: Path, uses: Sequence[TableUse] | None, n_tables: int,
+def check_tables(run_dir: Path, uses: Sequence[TableUse] | None, tables: Sequence[str],
                  accept_changed: bool = False) -> list[str]:
-    """Check every recorded table before the run is rebuilt; the notes of accepted changes."""
+    """Check every recorded table before the run is rebuilt: the config's ``tables`` are exactly the recorded ones,
+    in order (so a run of several devices derives from the tables it searched with); the notes of accepted
+    changes."""
     if uses is None:
         return []
-    if len(uses) != n_tables:
+    if len(uses) != len(tables):
         raise ProvenanceError(f"{run_dir}: {PROVENANCE} records {len(uses)} table(s), config.json has "
-                              f"{n_tables}; re-run the search")
+                              f"{len(tables)}; re-run the search")
+    for n, (use, path) in enumerate(zip(uses, tables)):
+        if Path(use.path) != Path(path):
+            raise ProvenanceError(f"{run_dir}: config.json's table {n} is {path}, {PROVENANCE} records {use.path}; "
+                                  f"re-run the search")
     return [n for n in (check_table(run_dir, u, accept_changed) for u in uses) if n is not None]
 
 
@@ -133,5 +139,5 @@ def record_provenance(run_dir: Path, tables: Sequence[LatencyTable], resume: boo
     uses = read_provenance(run_dir) if resume else None
     if uses is None:
         return write_provenance(run_dir, tables)
-    check_tables(run_dir, uses, len(tables))
+    check_tables(run_dir, uses, [str(t.path) for t in tables])
     return Path(run_dir) / PROVENANCE

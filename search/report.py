@@ -50,18 +50,25 @@ def hypervolume(points: Sequence[tuple[float, float]], ref_latency_ms: float, re
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The family as a plain-text table (for logs and the README)."""
-    head = ["member", "architecture", "params", "pred ms", "meas ms", "err %", "test acc"]
+    """The family as a plain-text table (for logs and the README). Rows whose ``predicted_ms_by_device`` names
+    several devices get a ``pred ms DEVICE`` column per device after ``pred ms`` (the first device's)."""
+    devices = list(dict.fromkeys(k for r in rows for k in (r.get("predicted_ms_by_device") or {})))
+    devices = devices if len(devices) > 1 else []
+    head = ["member", "architecture", "params", "pred ms", *(f"pred ms {d}" for d in devices), "meas ms", "err %",
+            "test acc"]
     noted = any(r.get("note") for r in rows)
     head += ["note"] if noted else []
     lines = []
     for r in rows:
+        by = r.get("predicted_ms_by_device") or {}
         lines.append([r["member"], _short_ops(r.get("ops", "")), f"{int(r['params']):,}",
-                      _num(r.get("predicted_ms"), 3), _num(r.get("measured_ms"), 3), _num(r.get("error_pct"), 1),
+                      _num(r.get("predicted_ms"), 3), *(_num(by.get(d), 3) for d in devices),
+                      _num(r.get("measured_ms"), 3), _num(r.get("error_pct"), 1),
                       _num(None if r.get("test_acc") is None else r["test_acc"] * 100, 1, "%")]
                      + ([r.get("note") or ""] if noted else []))
     widths = [max(len(h), *(len(x[i]) for x in lines)) if lines else len(h) for i, h in enumerate(head)]
-    fmt = "  ".join(f"{{:<{w}}}" if i in (0, 1, 7) else f"{{:>{w}}}" for i, w in enumerate(widths))
+    left = (0, 1, len(head) - 1) if noted else (0, 1)
+    fmt = "  ".join(f"{{:<{w}}}" if i in left else f"{{:>{w}}}" for i, w in enumerate(widths))
     return "\n".join([fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [fmt.format(*x) for x in lines])
 
 

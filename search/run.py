@@ -120,7 +120,7 @@ def load_run(run_dir: str | Path, accept_changed_tables: bool = False) -> Run:
     cfg_path = path / "config.json"
     cfg = config_from_dict(loads_json(read_text(cfg_path, "run config"), str(cfg_path)), str(cfg_path))
     uses = read_provenance(path)
-    notes = check_tables(path, uses, len(cfg.tables), accept_changed_tables)
+    notes = check_tables(path, uses, cfg.tables, accept_changed_tables)
     missing = [t for t in cfg.tables if not Path(t).is_file()]
     if missing:
         raise SearchError(f"{path}: latency table {missing[0]} of this run is gone; restore it or measure it again")

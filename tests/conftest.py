@@ -13,15 +13,15 @@ import pytest
 SMALL_SPACES = ("fbnet-cifar:input_size=16,width=0.25", "darts-3ops:C=8,cells=5")
 
 
-def measure_small_table(spec: str, out: Path) -> Path:
-    """Measure ``spec`` on device ``cpu`` with a fast protocol (for tests, not for real figures)."""
+def measure_small_table(spec: str, out: Path, device: str = "cpu") -> Path:
+    """Measure ``spec`` on ``device`` (of devices.yaml) with a fast protocol (for tests, not for real figures)."""
     from profiler.devices import get_device
     from profiler.measure import measure_space
     from profiler.protocol import Protocol
     from profiler.runners import make_runner
     from profiler.spaces import get_space
 
-    dev = get_device("cpu")
+    dev = get_device(device)
     dev = dataclasses.replace(dev, protocol=Protocol(warmup_s=0.02, min_samples=3, min_seconds=0.02, retries=0))
     runner = make_runner(dev)
     try:
@@ -62,3 +62,42 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def two_device_tables(small_tables, tmp_path_factory) -> dict[str, Path]:
+    """device -> a table of SMALL_SPACES[0] measured on it (fast protocol): ``cpu-1t`` (one onnxruntime thread) and
+    ``cpu`` (all cores; a private copy of ``small_tables``' table). Two real devices of devices.yaml."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("two-devices")
+    spec = SMALL_SPACES[0]
+    cpu = root / "cpu.csv"
+    shutil.copy(small_tables[spec], cpu)
+    shutil.copy(small_tables[spec].with_suffix(".meta.json"), cpu.with_suffix(".meta.json"))
+    return {"cpu-1t": measure_small_table(spec, root / "cpu-1t.csv", "cpu-1t"), "cpu": cpu}
+
+
+@pytest.fixture(scope="session")
+def tiny_search():
+    """A function ``(tables, out, cost_terms=None) -> out``: a short real hwnas-preset search (2 epochs on 384
+    digits, one torch thread) of SMALL_SPACES[0] with ``tables`` (and the preset's cost terms unless given)."""
+    import torch
+
+    def run(tables, out: Path, cost_terms=None) -> Path:
+        from search.config import preset
+        from search.train import search
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            cfg = preset("hwnas", space=SMALL_SPACES[0], tables=tuple(str(t) for t in tables), epochs=2,
+                         train_limit=384, eval_limit=128)
+            if cost_terms is not None:
+                cfg.control.cost_terms = tuple(cost_terms)
+            search(cfg, out)
+        finally:
+            torch.set_num_threads(threads)
+        return out
+
+    return run

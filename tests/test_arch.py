@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 
@@ -61,6 +62,8 @@ def test_prediction_from_table(small_tables):
     assert arch.predicted_ms == pytest.approx(table.predict_ms(space.arch_keys(ch)))
     assert arch.table.device == "cpu" and arch.table.space == spec and len(arch.table.fingerprint_hash) == 16
     assert Arch.from_json(arch.to_json()) == arch
+    several = dataclasses.replace(arch, predicted_ms_by_device={"cpu": 0.5, "cpu-1t": 0.7})  # hwnas derive, 2 tables
+    assert Arch.from_json(several.to_json()) == several
 
 
 def test_table_of_other_space_refused(small_tables):
@@ -77,6 +80,7 @@ def test_table_of_other_space_refused(small_tables):
     (lambda d: d["space"].update(name="nope"), "unknown space"),
     (lambda d: d.update(params="many"), "'params'"),
     (lambda d: d.update(predicted_ms=-1.0), "predicted_ms"),
+    (lambda d: d.update(predicted_ms_by_device={"cpu": -1.0}), "predicted_ms_by_device"),
     (lambda d: d["layers"][0].update(keys=["v1|x"]), r"layers\[0\]\.keys do not match"),
     (lambda d: d.pop("flops"), "'flops' is missing"),
 ])

@@ -22,23 +22,13 @@ SPEC = "fbnet-cifar:input_size=16,width=0.25"
 
 
 @pytest.fixture(scope="module")
-def tiny_run(small_tables, tmp_path_factory):
+def tiny_run(small_tables, tiny_search, tmp_path_factory):
     """A short real hwnas-preset (tradeoff control) search on digits with the small measured table."""
-    from search.config import preset
-    from search.train import search
-
     root = tmp_path_factory.mktemp("family")
     table = root / "table.csv"  # a private copy: nothing here may touch the session's shared table
     shutil.copy(small_tables[SPEC], table)
     shutil.copy(small_tables[SPEC].with_suffix(".meta.json"), table.with_suffix(".meta.json"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        cfg = preset("hwnas", space=SPEC, tables=(str(table),), epochs=2, train_limit=384, eval_limit=128)
-        search(cfg, root / "run")
-    finally:
-        torch.set_num_threads(threads)
-    return root / "run"
+    return tiny_search([table], root / "run")
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +46,7 @@ def test_derive_at_control_is_deterministic(run):
     assert a.choices == b.choices and a.latency_ms == b.latency_ms
     arch = to_arch(run, a, "control")
     assert arch.predicted_ms == pytest.approx(run.table.predict_ms(run.space.arch_keys(list(a.choices))))
+    assert arch.predicted_ms_by_device == {run.table.device: arch.predicted_ms}  # one table: its device's prediction
     assert arch.control == {"kappa": 0.5, "S": [0.5, 0.5]}
 
 

@@ -25,6 +25,7 @@ turns a plain dict (``{"kappa": 5.0, "S": [0.5, 0.5]}``) into one, checking it.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -48,6 +49,48 @@ def _pwl(anchors: torch.Tensor, gaps: torch.Tensor, t: torch.Tensor) -> torch.Te
     j = int(torch.searchsorted(pos.detach(), t.detach().reshape(1), right=True).clamp(1, len(pos) - 1)) - 1
     w = (t - pos[j]) / (pos[j + 1] - pos[j]).clamp_min(1e-6)
     return (1 - w) * anchors[j] + w * anchors[j + 1]
+
+
+
+@dataclass(frozen=True)
+class ControlSpace:
+    """What a run's control is: the contract between the control module (which trains over it) and derivation and
+    the metrics grid (which sweep it). Nothing else learns the control's structure by probing a dict.
+
+    ``magnitude``: the penalty magnitude trained over ``bounds`` ("kappa" or "lambda"; None when fixed or absent);
+    ``s_dim``: dimensions of the direction S (0: no S), which lies on the simplex of ``s_over`` ("cost_terms" for
+    tradeoff, "ops" for simplex-ops and seed); ``details``: fixed settings, shown in messages only.
+    """
+
+    kind: str
+    cost_terms: tuple[str, ...] = ()
+    magnitude: str | None = None
+    bounds: tuple[float, float] | None = None
+    s_dim: int = 0
+    s_over: str | None = None
+    details: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        if (self.magnitude is None) != (self.bounds is None):
+            raise ValueError(f"control space {self.kind}: magnitude and bounds go together")
+        if (self.s_dim > 0) != (self.s_over is not None):
+            raise ValueError(f"control space {self.kind}: s_dim and s_over go together")
+
+    @property
+    def names(self) -> list[str]:
+        """The control's value names a user gives (``--control kappa=..,S=..``)."""
+        return ([self.magnitude] if self.magnitude else []) + (["S"] if self.s_dim else [])
+
+    def as_dict(self) -> dict[str, Any]:
+        """The plain form shown to users (and the ``control_range`` of earlier versions)."""
+        out: dict[str, Any] = {}
+        if self.magnitude:
+            out[self.magnitude] = list(self.bounds or ())
+        if self.s_dim:
+            out["S_dim"] = self.s_dim
+        out.update(dict(self.details))
+        out["cost_terms"] = list(self.cost_terms)
+        return out
 
 
 class Control(nn.Module):
@@ -76,8 +119,11 @@ class Control(nn.Module):
         """Penalty weight per cost term (already divided by the reference scale)."""
         return torch.zeros(len(self.cost_terms), device=self.refs.device)
 
+    def space(self) -> ControlSpace:
+        return ControlSpace(self.kind, tuple(self.cost_terms))
+
     def control_range(self) -> dict[str, Any]:
-        return {"cost_terms": list(self.cost_terms)}
+        return self.space().as_dict()
 
     def plain(self, c: Value) -> dict[str, Any]:
         return {k: (float(v) if v.numel() == 1 else [float(x) for x in v.reshape(-1)]) for k, v in c.items()}
@@ -176,8 +222,8 @@ class LambdaControl(Control):
     def coefficients(self, c: Value) -> torch.Tensor:
         return c["lambda"].to(self.refs.device).expand(len(self.cost_terms))
 
-    def control_range(self) -> dict[str, Any]:
-        return {"lambda": [self.range.lo, self.range.hi], "cost_terms": list(self.cost_terms)}
+    def space(self) -> ControlSpace:
+        return ControlSpace(self.kind, tuple(self.cost_terms), "lambda", (self.range.lo, self.range.hi))
 
 
 class _AnchorMixture(Control):
@@ -220,8 +266,9 @@ class SimplexOpsControl(_AnchorMixture):
     def penalty(self, c: Value, probs: torch.Tensor, expected: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.kappa * (probs * c["S"].to(probs.device)).sum()  # S acts as a per-op cost
 
-    def control_range(self) -> dict[str, Any]:
-        return {"S_dim": len(self.ops), "ops": list(self.ops), "kappa": self.kappa, "cost_terms": []}
+    def space(self) -> ControlSpace:
+        return ControlSpace(self.kind, (), s_dim=len(self.ops), s_over="ops",
+                            details=(("ops", list(self.ops)), ("kappa", self.kappa)))
 
 
 class SeedControl(_AnchorMixture):
@@ -278,9 +325,10 @@ class SeedControl(_AnchorMixture):
     def penalty(self, c: Value, probs: torch.Tensor, expected: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.lam * self.regulariser(c, probs, expected) + self.kappa * expected["latency"]
 
-    def control_range(self) -> dict[str, Any]:
-        return {"S_dim": len(self.ops), "ops": list(self.ops), "kappa_per_ms": self.kappa, "lambda_reg": self.lam,
-                "reg": self.reg, "hypernet": self.hypernet, "cost_terms": list(self.cost_terms)}
+    def space(self) -> ControlSpace:
+        return ControlSpace(self.kind, tuple(self.cost_terms), s_dim=len(self.ops), s_over="ops",
+                            details=(("ops", list(self.ops)), ("kappa_per_ms", self.kappa), ("lambda_reg", self.lam),
+                                     ("reg", self.reg), ("hypernet", self.hypernet)))
 
 
 class TradeoffControl(Control):
@@ -331,9 +379,9 @@ class TradeoffControl(Control):
     def coefficients(self, c: Value) -> torch.Tensor:
         return c["kappa"].to(self.refs.device) * c["S"].to(self.refs.device)
 
-    def control_range(self) -> dict[str, Any]:
-        return {"kappa": [self.range.lo, self.range.hi], "S_dim": len(self.cost_terms),
-                "cost_terms": list(self.cost_terms), "hypernet": self.hypernet}
+    def space(self) -> ControlSpace:
+        return ControlSpace(self.kind, tuple(self.cost_terms), "kappa", (self.range.lo, self.range.hi),
+                            s_dim=len(self.cost_terms), s_over="cost_terms", details=(("hypernet", self.hypernet),))
 
 
 def build_control(cfg, layers: int, ops: Sequence[str], costs: CostModel,

@@ -42,6 +42,7 @@ from profiler.arch import Arch, make_arch, save_arch
 from profiler.spaces import Space
 from profiler.tables import LatencyTable, atomic_write_text
 
+from .control import ControlSpace
 from .costs import CostModel
 
 
@@ -58,7 +59,7 @@ class RunLike(Protocol):
     costs: CostModel  # exact params and, per table, the latency model's prediction
     control_kind: str
 
-    def control_range(self) -> dict[str, Any]: ...
+    def control_space(self) -> ControlSpace: ...
 
     def choices(self, control: dict[str, Any]) -> list[str]: ...
 
@@ -100,7 +101,7 @@ class Deriver:
     def __init__(self, run: RunLike, grid: int = 40, bisect_steps: int = 10, simplex_step: float = 0.25):
         self.run = run
         self.kind = run.control_kind
-        self.range = run.control_range()
+        self.cs = run.control_space()
         self.costs = run.costs
         self.devices = device_names(self.costs.tables)  # one per latency model of the cost model, in order
         self.grid, self.bisect_steps, self.simplex_step = grid, bisect_steps, simplex_step
@@ -110,16 +111,13 @@ class Deriver:
     # ----------------------------------------------------------------------------------- control geometry
     @property
     def magnitude_name(self) -> str | None:
-        for name in ("kappa", "lambda"):
-            if isinstance(self.range.get(name), (list, tuple)):  # a trained range, not a fixed value
-                return name
-        return None
+        return self.cs.magnitude
 
     def magnitude_bounds(self) -> tuple[float, float]:
         name = self.magnitude_name
-        if name is None:
+        if name is None or self.cs.bounds is None:
             raise DeriveError(f"a {self.kind!r} run has no penalty magnitude to vary")
-        lo, hi = (float(v) for v in self.range[name])
+        lo, hi = (float(v) for v in self.cs.bounds)
         if not (0 < lo <= hi):
             raise DeriveError(f"run's {name} range [{lo}, {hi}] must be positive and increasing")
         return lo, hi
@@ -130,9 +128,9 @@ class Deriver:
 
     def directions(self) -> list[list[float] | None]:
         """Directions S on the simplex of cost terms (``tradeoff``); [None] for kinds without a direction."""
-        if self.kind != "tradeoff":
+        if self.cs.s_over != "cost_terms":
             return [None]
-        dim = int(self.range.get("S_dim", 1))
+        dim = self.cs.s_dim
         if dim <= 1:
             return [[1.0]]
         steps = max(1, int(round(1 / self.simplex_step)))
@@ -174,13 +172,13 @@ class Deriver:
     def sweep(self) -> list[Candidate]:
         """Every (magnitude, direction) grid point, evaluated."""
         if self.kind == "static" or self.magnitude_name is None:
-            if "S_dim" in self.range:  # simplex-ops, seed: S over the ops is the whole control
+            if self.cs.s_over == "ops":  # simplex-ops, seed: S over the ops is the whole control
                 return [self.evaluate({"S": s}) for s in self._op_simplex(2 * self.grid)]
             return [self.evaluate({})]
         return [self.evaluate(self.control(m, d)) for d in self.directions() for m in self.magnitudes()]
 
     def _op_simplex(self, n: int = 48) -> list[list[float]]:
-        dim = int(self.range.get("S_dim", len(self.run.space.ops)))
+        dim = self.cs.s_dim or len(self.run.space.ops)
         eye = np.eye(dim).tolist()
         rng = np.random.default_rng(0)
         return [[1.0 / dim] * dim, *eye, *rng.dirichlet(np.ones(dim), size=n).tolist()]
@@ -493,30 +491,32 @@ def parse_control(text: str) -> dict[str, Any]:
 
 def check_control(run: RunLike, control: dict[str, Any]) -> dict[str, Any]:
     """Validate a control against the run's range: names, magnitude inside the range, S on the simplex."""
-    rng = run.control_range()
-    mags = [k for k in ("kappa", "lambda") if isinstance(rng.get(k), (list, tuple))]
-    allowed = mags + (["S"] if "S_dim" in rng else [])
+    cs = run.control_space()
     for k in control:
-        if k not in allowed:
+        if k not in cs.names:
             raise DeriveError(f"control {k!r} does not apply to a {run.control_kind!r} run; it takes "
-                              f"{', '.join(allowed) or 'no control'} (range: {_fmt_range(rng)})")
-    for k in mags:
+                              f"{', '.join(cs.names) or 'no control'} (range: {_fmt_range(cs.as_dict())})")
+    if cs.magnitude and cs.bounds:
+        k, (lo, hi) = cs.magnitude, cs.bounds
         if k not in control:
-            raise DeriveError(f"control needs {k}=VALUE in [{rng[k][0]:g}, {rng[k][1]:g}]")
-        if k in control:
-            v = control[k]
-            if not isinstance(v, float) or not (rng[k][0] <= v <= rng[k][1]):
-                raise DeriveError(f"control {k}={v} is outside the run's trained range [{rng[k][0]:g}, "
-                                  f"{rng[k][1]:g}]")
-    if "S_dim" in rng:
-        dim = int(rng["S_dim"])
+            raise DeriveError(f"control needs {k}=VALUE in [{lo:g}, {hi:g}]")
+        v = control[k]
+        if not isinstance(v, float) or not (lo <= v <= hi):
+            raise DeriveError(f"control {k}={v} is outside the run's trained range [{lo:g}, {hi:g}]")
+    if cs.s_dim:
+        dim = cs.s_dim
         s = control.get("S", [1.0 / dim] * dim)
         s = [s] if isinstance(s, float) else s
         if len(s) != dim or any(x < 0 for x in s) or not sum(s) > 0:
             raise DeriveError(f"control S={':'.join(f'{x:g}' for x in s)} must be {dim} non-negative weights, not all "
-                              f"zero (over: {', '.join(rng.get('cost_terms') or rng.get('ops') or [])})")
+                              f"zero (over: {', '.join(_s_axes(cs))})")
         control = {**control, "S": [float(x) / sum(s) for x in s]}
     return control
+
+
+def _s_axes(cs: ControlSpace) -> list[str]:
+    """What S weighs, in order: the cost terms (tradeoff) or the ops (simplex-ops, seed)."""
+    return list(cs.cost_terms) if cs.s_over == "cost_terms" else list(dict(cs.details).get("ops", []))
 
 
 def _fmt_range(rng: dict[str, Any]) -> str:

@@ -19,7 +19,7 @@ from profiler.spaces import Space
 from profiler.tables import LatencyTable
 
 from .config import SearchConfig, config_from_dict
-from .control import Control, Value
+from .control import Control, ControlSpace, Value
 from .costs import CostModel
 from .provenance import as_used, check_tables, read_provenance
 from .train import SearchError, build, read_metrics
@@ -44,8 +44,12 @@ class Run:
     def control_kind(self) -> str:
         return self.control.kind
 
+    def control_space(self) -> ControlSpace:
+        return self.control.space()
+
     def control_range(self) -> dict[str, Any]:
-        return self.control.control_range()
+        """The control space in its plain form (for display)."""
+        return self.control_space().as_dict()
 
     def value(self, control: dict[str, Any]) -> Value:
         return self.control.value(dict(control))

@@ -213,23 +213,20 @@ def build(cfg: SearchConfig, *, check_terms: bool = True, with_model: bool = Tru
 def default_control(control: Control, cfg: SearchConfig) -> Value:
     """The control used for validation metrics: ``control.eval_control`` or the middle of the trained range."""
     plain = dict(cfg.control.eval_control)
-    if not plain:
-        rng = control.control_range()
-        for name in ("kappa", "lambda"):
-            if name in rng and isinstance(rng[name], list):
-                plain[name] = math.sqrt(rng[name][0] * rng[name][1])
+    cs = control.space()
+    if not plain and cs.magnitude and cs.bounds:
+        plain[cs.magnitude] = math.sqrt(cs.bounds[0] * cs.bounds[1])
     return control.value(plain)
 
 
 def control_grid(control: Control, n: int = 5) -> list[Value]:
     """A fixed grid of control values: ``n`` log-spaced magnitudes (kappa / lambda) x the simplex's vertices and
     centre (S); one value for controls without either. The same grid every epoch, so arch_max_prob is comparable."""
-    rng = control.control_range()
+    cs = control.space()
     mags: list[dict[str, float]] = [{}]
-    for name in ("kappa", "lambda"):
-        if isinstance(rng.get(name), list):
-            mags = [{name: float(v)} for v in np.geomspace(rng[name][0], rng[name][1], n)]
-    dim = int(rng.get("S_dim", 0))
+    if cs.magnitude and cs.bounds:
+        mags = [{cs.magnitude: float(v)} for v in np.geomspace(cs.bounds[0], cs.bounds[1], n)]
+    dim = cs.s_dim
     dirs: list[dict[str, list[float]]] = [{}]
     if dim >= 1:
         dirs = [{"S": row} for row in np.eye(dim).tolist()] + ([{"S": [1.0 / dim] * dim}] if dim > 1 else [])

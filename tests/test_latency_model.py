@@ -20,6 +20,7 @@ from profiler.predict import predict_with
 from profiler.spaces import get_space
 from profiler.tables import SCHEMA_VERSION, LatencyTable, load_table
 from profiler.verify import layer_costs, raw_predict_ms
+from search.control import ControlSpace
 from search.costs import CostModel
 from search.derive import Deriver
 
@@ -62,7 +63,7 @@ def check_every_caller(space, table: LatencyTable, rng, n: int = 6) -> None:
     raw = table.model(space, None)
     costs = CostModel(space, [table])
     deriver = Deriver(types.SimpleNamespace(space=space, table=table, costs=costs, control_kind="static",
-                                            control_range=lambda: {}, choices=lambda c: []))
+                                            control_space=lambda: ControlSpace("static"), choices=lambda c: []))
     for _ in range(n):
         ch = random_choices(space, rng)
         want = model.exact(ch)

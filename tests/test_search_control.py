@@ -164,3 +164,37 @@ def test_mean_entropy_is_log_k_at_uniform_and_zero_when_decided():
     assert float(mean_entropy(torch.eye(4)[:3])) == pytest.approx(0.0, abs=1e-9)
     p = torch.softmax(torch.randn(5, 9, generator=torch.Generator().manual_seed(0)), dim=-1)
     assert 0 < float(mean_entropy(p)) < math.log(9)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_control_space_is_what_the_control_samples_and_what_derive_and_the_grid_use(costs, name):
+    """One contract: the names a control samples are the space's names, the magnitude it samples lies in the
+    space's bounds, S has the space's dimension, and derive's check and the metrics grid read the same space."""
+    from search.control import build_control
+    from search.derive import DeriveError, check_control
+    from search.train import control_grid
+
+    cfg = PRESETS[name]().control
+    layers, ops = len(costs.space.layers), costs.space.ops
+    control = build_control(cfg, layers, ops, costs, torch.Generator().manual_seed(0))
+    cs = control.space()
+    assert cs.kind == control.kind
+    for _ in range(5):
+        c = control.sample(torch.Generator().manual_seed(_))
+        assert sorted(c) == sorted(cs.names)
+        if cs.magnitude:
+            assert cs.bounds[0] <= float(c[cs.magnitude]) <= cs.bounds[1]
+        if cs.s_dim:
+            assert c["S"].numel() == cs.s_dim
+    run = type("R", (), {"control_space": lambda self: cs, "control_kind": cs.kind})()
+    good = {**({cs.magnitude: float(cs.bounds[0])} if cs.magnitude else {}),
+            **({"S": [1.0] + [0.0] * (cs.s_dim - 1)} if cs.s_dim else {})}
+    assert sorted(check_control(run, good)) == sorted(cs.names)
+    with pytest.raises(DeriveError):
+        check_control(run, {**good, "nonsense": 1.0})
+    if cs.magnitude:
+        with pytest.raises(DeriveError, match="outside the run's trained range"):
+            check_control(run, {**good, cs.magnitude: float(cs.bounds[1]) * 2})
+    grid = control_grid(control)
+    assert all(sorted(v) == sorted(cs.names) for v in grid)
+    assert cs.as_dict()["cost_terms"] == list(cs.cost_terms)

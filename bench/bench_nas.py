@@ -9,6 +9,9 @@ training samples, retrain 3 epochs on 800, val 200, test 500; full: 3 seeds, fam
 retrain 4 epochs on 1200, val 300, test 1000. ``--data`` defaults to fashion-mnist when this checkout reads it
 offline, else digits (said in the output). ``--jobs N`` runs N seeds at once, each in its own process with
 ``--threads`` torch threads; ``--report-only`` prints the report again from the seed files of such a run.
+``--search-set KEY=VALUE`` (repeatable) changes the ``hwnas`` and ``seed`` searches only, e.g. the lean sampler on
+twice the search data: ``--search-set sampler=lean --search-set per_sample=false --search-set train_limit=1200``
+(README, Benchmarks, has both figures).
 
 Per seed, on one latency table (device ``--device``, default ``cpu-1t``) and one data subset:
 

@@ -196,8 +196,9 @@ class FusedMixedOp(nn.Module):
         """Every block's BatchNormed projection, stacked: [N, blocks, c_out, H', W']; with op weights ``wb``
         [blocks], each scaled by its weight inside the projection BatchNorm's affine (w * BN(z) = BN with w*gamma,
         w*beta), which saves a pass over the stacked outputs."""
-        e = F.relu(self._bn(F.conv2d(x, self._masked(self.exp_w, self.exp_mask)), "exp"))
-        d = F.relu(self._bn(self._depthwise(e, self._masked(self.dw_w, self.dw_mask)), "dw"))
+        # ReLU in place on the BatchNorm outputs (BatchNorm's backward does not need its output): one tensor fewer
+        e = F.relu(self._bn(F.conv2d(x, self._masked(self.exp_w, self.exp_mask)), "exp"), inplace=True)
+        d = F.relu(self._bn(self._depthwise(e, self._masked(self.dw_w, self.dw_mask)), "dw"), inplace=True)
         z = []
         for i, (first, n, mid) in enumerate(self.buckets):
             a = self.offsets[first]

@@ -241,9 +241,10 @@ class FusedMixedOp(nn.Module):
         i = next(j for j, b in enumerate(self.blocks) if b.index == k)
         b, sl = self.blocks[i], slice(self.offsets[i], self.offsets[i + 1])
         ew = self.exp_w[sl] if self.exp_mask is None else self.exp_w[sl] * self.exp_mask[sl]
-        e = F.relu(self._bn(F.conv2d(x, ew), "exp", sl))
+        e = F.relu(self._bn(F.conv2d(x, ew), "exp", sl), inplace=True)
         c = (self.kmax - b.kernel) // 2
-        d = F.relu(self._bn(self._depthwise(e, self.dw_w[sl, :, c:self.kmax - c, c:self.kmax - c]), "dw", sl))
+        d = F.relu(self._bn(self._depthwise(e, self.dw_w[sl, :, c:self.kmax - c, c:self.kmax - c]), "dw", sl),
+                   inplace=True)
         bi = next(j for j, (first, n, _) in enumerate(self.buckets) if first <= i < first + n)
         r = slice((i - self.buckets[bi][0]) * self.c_out, (i - self.buckets[bi][0] + 1) * self.c_out)
         y = self._bn(F.conv2d(d, self._proj_weight(bi)[r]), "proj", slice(i * self.c_out, (i + 1) * self.c_out))

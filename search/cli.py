@@ -222,53 +222,64 @@ def derive_cmd(
                                              "and calibrations as they are now)."),
 ) -> None:
     """Architectures from a trained run, no retraining: at a control, by budgets, or a family of N."""
-    from profiler.arch import ArchError
-    from profiler.tables import TableError
-
-    from .derive import (Derived, DeriveError, Deriver, check_control, derive_budgets, derive_family, family_items,
-                         family_message, parse_budgets, parse_control, parse_count, to_arch, write_derived)
-    from .report import format_table
-
     modes = sum(x is not None for x in (control, family)) + (latency_ms is not None or params is not None)
     if modes != 1:
         _fam_fail("give exactly one of --control, --latency-ms/--params, --family")
     con = _fam_console()
     try:
+        from .derive import write_derived
         from .run import load_run
 
         run = load_run(run_dir, accept_changed_tables=accept_changed)
         for note in run.notes:
             con.print(f"[yellow]{note}", highlight=False)
-        d = Deriver(run)
-        items: list[Derived] = []
-        if control is not None:
-            c = check_control(run, parse_control(control))
-            cand = d.evaluate(c)
-            items.append(Derived("arch", to_arch(run, cand, "control", str(run_dir))))
-        elif family is not None:
-            cands, stats = derive_family(d, family)
-            items = family_items(run, cands, stats, str(run_dir))
-            for i, line in enumerate(family_message(stats, family, len(items))):
-                con.print(("[yellow]" if i else "") + line, highlight=False)
-        else:
-            p = parse_count(params) if params is not None else None
-            results = derive_budgets(d, parse_budgets(latency_ms, d.devices, p), fill=fill)
-            for i, r in enumerate(results):
-                con.print(("[green]" if r.ok else "[yellow]") + r.message(), highlight=False)
-                items.append(Derived(f"budget-{i:02d}", to_arch(run, r.closest, "budget", str(run_dir)),
-                                     budget=r.budget, meets=r.ok, note="" if r.ok else "closest; budget not met"))
+        items = _derive_items(run, run_dir, con, control, family, latency_ms, params, fill)
         summary = write_derived(items, out or _Path(run_dir) / "derived")
     except UserError as e:
         _fam_fail(str(e))
+    _print_derived(items, summary, con)
+    if latency_ms is not None or params is not None:
+        if not all(it.meets for it in items):
+            raise typer.Exit(1)
+
+
+def _derive_items(run, run_dir: _Path, con, control: str | None, family: int | None, latency_ms: str | None,
+                  params: str | None, fill: bool) -> list:
+    """The ``Derived`` items of the one mode given (control, family or budgets), with its console lines."""
+    from .derive import (Derived, Deriver, check_control, derive_budgets, derive_family, family_items,
+                         family_message, parse_budgets, parse_control, parse_count, to_arch)
+
+    d = Deriver(run)
+    items: list[Derived] = []
+    if control is not None:
+        c = check_control(run, parse_control(control))
+        cand = d.evaluate(c)
+        items.append(Derived("arch", to_arch(run, cand, "control", str(run_dir))))
+    elif family is not None:
+        cands, stats = derive_family(d, family)
+        items = family_items(run, cands, stats, str(run_dir))
+        for i, line in enumerate(family_message(stats, family, len(items))):
+            con.print(("[yellow]" if i else "") + line, highlight=False)
+    else:
+        p = parse_count(params) if params is not None else None
+        results = derive_budgets(d, parse_budgets(latency_ms, d.devices, p), fill=fill)
+        for i, r in enumerate(results):
+            con.print(("[green]" if r.ok else "[yellow]") + r.message(), highlight=False)
+            items.append(Derived(f"budget-{i:02d}", to_arch(run, r.closest, "budget", str(run_dir)),
+                                 budget=r.budget, meets=r.ok, note="" if r.ok else "closest; budget not met"))
+    return items
+
+
+def _print_derived(items: list, summary, con) -> None:
+    """The derived architectures as a table on stdout, and where they were written."""
+    from .report import format_table
+
     rows = [{"member": it.name, "ops": " ".join(it.arch.choices), "params": it.arch.params,
              "predicted_ms": it.arch.predicted_ms, "predicted_ms_by_device": it.arch.predicted_ms_by_device,
              **({"note": it.note} if any(i.note for i in items) else {})}
             for it in items]
     typer.echo(format_table(rows))
     con.print(f"wrote {len(items)} architecture(s) and {summary}")
-    if latency_ms is not None or params is not None:
-        if not all(it.meets for it in items):
-            raise typer.Exit(1)
 
 
 @app.command("train")

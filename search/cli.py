@@ -369,19 +369,30 @@ def run_cmd(
                                    help="Fit the table's calibration on random whole networks first (if it has none)."),
 ) -> None:
     """The main job: table -> search -> family -> retrain -> ONNX -> measure on DEVICE -> table + Pareto PNG."""
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-
-    from profiler.progress import progress
-
-    from profiler.arch import ArchError
-    from profiler.tables import TableError
-
-    from .pipeline import PipelineError, RunConfig, estimate_line, run_pipeline
-    from .report import format_table
-
-    from .data import default_data
-
     con = _fam_console()
+    cfg, out = _run_config(con, device, quick, out, space, table, data, data_limit, data_dir, family,
+                           search_epochs, retrain_epochs, seed, calibrate)
+    try:
+        res = _run_with_progress(cfg, out, con)
+    except UserError as e:
+        _fam_fail(str(e))
+    except KeyboardInterrupt:
+        _fam_fail(f"interrupted before any member finished; finished stages are kept in {out}: run the same "
+                  f"command to continue", 130)
+    _print_run_result(res, out, con)
+    if res.interrupted:
+        raise typer.Exit(130)
+    if any(r.get("status") != "ok" for r in res.rows):
+        raise typer.Exit(1)
+
+
+def _run_config(con, device: list[str], quick: bool, out: _Path | None, space: str | None, table: list[_Path],
+                data: str | None, data_limit: int | None, data_dir: str | None, family: int | None,
+                search_epochs: int | None, retrain_epochs: int | None, seed: int, calibrate: bool):
+    """The ``RunConfig`` and output directory of ``hwnas run``, announced on the console with its estimate."""
+    from .data import default_data
+    from .pipeline import RunConfig, estimate_line
+
     note = data
     if data is None:
         data, note = default_data(data_dir)
@@ -401,32 +412,39 @@ def run_cmd(
         con.print(estimate_line(cfg, out), highlight=False)
     except ValueError:  # a bad --space: the pipeline says so in its own words
         pass
-    try:
-        with progress(TextColumn("[bold]{task.description:<7}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), TextColumn("[dim]{task.fields[note]}"), console=con) as bar:
-            tasks: dict[str, int] = {}
+    return cfg, out
 
-            def on_event(e) -> None:
-                if e.stage not in tasks:
-                    tasks[e.stage] = bar.add_task(e.stage, total=e.total, note="")
-                bar.update(tasks[e.stage], completed=e.done, total=e.total, note=e.note[:60])
 
-            res = run_pipeline(cfg, out, on_event)
-    except UserError as e:
-        _fam_fail(str(e))
-    except KeyboardInterrupt:
-        _fam_fail(f"interrupted before any member finished; finished stages are kept in {out}: run the same "
-                  f"command to continue", 130)
+def _run_with_progress(cfg, out: _Path, con):
+    """``run_pipeline`` with one progress bar per stage."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+    from profiler.progress import progress
+
+    from .pipeline import run_pipeline
+
+    with progress(TextColumn("[bold]{task.description:<7}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TextColumn("[dim]{task.fields[note]}"), console=con) as bar:
+        tasks: dict[str, int] = {}
+
+        def on_event(e) -> None:
+            if e.stage not in tasks:
+                tasks[e.stage] = bar.add_task(e.stage, total=e.total, note="")
+            bar.update(tasks[e.stage], completed=e.done, total=e.total, note=e.note[:60])
+
+        return run_pipeline(cfg, out, on_event)
+
+
+def _print_run_result(res, out: _Path, con) -> None:
+    """The run's notes, its family table on stdout, and where the table and plots are."""
+    from .report import format_table
+
     for n in res.notes:
         con.print(n, highlight=False)
     typer.echo(format_table(res.rows))
     con.print(f"family table {out / 'family.csv'}, Pareto plot {res.pareto_png}, curves {res.curves_png}; "
               f"{res.wall_s:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in res.stage_s.items()) + ")",
               highlight=False)
-    if res.interrupted:
-        raise typer.Exit(130)
-    if any(r.get("status") != "ok" for r in res.rows):
-        raise typer.Exit(1)
 
 
 @app.command("report")

@@ -56,16 +56,9 @@ def search_cmd(
                                                 "process) or local (per-rank statistics, fewer collectives)."),
 ) -> None:
     """Search an architecture distribution with a latency table; writes a run directory (resumable)."""
-    import math
-
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-    from profiler.progress import progress
-
-    from .config import apply_overrides, preset
-    from .data import default_data
-    from .train import SearchError, search
+    from . import distributed
 
     con = Console(stderr=True)
 
@@ -73,17 +66,9 @@ def search_cmd(
         con.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
         raise typer.Exit(code)
 
-    from . import distributed
-
     if nproc < 1:
         fail(f"--nproc {nproc}: at least 1")
-    data_note = None
-    stored = _stored_data(out) if resume else None
-    if stored is not None:  # --resume: the run's own data unless given again
-        data = stored["data"] if data is None else data
-        data_limit = stored.get("data_limit") if data_limit is None else data_limit
-    elif data is None:
-        data, data_note = default_data(data_dir)
+    stored, data, data_limit, data_note = _search_data(out, resume, data, data_limit, data_dir)
     if nproc > 1:
         args = _search_args(space, table, preset_name, data, epochs, out, resume, seed, torch_device, batch_size,
                             data_dir, threads or distributed.default_threads(nproc), overrides, bn, data_limit)
@@ -92,46 +77,47 @@ def search_cmd(
         import torch
 
         torch.set_num_threads(threads)
+    preset_kw = dict(space=space, tables=tuple(table), data=data, epochs=epochs, seed=seed, batch_size=batch_size,
+                     data_dir=data_dir, data_limit=data_limit)
+    cfg, history, ddp = _search_run(con, fail, preset_name, preset_kw, torch_device, bn, overrides, stored, out,
+                                    resume, data_note)
+    if ddp is not None and not ddp.is_main:
+        return
+    done = history[-1]["epoch"] + 1 if history else 0
+    con.print(f"run {out}: {done}/{cfg.epochs} epochs; control {cfg.control.kind} -> {out}/control.pt",
+              highlight=False)
+
+
+def _search_data(out: str, resume: bool, data: str | None, data_limit: int | None, data_dir: str | None):
+    """(stored config, data, data_limit, note): --resume keeps the run's own data unless given again."""
+    from .data import default_data
+
+    data_note = None
+    stored = _stored_data(out) if resume else None
+    if stored is not None:  # --resume: the run's own data unless given again
+        data = stored["data"] if data is None else data
+        data_limit = stored.get("data_limit") if data_limit is None else data_limit
+    elif data is None:
+        data, data_note = default_data(data_dir)
+    return stored, data, data_limit, data_note
+
+
+def _search_run(con, fail, preset_name: str, preset_kw: dict, torch_device: str, bn: str, overrides: list[str],
+                stored: dict | None, out: str, resume: bool, data_note: str | None):
+    """(config, history, ddp) of one search process; every failure ends the command with its one line."""
+    from . import distributed
+
     ddp = None
     finished = False  # every rank got through the search: they leave the group together
     try:
         if bn not in ("sync", "local"):
             raise distributed.DistError(f"--bn {bn!r}: use sync or local")
         ddp, torch_device = distributed.init_from_env(torch_device, bn == "sync")
-        cfg = preset(preset_name, space=space, tables=tuple(table), data=data, epochs=epochs, seed=seed,
-                     torch_device=torch_device, batch_size=batch_size, data_dir=data_dir, data_limit=data_limit)
-        cfg = apply_overrides(cfg, overrides)
-        if stored is not None and overrides:
-            from pathlib import Path
-
-            from .config import check_resume_overrides
-
-            check_resume_overrides(stored, cfg, overrides, str(Path(out) / "config.json"))
+        cfg = _search_config(preset_name, preset_kw, torch_device, overrides, stored, out)
         if data_note and os.environ.get("RANK", "0") == "0" and not os.environ.get(distributed.LAUNCHED_ENV):
             con.print(f"data: {data_note}", highlight=False)  # once the options are known to be good
-        cols = [TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                TimeElapsedColumn(), TextColumn("loss {task.fields[loss]}  E\\[lat] {task.fields[lat]} ms  "
-                                                "tau {task.fields[tau]}  [dim]{task.fields[note]}")]
-        with progress(*cols, console=con) as bar:
-            task = bar.add_task("search", total=None, epoch="-", loss="-", lat="-", tau="-", note="")
-
-            def fmt(v: object) -> str:
-                return f"{v:.4g}" if isinstance(v, float) and math.isfinite(v) else "-"
-
-            def on_progress(ev: dict) -> None:
-                if ev["event"] == "step":
-                    bar.update(task, total=ev["steps"], completed=ev["step"], epoch=f"{ev['epoch'] + 1}/{ev['epochs']}",
-                               loss=fmt(ev.get("loss")), lat=fmt(ev.get("E_latency")), tau=fmt(ev.get("tau")))
-                else:
-                    bar.update(task, note=f"val acc {ev['val_acc'] * 100:.1f} %  ({ev['wall_s']:.1f} s)")
-                    con.print(f"epoch {ev['epoch'] + 1}/{ev['epochs']}: train loss {ev['train_loss']:.4f} acc "
-                              f"{ev['train_acc'] * 100:.1f} %, val acc {ev['val_acc'] * 100:.1f} %, E\\[latency] "
-                              f"{fmt(ev.get('eval_E_latency'))} ms, E\\[params] {fmt(ev.get('eval_E_params'))}, "
-                              f"tau {ev['tau']:.3g}, arch max p {fmt(ev.get('arch_max_prob'))}, {ev['wall_s']:.1f} s",
-                              highlight=False)
-
-            history = search(cfg, out, resume=resume, on_progress=on_progress if ddp is None or ddp.is_main else None)
-            finished = True
+        history = _search_with_progress(cfg, out, resume, con, ddp is None or ddp.is_main)
+        finished = True
     except UserError as e:
         fail(str(e))
     except KeyboardInterrupt:
@@ -149,11 +135,56 @@ def search_cmd(
              f"checkpointed in {out}: add --resume to continue", distributed.PEER_LOST)
     finally:
         distributed.shutdown(finished)
-    if ddp is not None and not ddp.is_main:
-        return
-    done = history[-1]["epoch"] + 1 if history else 0
-    con.print(f"run {out}: {done}/{cfg.epochs} epochs; control {cfg.control.kind} -> {out}/control.pt",
-              highlight=False)
+    return cfg, history, ddp
+
+
+def _search_config(preset_name: str, preset_kw: dict, torch_device: str, overrides: list[str], stored: dict | None,
+                   out: str):
+    """The preset with the --set overrides; on --resume, overrides that would change the run are refused."""
+    from .config import apply_overrides, preset
+
+    cfg = apply_overrides(preset(preset_name, torch_device=torch_device, **preset_kw), overrides)
+    if stored is not None and overrides:
+        from pathlib import Path
+
+        from .config import check_resume_overrides
+
+        check_resume_overrides(stored, cfg, overrides, str(Path(out) / "config.json"))
+    return cfg
+
+
+def _search_with_progress(cfg, out: str, resume: bool, con, show: bool) -> list:
+    """``search`` with a progress bar and one line per epoch (``show``: this process reports)."""
+    import math
+
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+    from profiler.progress import progress
+
+    from .train import search
+
+    cols = [TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("loss {task.fields[loss]}  E\\[lat] {task.fields[lat]} ms  "
+                                            "tau {task.fields[tau]}  [dim]{task.fields[note]}")]
+    with progress(*cols, console=con) as bar:
+        task = bar.add_task("search", total=None, epoch="-", loss="-", lat="-", tau="-", note="")
+
+        def fmt(v: object) -> str:
+            return f"{v:.4g}" if isinstance(v, float) and math.isfinite(v) else "-"
+
+        def on_progress(ev: dict) -> None:
+            if ev["event"] == "step":
+                bar.update(task, total=ev["steps"], completed=ev["step"], epoch=f"{ev['epoch'] + 1}/{ev['epochs']}",
+                           loss=fmt(ev.get("loss")), lat=fmt(ev.get("E_latency")), tau=fmt(ev.get("tau")))
+            else:
+                bar.update(task, note=f"val acc {ev['val_acc'] * 100:.1f} %  ({ev['wall_s']:.1f} s)")
+                con.print(f"epoch {ev['epoch'] + 1}/{ev['epochs']}: train loss {ev['train_loss']:.4f} acc "
+                          f"{ev['train_acc'] * 100:.1f} %, val acc {ev['val_acc'] * 100:.1f} %, E\\[latency] "
+                          f"{fmt(ev.get('eval_E_latency'))} ms, E\\[params] {fmt(ev.get('eval_E_params'))}, "
+                          f"tau {ev['tau']:.3g}, arch max p {fmt(ev.get('arch_max_prob'))}, {ev['wall_s']:.1f} s",
+                          highlight=False)
+
+        return search(cfg, out, resume=resume, on_progress=on_progress if show else None)
 
 
 def _search_args(space: str, tables: list[str], preset_name: str, data: str, epochs: int, out: str, resume: bool,

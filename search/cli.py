@@ -56,16 +56,9 @@ def search_cmd(
                                                 "process) or local (per-rank statistics, fewer collectives)."),
 ) -> None:
     """Search an architecture distribution with a latency table; writes a run directory (resumable)."""
-    import math
-
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-    from profiler.progress import progress
-
-    from .config import apply_overrides, preset
-    from .data import default_data
-    from .train import SearchError, search
+    from . import distributed
 
     con = Console(stderr=True)
 
@@ -73,17 +66,9 @@ def search_cmd(
         con.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
         raise typer.Exit(code)
 
-    from . import distributed
-
     if nproc < 1:
         fail(f"--nproc {nproc}: at least 1")
-    data_note = None
-    stored = _stored_data(out) if resume else None
-    if stored is not None:  # --resume: the run's own data unless given again
-        data = stored["data"] if data is None else data
-        data_limit = stored.get("data_limit") if data_limit is None else data_limit
-    elif data is None:
-        data, data_note = default_data(data_dir)
+    stored, data, data_limit, data_note = _search_data(out, resume, data, data_limit, data_dir)
     if nproc > 1:
         args = _search_args(space, table, preset_name, data, epochs, out, resume, seed, torch_device, batch_size,
                             data_dir, threads or distributed.default_threads(nproc), overrides, bn, data_limit)
@@ -92,46 +77,47 @@ def search_cmd(
         import torch
 
         torch.set_num_threads(threads)
+    preset_kw = dict(space=space, tables=tuple(table), data=data, epochs=epochs, seed=seed, batch_size=batch_size,
+                     data_dir=data_dir, data_limit=data_limit)
+    cfg, history, ddp = _search_run(con, fail, preset_name, preset_kw, torch_device, bn, overrides, stored, out,
+                                    resume, data_note)
+    if ddp is not None and not ddp.is_main:
+        return
+    done = history[-1]["epoch"] + 1 if history else 0
+    con.print(f"run {out}: {done}/{cfg.epochs} epochs; control {cfg.control.kind} -> {out}/control.pt",
+              highlight=False)
+
+
+def _search_data(out: str, resume: bool, data: str | None, data_limit: int | None, data_dir: str | None):
+    """(stored config, data, data_limit, note): --resume keeps the run's own data unless given again."""
+    from .data import default_data
+
+    data_note = None
+    stored = _stored_data(out) if resume else None
+    if stored is not None:  # --resume: the run's own data unless given again
+        data = stored["data"] if data is None else data
+        data_limit = stored.get("data_limit") if data_limit is None else data_limit
+    elif data is None:
+        data, data_note = default_data(data_dir)
+    return stored, data, data_limit, data_note
+
+
+def _search_run(con, fail, preset_name: str, preset_kw: dict, torch_device: str, bn: str, overrides: list[str],
+                stored: dict | None, out: str, resume: bool, data_note: str | None):
+    """(config, history, ddp) of one search process; every failure ends the command with its one line."""
+    from . import distributed
+
     ddp = None
     finished = False  # every rank got through the search: they leave the group together
     try:
         if bn not in ("sync", "local"):
             raise distributed.DistError(f"--bn {bn!r}: use sync or local")
         ddp, torch_device = distributed.init_from_env(torch_device, bn == "sync")
-        cfg = preset(preset_name, space=space, tables=tuple(table), data=data, epochs=epochs, seed=seed,
-                     torch_device=torch_device, batch_size=batch_size, data_dir=data_dir, data_limit=data_limit)
-        cfg = apply_overrides(cfg, overrides)
-        if stored is not None and overrides:
-            from pathlib import Path
-
-            from .config import check_resume_overrides
-
-            check_resume_overrides(stored, cfg, overrides, str(Path(out) / "config.json"))
+        cfg = _search_config(preset_name, preset_kw, torch_device, overrides, stored, out)
         if data_note and os.environ.get("RANK", "0") == "0" and not os.environ.get(distributed.LAUNCHED_ENV):
             con.print(f"data: {data_note}", highlight=False)  # once the options are known to be good
-        cols = [TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                TimeElapsedColumn(), TextColumn("loss {task.fields[loss]}  E\\[lat] {task.fields[lat]} ms  "
-                                                "tau {task.fields[tau]}  [dim]{task.fields[note]}")]
-        with progress(*cols, console=con) as bar:
-            task = bar.add_task("search", total=None, epoch="-", loss="-", lat="-", tau="-", note="")
-
-            def fmt(v: object) -> str:
-                return f"{v:.4g}" if isinstance(v, float) and math.isfinite(v) else "-"
-
-            def on_progress(ev: dict) -> None:
-                if ev["event"] == "step":
-                    bar.update(task, total=ev["steps"], completed=ev["step"], epoch=f"{ev['epoch'] + 1}/{ev['epochs']}",
-                               loss=fmt(ev.get("loss")), lat=fmt(ev.get("E_latency")), tau=fmt(ev.get("tau")))
-                else:
-                    bar.update(task, note=f"val acc {ev['val_acc'] * 100:.1f} %  ({ev['wall_s']:.1f} s)")
-                    con.print(f"epoch {ev['epoch'] + 1}/{ev['epochs']}: train loss {ev['train_loss']:.4f} acc "
-                              f"{ev['train_acc'] * 100:.1f} %, val acc {ev['val_acc'] * 100:.1f} %, E\\[latency] "
-                              f"{fmt(ev.get('eval_E_latency'))} ms, E\\[params] {fmt(ev.get('eval_E_params'))}, "
-                              f"tau {ev['tau']:.3g}, arch max p {fmt(ev.get('arch_max_prob'))}, {ev['wall_s']:.1f} s",
-                              highlight=False)
-
-            history = search(cfg, out, resume=resume, on_progress=on_progress if ddp is None or ddp.is_main else None)
-            finished = True
+        history = _search_with_progress(cfg, out, resume, con, ddp is None or ddp.is_main)
+        finished = True
     except UserError as e:
         fail(str(e))
     except KeyboardInterrupt:
@@ -149,11 +135,56 @@ def search_cmd(
              f"checkpointed in {out}: add --resume to continue", distributed.PEER_LOST)
     finally:
         distributed.shutdown(finished)
-    if ddp is not None and not ddp.is_main:
-        return
-    done = history[-1]["epoch"] + 1 if history else 0
-    con.print(f"run {out}: {done}/{cfg.epochs} epochs; control {cfg.control.kind} -> {out}/control.pt",
-              highlight=False)
+    return cfg, history, ddp
+
+
+def _search_config(preset_name: str, preset_kw: dict, torch_device: str, overrides: list[str], stored: dict | None,
+                   out: str):
+    """The preset with the --set overrides; on --resume, overrides that would change the run are refused."""
+    from .config import apply_overrides, preset
+
+    cfg = apply_overrides(preset(preset_name, torch_device=torch_device, **preset_kw), overrides)
+    if stored is not None and overrides:
+        from pathlib import Path
+
+        from .config import check_resume_overrides
+
+        check_resume_overrides(stored, cfg, overrides, str(Path(out) / "config.json"))
+    return cfg
+
+
+def _search_with_progress(cfg, out: str, resume: bool, con, show: bool) -> list:
+    """``search`` with a progress bar and one line per epoch (``show``: this process reports)."""
+    import math
+
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+    from profiler.progress import progress
+
+    from .train import search
+
+    cols = [TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("loss {task.fields[loss]}  E\\[lat] {task.fields[lat]} ms  "
+                                            "tau {task.fields[tau]}  [dim]{task.fields[note]}")]
+    with progress(*cols, console=con) as bar:
+        task = bar.add_task("search", total=None, epoch="-", loss="-", lat="-", tau="-", note="")
+
+        def fmt(v: object) -> str:
+            return f"{v:.4g}" if isinstance(v, float) and math.isfinite(v) else "-"
+
+        def on_progress(ev: dict) -> None:
+            if ev["event"] == "step":
+                bar.update(task, total=ev["steps"], completed=ev["step"], epoch=f"{ev['epoch'] + 1}/{ev['epochs']}",
+                           loss=fmt(ev.get("loss")), lat=fmt(ev.get("E_latency")), tau=fmt(ev.get("tau")))
+            else:
+                bar.update(task, note=f"val acc {ev['val_acc'] * 100:.1f} %  ({ev['wall_s']:.1f} s)")
+                con.print(f"epoch {ev['epoch'] + 1}/{ev['epochs']}: train loss {ev['train_loss']:.4f} acc "
+                          f"{ev['train_acc'] * 100:.1f} %, val acc {ev['val_acc'] * 100:.1f} %, E\\[latency] "
+                          f"{fmt(ev.get('eval_E_latency'))} ms, E\\[params] {fmt(ev.get('eval_E_params'))}, "
+                          f"tau {ev['tau']:.3g}, arch max p {fmt(ev.get('arch_max_prob'))}, {ev['wall_s']:.1f} s",
+                          highlight=False)
+
+        return search(cfg, out, resume=resume, on_progress=on_progress if show else None)
 
 
 def _search_args(space: str, tables: list[str], preset_name: str, data: str, epochs: int, out: str, resume: bool,
@@ -222,53 +253,64 @@ def derive_cmd(
                                              "and calibrations as they are now)."),
 ) -> None:
     """Architectures from a trained run, no retraining: at a control, by budgets, or a family of N."""
-    from profiler.arch import ArchError
-    from profiler.tables import TableError
-
-    from .derive import (Derived, DeriveError, Deriver, check_control, derive_budgets, derive_family, family_items,
-                         family_message, parse_budgets, parse_control, parse_count, to_arch, write_derived)
-    from .report import format_table
-
     modes = sum(x is not None for x in (control, family)) + (latency_ms is not None or params is not None)
     if modes != 1:
         _fam_fail("give exactly one of --control, --latency-ms/--params, --family")
     con = _fam_console()
     try:
+        from .derive import write_derived
         from .run import load_run
 
         run = load_run(run_dir, accept_changed_tables=accept_changed)
         for note in run.notes:
             con.print(f"[yellow]{note}", highlight=False)
-        d = Deriver(run)
-        items: list[Derived] = []
-        if control is not None:
-            c = check_control(run, parse_control(control))
-            cand = d.evaluate(c)
-            items.append(Derived("arch", to_arch(run, cand, "control", str(run_dir))))
-        elif family is not None:
-            cands, stats = derive_family(d, family)
-            items = family_items(run, cands, stats, str(run_dir))
-            for i, line in enumerate(family_message(stats, family, len(items))):
-                con.print(("[yellow]" if i else "") + line, highlight=False)
-        else:
-            p = parse_count(params) if params is not None else None
-            results = derive_budgets(d, parse_budgets(latency_ms, d.devices, p), fill=fill)
-            for i, r in enumerate(results):
-                con.print(("[green]" if r.ok else "[yellow]") + r.message(), highlight=False)
-                items.append(Derived(f"budget-{i:02d}", to_arch(run, r.closest, "budget", str(run_dir)),
-                                     budget=r.budget, meets=r.ok, note="" if r.ok else "closest; budget not met"))
+        items = _derive_items(run, run_dir, con, control, family, latency_ms, params, fill)
         summary = write_derived(items, out or _Path(run_dir) / "derived")
     except UserError as e:
         _fam_fail(str(e))
+    _print_derived(items, summary, con)
+    if latency_ms is not None or params is not None:
+        if not all(it.meets for it in items):
+            raise typer.Exit(1)
+
+
+def _derive_items(run, run_dir: _Path, con, control: str | None, family: int | None, latency_ms: str | None,
+                  params: str | None, fill: bool) -> list:
+    """The ``Derived`` items of the one mode given (control, family or budgets), with its console lines."""
+    from .derive import (Derived, Deriver, check_control, derive_budgets, derive_family, family_items,
+                         family_message, parse_budgets, parse_control, parse_count, to_arch)
+
+    d = Deriver(run)
+    items: list[Derived] = []
+    if control is not None:
+        c = check_control(run, parse_control(control))
+        cand = d.evaluate(c)
+        items.append(Derived("arch", to_arch(run, cand, "control", str(run_dir))))
+    elif family is not None:
+        cands, stats = derive_family(d, family)
+        items = family_items(run, cands, stats, str(run_dir))
+        for i, line in enumerate(family_message(stats, family, len(items))):
+            con.print(("[yellow]" if i else "") + line, highlight=False)
+    else:
+        p = parse_count(params) if params is not None else None
+        results = derive_budgets(d, parse_budgets(latency_ms, d.devices, p), fill=fill)
+        for i, r in enumerate(results):
+            con.print(("[green]" if r.ok else "[yellow]") + r.message(), highlight=False)
+            items.append(Derived(f"budget-{i:02d}", to_arch(run, r.closest, "budget", str(run_dir)),
+                                 budget=r.budget, meets=r.ok, note="" if r.ok else "closest; budget not met"))
+    return items
+
+
+def _print_derived(items: list, summary, con) -> None:
+    """The derived architectures as a table on stdout, and where they were written."""
+    from .report import format_table
+
     rows = [{"member": it.name, "ops": " ".join(it.arch.choices), "params": it.arch.params,
              "predicted_ms": it.arch.predicted_ms, "predicted_ms_by_device": it.arch.predicted_ms_by_device,
              **({"note": it.note} if any(i.note for i in items) else {})}
             for it in items]
     typer.echo(format_table(rows))
     con.print(f"wrote {len(items)} architecture(s) and {summary}")
-    if latency_ms is not None or params is not None:
-        if not all(it.meets for it in items):
-            raise typer.Exit(1)
 
 
 @app.command("train")
@@ -358,19 +400,30 @@ def run_cmd(
                                    help="Fit the table's calibration on random whole networks first (if it has none)."),
 ) -> None:
     """The main job: table -> search -> family -> retrain -> ONNX -> measure on DEVICE -> table + Pareto PNG."""
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-
-    from profiler.progress import progress
-
-    from profiler.arch import ArchError
-    from profiler.tables import TableError
-
-    from .pipeline import PipelineError, RunConfig, estimate_line, run_pipeline
-    from .report import format_table
-
-    from .data import default_data
-
     con = _fam_console()
+    cfg, out = _run_config(con, device, quick, out, space, table, data, data_limit, data_dir, family,
+                           search_epochs, retrain_epochs, seed, calibrate)
+    try:
+        res = _run_with_progress(cfg, out, con)
+    except UserError as e:
+        _fam_fail(str(e))
+    except KeyboardInterrupt:
+        _fam_fail(f"interrupted before any member finished; finished stages are kept in {out}: run the same "
+                  f"command to continue", 130)
+    _print_run_result(res, out, con)
+    if res.interrupted:
+        raise typer.Exit(130)
+    if any(r.get("status") != "ok" for r in res.rows):
+        raise typer.Exit(1)
+
+
+def _run_config(con, device: list[str], quick: bool, out: _Path | None, space: str | None, table: list[_Path],
+                data: str | None, data_limit: int | None, data_dir: str | None, family: int | None,
+                search_epochs: int | None, retrain_epochs: int | None, seed: int, calibrate: bool):
+    """The ``RunConfig`` and output directory of ``hwnas run``, announced on the console with its estimate."""
+    from .data import default_data
+    from .pipeline import RunConfig, estimate_line
+
     note = data
     if data is None:
         data, note = default_data(data_dir)
@@ -390,32 +443,39 @@ def run_cmd(
         con.print(estimate_line(cfg, out), highlight=False)
     except ValueError:  # a bad --space: the pipeline says so in its own words
         pass
-    try:
-        with progress(TextColumn("[bold]{task.description:<7}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), TextColumn("[dim]{task.fields[note]}"), console=con) as bar:
-            tasks: dict[str, int] = {}
+    return cfg, out
 
-            def on_event(e) -> None:
-                if e.stage not in tasks:
-                    tasks[e.stage] = bar.add_task(e.stage, total=e.total, note="")
-                bar.update(tasks[e.stage], completed=e.done, total=e.total, note=e.note[:60])
 
-            res = run_pipeline(cfg, out, on_event)
-    except UserError as e:
-        _fam_fail(str(e))
-    except KeyboardInterrupt:
-        _fam_fail(f"interrupted before any member finished; finished stages are kept in {out}: run the same "
-                  f"command to continue", 130)
+def _run_with_progress(cfg, out: _Path, con):
+    """``run_pipeline`` with one progress bar per stage."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+    from profiler.progress import progress
+
+    from .pipeline import run_pipeline
+
+    with progress(TextColumn("[bold]{task.description:<7}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TextColumn("[dim]{task.fields[note]}"), console=con) as bar:
+        tasks: dict[str, int] = {}
+
+        def on_event(e) -> None:
+            if e.stage not in tasks:
+                tasks[e.stage] = bar.add_task(e.stage, total=e.total, note="")
+            bar.update(tasks[e.stage], completed=e.done, total=e.total, note=e.note[:60])
+
+        return run_pipeline(cfg, out, on_event)
+
+
+def _print_run_result(res, out: _Path, con) -> None:
+    """The run's notes, its family table on stdout, and where the table and plots are."""
+    from .report import format_table
+
     for n in res.notes:
         con.print(n, highlight=False)
     typer.echo(format_table(res.rows))
     con.print(f"family table {out / 'family.csv'}, Pareto plot {res.pareto_png}, curves {res.curves_png}; "
               f"{res.wall_s:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in res.stage_s.items()) + ")",
               highlight=False)
-    if res.interrupted:
-        raise typer.Exit(130)
-    if any(r.get("status") != "ok" for r in res.rows):
-        raise typer.Exit(1)
 
 
 @app.command("report")

@@ -435,22 +435,13 @@ def run_pipeline(cfg: RunConfig, out: Path, on_event: OnEvent | None = None) -> 
 
 
 def _run_pipeline(cfg: RunConfig, out: Path, on_event: OnEvent) -> RunResult:
-    from .retrain import load_splits
-
+    """The stages in order (tables, search, derive, members), then the family table, plots and summary."""
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
     t0 = time.perf_counter()
     stage_s: dict[str, float] = {}
     devices, space = _open_devices(cfg)
-    device = devices[0]
-    prev = out / "run.json"
-    if prev.is_file():
-        old = read_json_or_none(prev)
-        if old != cfg.to_dict():
-            diff = sorted(k for k in cfg.to_dict() if not isinstance(old, dict) or old.get(k) != cfg.to_dict()[k])
-            raise PipelineError(f"{out} holds a run with other settings ({', '.join(diff[:4])}); rerun it with the "
-                                f"same options to continue, or choose another --out")
-    atomic_write_text(prev, json.dumps(cfg.to_dict(), indent=2) + "\n")
+    _check_run_settings(cfg, out)
 
     table_paths = _stage_tables(cfg, devices, space, out, on_event, notes, stage_s)
     table_path = table_paths[0]
@@ -465,6 +456,33 @@ def _run_pipeline(cfg: RunConfig, out: Path, on_event: OnEvent) -> RunResult:
     t = time.perf_counter()
     paths = _stage_derive(cfg, out / "search", out / "family", on_event, notes)
     stage_s["derive"] = time.perf_counter() - t
+
+    rows, interrupted = _stage_members(cfg, out, paths, table, space, devices, protocol, on_event, notes, stage_s)
+    write_family(out, rows)
+    title = f"{space.spec} on {'+'.join(cfg.devices)} ({cfg.data})"
+    pareto, curves = make_plots(out, rows, title)
+    res = RunResult(out, rows, table_path, notes, pareto, curves, interrupted, time.perf_counter() - t0, stage_s)
+    atomic_write_text(out / "summary.txt", "\n".join(notes) + "\n\n" + format_table(rows) + "\n")
+    return res
+
+
+def _check_run_settings(cfg: RunConfig, out: Path) -> None:
+    """Refuse an ``out`` that holds a run with other settings; record this run's settings in run.json."""
+    prev = out / "run.json"
+    if prev.is_file():
+        old = read_json_or_none(prev)
+        if old != cfg.to_dict():
+            diff = sorted(k for k in cfg.to_dict() if not isinstance(old, dict) or old.get(k) != cfg.to_dict()[k])
+            raise PipelineError(f"{out} holds a run with other settings ({', '.join(diff[:4])}); rerun it with the "
+                                f"same options to continue, or choose another --out")
+    atomic_write_text(prev, json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+
+def _stage_members(cfg: RunConfig, out: Path, paths: list[Path], table, space: Space, devices: list[Device],
+                   protocol: Protocol, on_event: OnEvent, notes: list[str],
+                   stage_s: dict[str, float]) -> tuple[list[dict[str, Any]], bool]:
+    """Retrain, export and measure each family member on the first device; (rows, interrupted by Ctrl-C)."""
+    from .retrain import load_splits
 
     tcfg = TrainConfig(data=cfg.data, data_dir=cfg.data_dir, data_limit=cfg.data_limit, epochs=cfg.retrain_epochs,
                        batch_size=cfg.batch_size, seed=cfg.seed, max_train_batches=cfg.max_train_batches)
@@ -486,7 +504,7 @@ def _run_pipeline(cfg: RunConfig, out: Path, on_event: OnEvent) -> RunResult:
             raw = table.model(space, None).exact(arch.choices)
             extra = {"predicted_raw_ms": raw, "calibrated": bool(table.calibration), "note": fam_notes.get(name, ""),
                      **({"predicted_ms_by_device": arch.predicted_ms_by_device} if len(devices) > 1 else {})}
-            rows.append(run_member(arch, name, out / "members" / name, device, protocol, tcfg, splits, on_epoch,
+            rows.append(run_member(arch, name, out / "members" / name, devices[0], protocol, tcfg, splits, on_epoch,
                                    extra))
             write_family(out, rows)
             on_event(Event("member", i + 1, len(paths), f"{name} done"))
@@ -495,12 +513,7 @@ def _run_pipeline(cfg: RunConfig, out: Path, on_event: OnEvent) -> RunResult:
         notes.append(f"interrupted: {len(rows)} of {len(paths)} members finished and kept; rerun the same "
                      f"command to continue")
     stage_s["members"] = time.perf_counter() - t
-    write_family(out, rows)
-    title = f"{space.spec} on {'+'.join(cfg.devices)} ({cfg.data})"
-    pareto, curves = make_plots(out, rows, title)
-    res = RunResult(out, rows, table_path, notes, pareto, curves, interrupted, time.perf_counter() - t0, stage_s)
-    atomic_write_text(out / "summary.txt", "\n".join(notes) + "\n\n" + format_table(rows) + "\n")
-    return res
+    return rows, interrupted
 
 
 def _open_devices(cfg: RunConfig) -> tuple[list[Device], Space]:

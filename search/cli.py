@@ -116,6 +116,8 @@ def _search_run(con, fail, preset_name: str, preset_kw: dict, torch_device: str,
         cfg = _search_config(preset_name, preset_kw, torch_device, overrides, stored, out)
         if data_note and os.environ.get("RANK", "0") == "0" and not os.environ.get(distributed.LAUNCHED_ENV):
             con.print(f"data: {data_note}", highlight=False)  # once the options are known to be good
+        if (ddp is None or ddp.is_main) and (note := _tables_outside_loss(cfg)):
+            con.print(note, highlight=False)
         history = _search_with_progress(cfg, out, resume, con, ddp is None or ddp.is_main)
         finished = True
     except UserError as e:
@@ -136,6 +138,18 @@ def _search_run(con, fail, preset_name: str, preset_kw: dict, torch_device: str,
     finally:
         distributed.shutdown(finished)
     return cfg, history, ddp
+
+
+def _tables_outside_loss(cfg) -> str | None:
+    """A note when a second or later --table is in no cost term: the search ignores it (derive does not)."""
+    terms = set(cfg.control.cost_terms)
+    idle = [n for n in range(1, len(cfg.tables)) if f"latency:{n}" not in terms]
+    if not idle:
+        return None
+    names = ", ".join(f"{cfg.tables[n]} (latency:{n})" for n in idle)
+    add = ",".join(f'"{t}"' for t in (*cfg.control.cost_terms, *(f"latency:{n}" for n in idle)))
+    return (f"note: --table {names} is in no cost term, so the search does not see it (derive, budgets and the "
+            f"family still use it); to condition the search on it: --set 'control.cost_terms=[{add}]'")
 
 
 def _search_config(preset_name: str, preset_kw: dict, torch_device: str, overrides: list[str], stored: dict | None,

@@ -213,3 +213,16 @@ def test_run_with_two_devices_searches_once_on_both(two_device_tables, tmp_path)
 def test_run_bad_devices_are_one_line(tmp_path, extra, match):
     r = CliRunner().invoke(app, ["run", "--quick", "--data", "digits", "--out", str(tmp_path / "r"), *extra])
     assert r.exit_code == 2 and "Traceback" not in r.output and match in " ".join(r.output.split())
+
+
+def test_search_notes_a_table_that_no_cost_term_reads():
+    from search.cli import _tables_outside_loss
+    from search.config import apply_overrides, preset
+
+    cfg = preset("hwnas", space=SPEC, tables=("a.csv", "b.csv"))
+    note = _tables_outside_loss(cfg)
+    assert note and "b.csv (latency:1)" in note and "a.csv" not in note
+    assert """control.cost_terms=["params","latency","latency:1"]""" in note
+    both = apply_overrides(cfg, ['control.cost_terms=["params","latency","latency:1"]'])
+    assert _tables_outside_loss(both) is None
+    assert _tables_outside_loss(preset("hwnas", space=SPEC, tables=("a.csv",))) is None

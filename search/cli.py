@@ -142,8 +142,9 @@ def _search_run(con, fail, preset_name: str, preset_kw: dict, torch_device: str,
 
 def _tables_outside_loss(cfg) -> str | None:
     """A note when a second or later --table is in no cost term: the search ignores it (derive does not)."""
-    terms = set(cfg.control.cost_terms)
-    idle = [n for n in range(1, len(cfg.tables)) if f"latency:{n}" not in terms]
+    from .config import idle_tables
+
+    idle = idle_tables(cfg)
     if not idle:
         return None
     names = ", ".join(f"{cfg.tables[n]} (latency:{n})" for n in idle)

@@ -290,6 +290,11 @@ def preset(name: str, **fields: Any) -> SearchConfig:
     return cfg.validate()
 
 
+def idle_tables(cfg: SearchConfig) -> list[int]:
+    """Indices N >= 1 of the tables whose cost term (``latency:N``) is not among ``cfg``'s cost terms."""
+    return [n for n in range(1, len(cfg.tables)) if f"latency:{n}" not in cfg.control.cost_terms]
+
+
 def config_to_dict(cfg: SearchConfig) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 

@@ -250,7 +250,7 @@ def _fmt_protocol(p: Protocol) -> str:
 def _stage_search(cfg: RunConfig, space: Space, tables: list[Path], run_dir: Path, on_event: OnEvent,
                   notes: list[str]) -> None:
     """The ``hwnas`` preset's search; with several devices its penalty holds every table (``latency:N``)."""
-    from .config import preset
+    from .config import idle_tables, preset
     from .train import search
 
     if (run_dir / "control.pt").is_file():
@@ -262,7 +262,7 @@ def _stage_search(cfg: RunConfig, space: Space, tables: list[Path], run_dir: Pat
                   epochs=cfg.search_epochs, data_dir=cfg.data_dir, data_limit=cfg.data_limit, seed=cfg.seed,
                   batch_size=cfg.batch_size, train_limit=cfg.train_limit)
     if len(tables) > 1:
-        scfg.control.cost_terms = (*scfg.control.cost_terms, *(f"latency:{n}" for n in range(1, len(tables))))
+        scfg.control.cost_terms = (*scfg.control.cost_terms, *(f"latency:{n}" for n in idle_tables(scfg)))
         notes.append(f"search: conditioned on {len(tables)} devices ({', '.join(cfg.devices)}): cost terms "
                      f"{', '.join(scfg.control.cost_terms)}")
 

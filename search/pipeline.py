@@ -2,7 +2,7 @@
 
 measure the table (if missing) -> search with the ``hwnas`` preset -> derive a family -> for each member: retrain,
 export to ONNX, measure end to end on the device -> one table + a Pareto plot. Everything lands in one output
-directory::
+directory (its layout is :class:`search.rundir.PipelineDir`'s)::
 
     OUT/search/                 the search run (config.json, metrics.jsonl, checkpoint.pt, control.pt)
     OUT/family/                 member-NN.json (architectures) + summary.csv, as `hwnas derive --family` writes
@@ -40,6 +40,7 @@ from profiler.tables import atomic_write_text, default_table_path, load_table, r
 
 from .report import FAMILY_COLUMNS, error_pct, format_table, plot_curves, plot_pareto, read_jsonl
 from .retrain import TrainConfig, retrain
+from .rundir import PipelineDir, RunDir
 
 # fast protocol for --quick tables and measurements: fewer, shorter samples (documented in the output)
 QUICK_PROTOCOL = Protocol(warmup_s=0.02, min_samples=5, min_seconds=0.03, max_seconds=1.0, retries=0)
@@ -247,17 +248,17 @@ def _fmt_protocol(p: Protocol) -> str:
     return ", ".join(f"{k}={v}" for k, v in p.to_dict().items())
 
 
-def _stage_search(cfg: RunConfig, space: Space, tables: list[Path], run_dir: Path, on_event: OnEvent,
+def _stage_search(cfg: RunConfig, space: Space, tables: list[Path], run_dir: RunDir, on_event: OnEvent,
                   notes: list[str]) -> None:
     """The ``hwnas`` preset's search; with several devices its penalty holds every table (``latency:N``)."""
     from .config import idle_tables, preset
     from .train import search
 
-    if (run_dir / "control.pt").is_file():
-        notes.append(f"search {run_dir}: finished earlier, reused")
+    if run_dir.finished:
+        notes.append(f"search {run_dir.path}: finished earlier, reused")
         on_event(Event("search", 1, 1, "reused"))
         return
-    resume = (run_dir / "config.json").is_file()
+    resume = run_dir.started
     scfg = preset("hwnas", space=space.spec, tables=tuple(str(t) for t in tables), data=cfg.data,
                   epochs=cfg.search_epochs, data_dir=cfg.data_dir, data_limit=cfg.data_limit, seed=cfg.seed,
                   batch_size=cfg.batch_size, train_limit=cfg.train_limit)
@@ -275,16 +276,16 @@ def _stage_search(cfg: RunConfig, space: Space, tables: list[Path], run_dir: Pat
                 note += f" E[lat] {lat:.3f} ms"
             on_event(Event("search", e["epoch"] * steps + int(e["step"]), e["epochs"] * steps, note))
 
-    hist = search(scfg, run_dir, resume=resume, on_progress=prog)
+    hist = search(scfg, run_dir.path, resume=resume, on_progress=prog)
     if hist and "arch_max_prob" in hist[-1]:
         k = len(space.ops)
         notes.append(f"search: arch_max_prob {hist[-1]['arch_max_prob']:.3f} at the last epoch (uniform {1 / k:.3f}, "
                      f"decided 1), entropy {hist[-1]['arch_entropy']:.3f} nats (uniform {math.log(k):.3f})")
     if resume:
-        notes.append(f"search {run_dir}: resumed an interrupted run")
+        notes.append(f"search {run_dir.path}: resumed an interrupted run")
 
 
-def _stage_derive(cfg: RunConfig, run_dir: Path, fam_dir: Path, on_event: OnEvent,
+def _stage_derive(cfg: RunConfig, run_dir: RunDir, fam_dir: Path, on_event: OnEvent,
                   notes: list[str]) -> list[Path]:
     from .derive import Deriver, derive_family, family_items, family_message, write_derived
     from .run import load_run
@@ -296,9 +297,9 @@ def _stage_derive(cfg: RunConfig, run_dir: Path, fam_dir: Path, on_event: OnEven
         notes.extend(old.get("notes", []))
         notes.append(f"family {fam_dir}: derived earlier ({len(existing)} members), reused")
         return existing
-    run = load_run(run_dir)
+    run = load_run(run_dir.path)
     cands, stats = derive_family(Deriver(run), cfg.family)
-    items = family_items(run, cands, stats, str(run_dir))
+    items = family_items(run, cands, stats, str(run_dir.path))
     write_derived(items, fam_dir)
     lines = family_message(stats, cfg.family, len(items))
     atomic_write_text(stats_path, json.dumps({**stats, "notes": lines}, indent=2) + "\n")
@@ -354,8 +355,9 @@ def write_family(out: Path, rows: list[dict[str, Any]]) -> None:
 
 def make_plots(out: Path, rows: list[dict[str, Any]], title: str) -> tuple[Path | None, Path | None]:
     pareto = plot_pareto(rows, out / "pareto.png", title)
-    members = {p.parent.name: read_jsonl(p) for p in sorted((out / "members").glob("*/curve.jsonl"))}
-    curves = plot_curves(read_jsonl(out / "search" / "metrics.jsonl"), members, out / "curves.png", title)
+    run = PipelineDir(out)
+    members = {p.parent.name: read_jsonl(p) for p in run.member_files("curve.jsonl")}
+    curves = plot_curves(read_jsonl(run.search.metrics), members, out / "curves.png", title)
     return pareto, curves
 
 
@@ -397,9 +399,10 @@ def estimate_run(cfg: RunConfig, out: Path) -> tuple[float | None, dict[str, flo
     n = train_samples(cfg.data, cfg.data_limit)
     if n is None:
         return None, parts
-    if not (out / "search" / "control.pt").is_file():
+    run = PipelineDir(out)
+    if not run.search.finished:
         parts["search"] = RATES["search_sample_s"] * scale * cfg.search_epochs * min(n, cfg.train_limit or n)
-    done = len(list((out / "members").glob("*/result.json"))) if (out / "members").is_dir() else 0
+    done = len(run.member_files("result.json"))
     left = max(0, cfg.family - done)
     batches = n / cfg.batch_size if cfg.max_train_batches is None else min(n / cfg.batch_size, cfg.max_train_batches)
     parts["members"] = left * (RATES["retrain_sample_s"] * scale * cfg.retrain_epochs * batches * cfg.batch_size
@@ -425,23 +428,22 @@ def run_pipeline(cfg: RunConfig, out: Path, on_event: OnEvent | None = None) -> 
     threads = torch.get_num_threads()
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)
-    from profiler.fileio import locked_dir
-
     try:
-        with locked_dir(out, "run directory"):
-            return _run_pipeline(cfg, Path(out), on_event or (lambda e: None))
+        with PipelineDir(out).lock():
+            return _run_pipeline(cfg, PipelineDir(out), on_event or (lambda e: None))
     finally:
         torch.set_num_threads(threads)
 
 
-def _run_pipeline(cfg: RunConfig, out: Path, on_event: OnEvent) -> RunResult:
+def _run_pipeline(cfg: RunConfig, run: PipelineDir, on_event: OnEvent) -> RunResult:
     """The stages in order (tables, search, derive, members), then the family table, plots and summary."""
+    out = run.path
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
     t0 = time.perf_counter()
     stage_s: dict[str, float] = {}
     devices, space = _open_devices(cfg)
-    _check_run_settings(cfg, out)
+    _check_run_settings(cfg, run)
 
     table_paths = _stage_tables(cfg, devices, space, out, on_event, notes, stage_s)
     table_path = table_paths[0]
@@ -451,24 +453,24 @@ def _run_pipeline(cfg: RunConfig, out: Path, on_event: OnEvent) -> RunResult:
         notes.append("--quick: whole models measured with the table's fast protocol")
 
     t = time.perf_counter()
-    _stage_search(cfg, space, table_paths, out / "search", on_event, notes)
+    _stage_search(cfg, space, table_paths, run.search, on_event, notes)
     stage_s["search"] = time.perf_counter() - t
     t = time.perf_counter()
-    paths = _stage_derive(cfg, out / "search", out / "family", on_event, notes)
+    paths = _stage_derive(cfg, run.search, run.family, on_event, notes)
     stage_s["derive"] = time.perf_counter() - t
 
-    rows, interrupted = _stage_members(cfg, out, paths, table, space, devices, protocol, on_event, notes, stage_s)
+    rows, interrupted = _stage_members(cfg, run, paths, table, space, devices, protocol, on_event, notes, stage_s)
     write_family(out, rows)
     title = f"{space.spec} on {'+'.join(cfg.devices)} ({cfg.data})"
     pareto, curves = make_plots(out, rows, title)
     res = RunResult(out, rows, table_path, notes, pareto, curves, interrupted, time.perf_counter() - t0, stage_s)
-    atomic_write_text(out / "summary.txt", "\n".join(notes) + "\n\n" + format_table(rows) + "\n")
+    atomic_write_text(run.summary, "\n".join(notes) + "\n\n" + format_table(rows) + "\n")
     return res
 
 
-def _check_run_settings(cfg: RunConfig, out: Path) -> None:
+def _check_run_settings(cfg: RunConfig, run: PipelineDir) -> None:
     """Refuse an ``out`` that holds a run with other settings; record this run's settings in run.json."""
-    prev = out / "run.json"
+    out, prev = run.path, run.settings
     if prev.is_file():
         old = read_json_or_none(prev)
         if old != cfg.to_dict():
@@ -478,7 +480,7 @@ def _check_run_settings(cfg: RunConfig, out: Path) -> None:
     atomic_write_text(prev, json.dumps(cfg.to_dict(), indent=2) + "\n")
 
 
-def _stage_members(cfg: RunConfig, out: Path, paths: list[Path], table, space: Space, devices: list[Device],
+def _stage_members(cfg: RunConfig, run: PipelineDir, paths: list[Path], table, space: Space, devices: list[Device],
                    protocol: Protocol, on_event: OnEvent, notes: list[str],
                    stage_s: dict[str, float]) -> tuple[list[dict[str, Any]], bool]:
     """Retrain, export and measure each family member on the first device; (rows, interrupted by Ctrl-C)."""
@@ -487,7 +489,7 @@ def _stage_members(cfg: RunConfig, out: Path, paths: list[Path], table, space: S
     tcfg = TrainConfig(data=cfg.data, data_dir=cfg.data_dir, data_limit=cfg.data_limit, epochs=cfg.retrain_epochs,
                        batch_size=cfg.batch_size, seed=cfg.seed, max_train_batches=cfg.max_train_batches)
     archs = [load_arch(p) for p in paths]
-    fam_notes = _family_notes(out / "family")
+    fam_notes = _family_notes(run.family)
     splits = load_splits(archs[0], tcfg) if archs else None
     rows: list[dict[str, Any]] = []
     interrupted = False
@@ -504,9 +506,9 @@ def _stage_members(cfg: RunConfig, out: Path, paths: list[Path], table, space: S
             raw = table.model(space, None).exact(arch.choices)
             extra = {"predicted_raw_ms": raw, "calibrated": bool(table.calibration), "note": fam_notes.get(name, ""),
                      **({"predicted_ms_by_device": arch.predicted_ms_by_device} if len(devices) > 1 else {})}
-            rows.append(run_member(arch, name, out / "members" / name, devices[0], protocol, tcfg, splits, on_epoch,
+            rows.append(run_member(arch, name, run.member(name), devices[0], protocol, tcfg, splits, on_epoch,
                                    extra))
-            write_family(out, rows)
+            write_family(run.path, rows)
             on_event(Event("member", i + 1, len(paths), f"{name} done"))
     except KeyboardInterrupt:
         interrupted = True
@@ -559,15 +561,13 @@ def _stage_tables(cfg: RunConfig, devices: list[Device], space: Space, out: Path
 def report_run(out: Path) -> tuple[list[dict[str, Any]], Path | None, Path | None]:
     """Rebuild the family table and plots of an ``hwnas run`` directory (or just the curves of a search run)."""
     out = Path(out)
-    rows = []
-    if (out / "members").is_dir():
-        for p in sorted((out / "members").glob("*/result.json")):
-            rows.append(json.loads(p.read_text()))
-    elif not (out / "metrics.jsonl").is_file():
+    run, search_run = PipelineDir(out), RunDir(out)
+    rows = [json.loads(p.read_text()) for p in run.member_files("result.json")]
+    if not run.members.is_dir() and not search_run.metrics.is_file():
         raise PipelineError(f"{out}: neither an hwnas run directory (members/) nor a search run (metrics.jsonl)")
     if rows:
         write_family(out, rows)
         pareto, curves = make_plots(out, rows, out.name)
         return rows, pareto, curves
-    curves = plot_curves(read_jsonl(out / "metrics.jsonl"), {}, out / "curves.png", out.name)
+    curves = plot_curves(read_jsonl(search_run.metrics), {}, out / "curves.png", out.name)
     return rows, None, curves

@@ -1,7 +1,8 @@
 """Reading a run directory back: the trained control, its space, table and cost tensors.
 
 ``load_run(RUN)`` rebuilds the control module from ``config.json`` and loads ``control.pt`` (or, for a run that was
-interrupted, the control part of ``checkpoint.pt``), all with ``torch.load(weights_only=True)``. A control value is
+interrupted, the control part of ``checkpoint.pt``), all with ``torch.load(weights_only=True)`` (the files are those
+of :class:`search.rundir.RunDir`). A control value is
 a plain dict: ``{}`` (static), ``{"lambda": 0.3}``, ``{"kappa": 5.0, "S": [0.5, 0.5]}``, ``{"S": [...one per op]}``.
 """
 
@@ -13,16 +14,16 @@ from typing import Any
 
 import torch
 
-from profiler.fileio import loads_json, read_text
 from profiler.ops import get_op
 from profiler.spaces import Space
 from profiler.tables import LatencyTable
 
-from .config import SearchConfig, config_from_dict
+from .config import SearchConfig
 from .control import Control, ControlSpace, Value
 from .costs import CostModel
 from .provenance import as_used, check_tables, read_provenance
-from .train import SearchError, build, read_metrics
+from .rundir import RunDir, SearchError, load_state  # noqa: F401 - load_state: read run files as before
+from .train import build
 
 
 @dataclass
@@ -94,35 +95,12 @@ def derive_choices(space: Space, probs: torch.Tensor) -> list[str]:
     return choices
 
 
-def load_state(path: Path, map_location: Any = "cpu") -> Any:
-    """``torch.load(weights_only=True)`` whose failure on a torn or foreign file is one line naming it."""
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch reports a bad file as RuntimeError, UnpicklingError, EOFError, ...
-        raise SearchError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:100]}); "
-                          f"restore it or re-run the search") from None
-    if not isinstance(state, dict) or (path.name == "checkpoint.pt" and "model" not in state):
-        raise SearchError(f"{path}: not a checkpoint written by hwnas search; restore it or re-run the search")
-    return state
-
-
-def resolve_run_dir(run_dir: str | Path) -> Path:
-    """A search run directory: ``hwnas search --out`` itself, or an ``hwnas run`` output holding it in ``search/``."""
-    path = Path(run_dir)
-    if (path / "config.json").is_file():
-        return path
-    if (path / "search" / "config.json").is_file():
-        return path / "search"
-    raise SearchError(f"{path}: not a run directory (no config.json, no search/config.json); give an hwnas search "
-                      f"--out or an hwnas run output (e.g. runs/cpu)")
-
-
 def load_run(run_dir: str | Path, accept_changed_tables: bool = False) -> Run:
     """A run as its search left it: the tables it recorded (``provenance.json``), with the calibrations it used. A
     table that is gone or changed is refused unless ``accept_changed_tables``."""
-    path = resolve_run_dir(run_dir)
-    cfg_path = path / "config.json"
-    cfg = config_from_dict(loads_json(read_text(cfg_path, "run config"), str(cfg_path)), str(cfg_path))
+    rd = RunDir.find(run_dir)
+    path = rd.path
+    cfg = rd.read_config()
     uses = read_provenance(path)
     notes = check_tables(path, uses, cfg.tables, accept_changed_tables)
     missing = [t for t in cfg.tables if not Path(t).is_file()]
@@ -131,19 +109,11 @@ def load_run(run_dir: str | Path, accept_changed_tables: bool = False) -> Run:
     setup = build(cfg, check_terms=False, with_model=False)
     tables, cal_notes = as_used(setup.tables, uses)
     costs = CostModel(setup.space, tables) if cal_notes else setup.costs
-    control = setup.control
-    if (path / "control.pt").is_file():
-        state = load_state(path / "control.pt")
-    elif (path / "checkpoint.pt").is_file():
-        ck = load_state(path / "checkpoint.pt")
-        state = {k[len("control."):]: v for k, v in ck["model"].items() if k.startswith("control.")}
-    else:
-        raise SearchError(f"{path}: no control.pt or checkpoint.pt; the search has not finished an epoch")
+    control, state = setup.control, rd.control_state()
     try:
         control.load_state_dict(state)
     except RuntimeError as e:
         raise SearchError(f"{path}: the stored control does not fit this run's config ({str(e).splitlines()[0]}); "
                           f"re-run the search") from None
     control.eval()
-    return Run(path, setup.cfg, setup.space, tables, costs, control, read_metrics(path / "metrics.jsonl"),
-               notes + cal_notes)
+    return Run(path, setup.cfg, setup.space, tables, costs, control, rd.read_metrics(), notes + cal_notes)

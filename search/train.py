@@ -4,16 +4,15 @@
 passes a ``forward`` that samples a control value and op weights and returns the search loss, and, for bilevel
 optimisation, a ``before_step`` hook that takes the architecture step on the other split.
 
-The search loop writes, in the run directory: ``config.json`` (the resolved config), ``metrics.jsonl`` (one line per
-epoch), ``checkpoint.pt`` (atomic, every epoch: weights, control, optimisers and every RNG state, so a resumed run
-ends exactly where an uninterrupted one would) and ``control.pt`` (the final control state_dict).
+The search loop writes its run directory through :class:`search.rundir.RunDir`: ``config.json`` (the resolved
+config), ``metrics.jsonl`` (one line per epoch), ``checkpoint.pt`` (atomic, every epoch: weights, control, optimisers
+and every RNG state, so a resumed run ends exactly where an uninterrupted one would) and ``control.pt`` (the final
+control state_dict).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,25 +24,19 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from profiler.errors import UserError
 from profiler.spaces import Space, get_space
-from profiler.fileio import atomic_write_text
 
-from .config import SearchConfig, config_from_dict, config_to_dict
+from .config import SearchConfig
 from .control import Control, Value, build_control
 from .costs import CostModel, open_table
-from .provenance import record_provenance
 from . import distributed
 from .data import Splits, load_data
 from .losses import search_loss
+from .rundir import RunDir, SearchError
 from .samplers import Sampler, entropy_weight, mean_entropy, temperature
 from .supernet import SearchModel
 
 Forward = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]
-
-
-class SearchError(UserError, RuntimeError):
-    """A search that cannot start or go on; the message is the one line shown to the user."""
 
 
 class NonFiniteLoss(RuntimeError):
@@ -270,47 +263,6 @@ def _set_rng_state(state: dict[str, torch.Tensor], gens: dict[str, torch.Generat
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    from profiler.fileio import atomic_path
-
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a torn last line from a kill
-    return out
-
-
-RESUME_FIELDS = ("preset", "space", "tables", "data", "data_limit", "seed", "batch_size")
-
-
-def _check_resume(out: Path, cfg: SearchConfig) -> SearchConfig:
-    """The stored config of run ``out``; the identifying fields given again must match. ``epochs`` may change."""
-    from profiler.fileio import loads_json, read_text
-
-    where = str(out / "config.json")
-    stored = config_from_dict(loads_json(read_text(out / "config.json", "run config"), where), where)
-    for k in RESUME_FIELDS:
-        a, b = getattr(stored, k), getattr(cfg, k)
-        if a != b:
-            raise SearchError(f"{out}: run was started with {k}={a!r}, not {b!r}; resume with the same "
-                              f"options or start a new --out")
-    stored.epochs, stored.torch_device = cfg.epochs, cfg.torch_device
-    return stored
-
-
 ProgressFn = Callable[[dict[str, Any]], None]
 
 
@@ -324,19 +276,17 @@ def search(cfg: SearchConfig, out: str | Path, *, resume: bool = False, splits: 
     """
     from contextlib import nullcontext
 
-    from profiler.fileio import locked_dir
-
+    run_dir = RunDir(out)
     ddp = distributed.current()  # several ranks share one run directory: only rank 0 writes it, so only it locks
-    with locked_dir(out, "run directory") if ddp is None or ddp.is_main else nullcontext():
-        return _search(cfg, Path(out), resume, splits, on_progress, stop_after)
+    with run_dir.lock() if ddp is None or ddp.is_main else nullcontext():
+        return _search(cfg, run_dir, resume, splits, on_progress, stop_after)
 
 
-def _search(cfg: SearchConfig, out: Path, resume: bool, splits: Splits | None, on_progress: ProgressFn | None,
+def _search(cfg: SearchConfig, run_dir: RunDir, resume: bool, splits: Splits | None, on_progress: ProgressFn | None,
             stop_after: int | None) -> list[dict[str, Any]]:
     """The search in named steps: check the run directory, build, load data and loaders, restore a checkpoint,
     write the run's start, then per epoch train, evaluate, record and checkpoint."""
-    ckpt_path, metrics_path = out / "checkpoint.pt", out / "metrics.jsonl"
-    cfg = _check_run_dir(cfg, out, resume)
+    cfg = _check_run_dir(cfg, run_dir, resume)
     setup = build(cfg)
     cfg, space, model, control = setup.cfg, setup.space, setup.model, setup.control
     dev = torch.device(cfg.torch_device)
@@ -353,15 +303,15 @@ def _search(cfg: SearchConfig, out: Path, resume: bool, splits: Splits | None, o
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=wo.lr, momentum=wo.momentum, weight_decay=wo.weight_decay)
     a_opt = torch.optim.Adam(model.arch_parameters(), lr=ao.lr, betas=tuple(ao.betas), weight_decay=ao.weight_decay)
     start, last_finite = 0, {}
-    if resume and ckpt_path.is_file():
-        start, last_finite = _restore(ckpt_path, dev, model, w_opt, a_opt, gens)
-    history = [m for m in read_metrics(metrics_path) if m.get("epoch", 1 << 30) < start]
+    if resume and run_dir.checkpoint.is_file():
+        start, last_finite = _restore(run_dir, dev, model, w_opt, a_opt, gens)
+    history = run_dir.read_metrics(before_epoch=start)
     if ddp is not None:
         ddp.barrier()  # every rank has checked and read the run directory before rank 0 writes it
     if main:
-        _write_run_start(out, cfg, setup, resume, history)
+        run_dir.write_start(cfg, setup.tables, resume, history)
     loop = _EpochLoop(setup, _Objective(cfg, setup, gens["arch"]), control_grid(control), dev, ddp, gens,
-                      w_loader, a_loader, val_loader, w_opt, a_opt, last_finite, ckpt_path, on_progress)
+                      w_loader, a_loader, val_loader, w_opt, a_opt, last_finite, run_dir, on_progress)
     t_start = time.perf_counter()
     done_this_call = 0
     for epoch in range(start, cfg.epochs):
@@ -369,7 +319,7 @@ def _search(cfg: SearchConfig, out: Path, resume: bool, splits: Splits | None, o
             break
         rec = loop.run_epoch(epoch, start + done_this_call, t_start)
         if main:
-            _append_metrics(metrics_path, rec)
+            run_dir.append_metrics(rec)
         history.append(rec)
         if main:
             loop.checkpoint(epoch)
@@ -377,7 +327,7 @@ def _search(cfg: SearchConfig, out: Path, resume: bool, splits: Splits | None, o
         if on_progress is not None:
             on_progress({"event": "epoch", **rec, "epochs": cfg.epochs})
     if main and history and history[-1]["epoch"] == cfg.epochs - 1:
-        atomic_torch_save(control.state_dict(), out / "control.pt")
+        run_dir.save_control(control.state_dict())
     return history
 
 
@@ -397,7 +347,7 @@ class _EpochLoop:
     w_opt: torch.optim.Optimizer
     a_opt: torch.optim.Optimizer
     last_finite: dict[str, float]
-    ckpt_path: Path
+    run_dir: RunDir
     on_progress: ProgressFn | None
 
     def run_epoch(self, epoch: int, kept_epoch: int, t_start: float) -> dict[str, Any]:
@@ -427,7 +377,7 @@ class _EpochLoop:
             tr = fit_epoch(self.setup.model, self.w_loader, opts, forward=objective.forward, grad_clip=wo.grad_clip,
                            before_step=before, on_step=on_step, backward=ddp and ddp.backward)
         except NonFiniteLoss as e:
-            raise _non_finite_error(e, epoch, kept_epoch, self.ckpt_path) from None
+            raise _non_finite_error(e, epoch, kept_epoch, self.run_dir.checkpoint) from None
         if ddp is not None:
             tr = ddp.reduce_train(tr)
         va = (evaluate if ddp is None else ddp.evaluate)(self.setup.model, self.val_loader, objective.eval_forward)
@@ -438,22 +388,17 @@ class _EpochLoop:
 
     def checkpoint(self, epoch: int) -> None:
         """Save weights, optimisers and every RNG state after ``epoch`` (atomic), so a resume continues exactly."""
-        atomic_torch_save({"epoch": epoch + 1, "model": self.setup.model.state_dict(),
-                           "w_opt": self.w_opt.state_dict(), "a_opt": self.a_opt.state_dict(),
-                           "rng": _rng_state(self.gens), "last_finite": dict(self.last_finite)}, self.ckpt_path)
+        self.run_dir.save_checkpoint({"epoch": epoch + 1, "model": self.setup.model.state_dict(),
+                                      "w_opt": self.w_opt.state_dict(), "a_opt": self.a_opt.state_dict(),
+                                      "rng": _rng_state(self.gens), "last_finite": dict(self.last_finite)})
 
 
-def _check_run_dir(cfg: SearchConfig, out: Path, resume: bool) -> SearchConfig:
+def _check_run_dir(cfg: SearchConfig, run_dir: RunDir, resume: bool) -> SearchConfig:
     """The config to run with (the stored one on ``resume``); refuses a fresh run into a used directory and a
     CUDA device this torch cannot use."""
     cfg.tables = tuple(str(Path(t).resolve()) for t in cfg.tables)
     cfg.validate()
-    if resume:
-        if not (out / "config.json").is_file():
-            raise SearchError(f"{out}: nothing to resume (no config.json); start it without --resume")
-        cfg = _check_resume(out, cfg)
-    elif (out / "config.json").exists() or (out / "checkpoint.pt").exists():
-        raise SearchError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    cfg = run_dir.start(cfg, resume)
     if cfg.torch_device.startswith("cuda") and not torch.cuda.is_available():
         raise SearchError("--torch-device cuda: no CUDA device is available to this torch build; use cpu")
     return cfg
@@ -491,25 +436,15 @@ def _loaders(cfg: SearchConfig, splits: Splits, gens: dict[str, torch.Generator]
     return w_loader, a_loader, val_loader
 
 
-def _restore(ckpt_path: Path, dev: torch.device, model: SearchModel, w_opt: torch.optim.Optimizer,
+def _restore(run_dir: RunDir, dev: torch.device, model: SearchModel, w_opt: torch.optim.Optimizer,
              a_opt: torch.optim.Optimizer, gens: dict[str, torch.Generator]) -> tuple[int, dict[str, float]]:
     """Load a checkpoint into model, optimisers and generators; (the epoch to start at, the last finite values)."""
-    from .run import load_state
-
-    ck = load_state(ckpt_path, dev)
+    ck = run_dir.load_checkpoint(dev)
     model.load_state_dict(ck["model"])
     w_opt.load_state_dict(ck["w_opt"])
     a_opt.load_state_dict(ck["a_opt"])
     _set_rng_state(ck["rng"], gens)
     return int(ck["epoch"]), dict(ck.get("last_finite", {}))
-
-
-def _write_run_start(out: Path, cfg: SearchConfig, setup: Setup, resume: bool, history: list[dict[str, Any]]) -> None:
-    """Write config.json, the provenance of tables and calibrations, and metrics.jsonl cut to ``history``."""
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.json", json.dumps(config_to_dict(cfg), indent=2))
-    record_provenance(out, setup.tables, resume)  # which tables and calibrations this run uses
-    atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
 
 
 class _Objective:
@@ -586,10 +521,3 @@ def _eval_arch(setup: Setup, eval_c: Value, grid: Sequence[Value]) -> dict[str, 
     return {"eval_control": control.plain(eval_c), **{f"eval_E_{k}": v for k, v in exp.items()},
             "eval_arch": arch, **arch_decidedness(control, grid)}
 
-
-def _append_metrics(path: Path, rec: dict[str, Any]) -> None:
-    """Append one epoch's record to metrics.jsonl, synced to disk."""
-    with open(path, "a") as f:
-        f.write(json.dumps(rec) + "\n")
-        f.flush()
-        os.fsync(f.fileno())

@@ -1,12 +1,21 @@
-"""hwnas: latency-aware differentiable NAS. Parses arguments, calls the library."""
+"""hwnas: latency-aware differentiable NAS. Parses arguments, calls the library.
+
+Every command reports on one console (:func:`_console`, stderr; stdout carries the tables) and ends on bad input
+through one error path: a ``UserError`` that escapes a command is printed as one line with exit code 2 by the app
+(:class:`profiler.cliapp.UserErrorApp`), and :func:`_fail` is that same line with another code (1: a check failed,
+130: interrupted).
+"""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import NoReturn, Optional
 
 import typer
+from rich.console import Console
 
-from profiler.cliapp import UserErrorApp
+from profiler.cliapp import UserErrorApp, print_error
 from profiler.errors import UserError
 from profiler.version import version_option
 
@@ -19,14 +28,15 @@ def _main(version: bool = version_option("hwnas")) -> None:
     """Search, derive, retrain, export and ship architectures."""
 
 
-def _stored_data(out: str) -> dict | None:
-    """``data`` and ``data_limit`` of the run in ``out`` (for --resume), or None when there is none to read."""
-    from pathlib import Path
+def _console() -> Console:
+    """The console every command reports on: stderr, so stdout holds only the tables a command prints."""
+    return Console(stderr=True)
 
-    from profiler.tables import read_json_or_none
 
-    cfg = read_json_or_none(Path(out) / "config.json")
-    return cfg if isinstance(cfg, dict) and isinstance(cfg.get("data"), str) else None
+def _fail(msg: str, code: int = 2) -> NoReturn:
+    """End the command with the one-line ``error: msg`` (as the app prints a ``UserError``) and exit ``code``."""
+    print_error(msg)
+    raise typer.Exit(code)
 
 
 @app.command("search")
@@ -56,30 +66,23 @@ def search_cmd(
                                                 "process) or local (per-rank statistics, fewer collectives)."),
 ) -> None:
     """Search an architecture distribution with a latency table; writes a run directory (resumable)."""
-    from rich.console import Console
-
     from . import distributed
 
-    con = Console(stderr=True)
-
-    def fail(msg: str, code: int = 2) -> None:
-        con.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code)
-
+    con = _console()
     if nproc < 1:
-        fail(f"--nproc {nproc}: at least 1")
+        _fail(f"--nproc {nproc}: at least 1")
     stored, data, data_limit, data_note = _search_data(out, resume, data, data_limit, data_dir)
     if nproc > 1:
         args = _search_args(space, table, preset_name, data, epochs, out, resume, seed, torch_device, batch_size,
                             data_dir, threads or distributed.default_threads(nproc), overrides, bn, data_limit)
-        _launch(args, nproc, out, fail)
+        _launch(args, nproc, out)
     if threads:
         import torch
 
         torch.set_num_threads(threads)
     preset_kw = dict(space=space, tables=tuple(table), data=data, epochs=epochs, seed=seed, batch_size=batch_size,
                      data_dir=data_dir, data_limit=data_limit)
-    cfg, history, ddp = _search_run(con, fail, preset_name, preset_kw, torch_device, bn, overrides, stored, out,
+    cfg, history, ddp = _search_run(con, preset_name, preset_kw, torch_device, bn, overrides, stored, out,
                                     resume, data_note)
     if ddp is not None and not ddp.is_main:
         return
@@ -93,7 +96,9 @@ def _search_data(out: str, resume: bool, data: str | None, data_limit: int | Non
     from .data import default_data
 
     data_note = None
-    stored = _stored_data(out) if resume else None
+    from .rundir import RunDir
+
+    stored = RunDir(out).stored_config() if resume else None
     if stored is not None:  # --resume: the run's own data unless given again
         data = stored["data"] if data is None else data
         data_limit = stored.get("data_limit") if data_limit is None else data_limit
@@ -102,7 +107,7 @@ def _search_data(out: str, resume: bool, data: str | None, data_limit: int | Non
     return stored, data, data_limit, data_note
 
 
-def _search_run(con, fail, preset_name: str, preset_kw: dict, torch_device: str, bn: str, overrides: list[str],
+def _search_run(con, preset_name: str, preset_kw: dict, torch_device: str, bn: str, overrides: list[str],
                 stored: dict | None, out: str, resume: bool, data_note: str | None):
     """(config, history, ddp) of one search process; every failure ends the command with its one line."""
     from . import distributed
@@ -121,18 +126,20 @@ def _search_run(con, fail, preset_name: str, preset_kw: dict, torch_device: str,
         history = _search_with_progress(cfg, out, resume, con, ddp is None or ddp.is_main)
         finished = True
     except UserError as e:
-        fail(str(e))
+        _fail(str(e))
     except KeyboardInterrupt:
-        if (_Path(out) / "checkpoint.pt").is_file():
-            fail(f"interrupted; the last finished epoch is checkpointed in {out}: add --resume to continue", 130)
-        fail(f"interrupted before the first epoch finished: no checkpoint in {out} to resume; remove {out} and run "
+        from .rundir import RunDir
+
+        if RunDir(out).checkpoint.is_file():
+            _fail(f"interrupted; the last finished epoch is checkpointed in {out}: add --resume to continue", 130)
+        _fail(f"interrupted before the first epoch finished: no checkpoint in {out} to resume; remove {out} and run "
              f"the same command again", 130)
     except Exception as e:
         if distributed.env_world() <= 1 or not distributed.peer_lost(e):
             raise
         if os.environ.get(distributed.LAUNCHED_ENV):
             raise typer.Exit(distributed.PEER_LOST)  # the launcher prints the one line
-        fail(f"rank {os.environ.get('RANK')}: another worker failed or did not join in time "
+        _fail(f"rank {os.environ.get('RANK')}: another worker failed or did not join in time "
              f"({(str(e).splitlines() or [type(e).__name__])[0][:200]}); the last finished epoch (if any) is "
              f"checkpointed in {out}: add --resume to continue", distributed.PEER_LOST)
     finally:
@@ -160,11 +167,10 @@ def _search_config(preset_name: str, preset_kw: dict, torch_device: str, overrid
 
     cfg = apply_overrides(preset(preset_name, torch_device=torch_device, **preset_kw), overrides)
     if stored is not None and overrides:
-        from pathlib import Path
-
         from .config import check_resume_overrides
+        from .rundir import RunDir
 
-        check_resume_overrides(stored, cfg, overrides, str(Path(out) / "config.json"))
+        check_resume_overrides(stored, cfg, overrides, str(RunDir(out).config))
     return cfg
 
 
@@ -216,53 +222,37 @@ def _search_args(space: str, tables: list[str], preset_name: str, data: str, epo
     return args
 
 
-def _launch(args: list[str], nproc: int, out: str, fail) -> None:
+def _launch(args: list[str], nproc: int, out: str) -> NoReturn:
     """Run ``args`` as ``nproc`` workers and end this command with their outcome."""
     from . import distributed
 
     if distributed.env_world() > 1:
-        fail(f"--nproc {nproc} inside a torch.distributed job (WORLD_SIZE={distributed.env_world()}): use either "
+        _fail(f"--nproc {nproc} inside a torch.distributed job (WORLD_SIZE={distributed.env_world()}): use either "
              f"--nproc or torchrun, not both")
     outcome = distributed.launch(args, nproc, out)
     if outcome.message:
-        fail(outcome.message, outcome.code)
+        _fail(outcome.message, outcome.code)
     raise typer.Exit(outcome.code)
 
 
 # ------------------------------------------------------------------ family: derive, train, export, run, report
-# (helpers prefixed _fam_ so they never clash with the search commands' own)
-
-from pathlib import Path as _Path  # noqa: E402
-from typing import Optional as _Opt  # noqa: E402
-
-
-def _fam_fail(msg: str, code: int = 2) -> None:
-    from rich.console import Console
-
-    Console(stderr=True).print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def _fam_console():
-    from rich.console import Console
-
-    return Console(stderr=True)
 
 
 @app.command("derive")
 def derive_cmd(
-    run_dir: _Path = typer.Argument(..., help="Search run directory (hwnas search --out) or an hwnas run output "
-                                              "(runs/cpu: its search/ is used)."),
-    control: _Opt[str] = typer.Option(None, "--control", help="One control value, e.g. kappa=0.3,S=0.5:0.5."),
-    latency_ms: _Opt[str] = typer.Option(None, "--latency-ms", help="Latency budgets, e.g. 3,5,8; on a run with "
+    run_dir: Path = typer.Argument(..., help="Search run directory (hwnas search --out) or an hwnas run output "
+                                             "(runs/cpu: its search/ is used)."),
+    control: Optional[str] = typer.Option(None, "--control", help="One control value, e.g. kappa=0.3,S=0.5:0.5."),
+    latency_ms: Optional[str] = typer.Option(None, "--latency-ms", help="Latency budgets, e.g. 3,5,8; on a run with "
                                          "several tables one limit per device, e.g. cpu-1t=0.2,tvm-cpu=3 (every "
                                          "limit must hold; DEV=0.2:0.3 gives one budget per value)."),
-    params: _Opt[str] = typer.Option(None, "--params", help="Params budget, e.g. 100k (alone or with --latency-ms)."),
-    family: _Opt[int] = typer.Option(None, "--family", help="N distinct Pareto-optimal architectures."),
+    params: Optional[str] = typer.Option(None, "--params",
+                                         help="Params budget, e.g. 100k (alone or with --latency-ms)."),
+    family: Optional[int] = typer.Option(None, "--family", help="N distinct Pareto-optimal architectures."),
     fill: bool = typer.Option(True, "--fill/--no-fill", help="Budgets: change the fewest layers of the nearest "
                                                              "over-budget architecture that meet the budget "
                                                              "(marked kind=filled in the JSON)."),
-    out: _Opt[_Path] = typer.Option(None, "--out", "-o", help="Output directory (default RUN/derived)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default RUN/derived)."),
     accept_changed: bool = typer.Option(False, "--accept-changed-tables",
                                         help="Derive although a table changed since the search (uses the tables "
                                              "and calibrations as they are now)."),
@@ -270,26 +260,23 @@ def derive_cmd(
     """Architectures from a trained run, no retraining: at a control, by budgets, or a family of N."""
     modes = sum(x is not None for x in (control, family)) + (latency_ms is not None or params is not None)
     if modes != 1:
-        _fam_fail("give exactly one of --control, --latency-ms/--params, --family")
-    con = _fam_console()
-    try:
-        from .derive import write_derived
-        from .run import load_run
+        _fail("give exactly one of --control, --latency-ms/--params, --family")
+    from .derive import write_derived
+    from .run import load_run
 
-        run = load_run(run_dir, accept_changed_tables=accept_changed)
-        for note in run.notes:
-            con.print(f"[yellow]{note}", highlight=False)
-        items = _derive_items(run, run_dir, con, control, family, latency_ms, params, fill)
-        summary = write_derived(items, out or _Path(run_dir) / "derived")
-    except UserError as e:
-        _fam_fail(str(e))
+    con = _console()
+    run = load_run(run_dir, accept_changed_tables=accept_changed)
+    for note in run.notes:
+        con.print(f"[yellow]{note}", highlight=False)
+    items = _derive_items(run, run_dir, con, control, family, latency_ms, params, fill)
+    summary = write_derived(items, out or Path(run_dir) / "derived")
     _print_derived(items, summary, con)
     if latency_ms is not None or params is not None:
         if not all(it.meets for it in items):
             raise typer.Exit(1)
 
 
-def _derive_items(run, run_dir: _Path, con, control: str | None, family: int | None, latency_ms: str | None,
+def _derive_items(run, run_dir: Path, con, control: str | None, family: int | None, latency_ms: str | None,
                   params: str | None, fill: bool) -> list:
     """The ``Derived`` items of the one mode given (control, family or budgets), with its console lines."""
     from .derive import (Derived, Deriver, check_control, derive_budgets, derive_family, family_items,
@@ -330,62 +317,65 @@ def _print_derived(items: list, summary, con) -> None:
 
 @app.command("train")
 def train_cmd(
-    arch_path: _Path = typer.Argument(..., help="Architecture JSON (hwnas derive)."),
-    data: _Opt[str] = typer.Option(None, "--data", help="fashion-mnist, digits, cifar10, mnist, npz:PATH or a folder "
-                                                        "(default: fashion-mnist when installed, else digits)."),
+    arch_path: Path = typer.Argument(..., help="Architecture JSON (hwnas derive)."),
+    data: Optional[str] = typer.Option(None, "--data", help="fashion-mnist, digits, cifar10, mnist, npz:PATH or a "
+                                       "folder (default: fashion-mnist when installed, else digits)."),
     epochs: int = typer.Option(10, "--epochs", help="Training epochs."),
-    out: _Path = typer.Option(..., "--out", "-o", help="Output directory (weights.safetensors, train.json)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory (weights.safetensors, train.json)."),
     batch_size: int = typer.Option(64, "--batch-size"),
     lr: float = typer.Option(0.05, "--lr"),
     seed: int = typer.Option(0, "--seed"),
-    data_dir: _Opt[str] = typer.Option(None, "--data-dir", help="Where torchvision datasets live."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where torchvision datasets live."),
 ) -> None:
     """Train an architecture from scratch; report test accuracy; save the weights (safetensors)."""
-    from profiler.arch import ArchError, load_arch
+    from profiler.arch import load_arch
 
     from .data import default_data
-    from .retrain import TrainConfig, TrainError, retrain
+    from .retrain import TrainConfig
 
+    con = _console()
     if data is None:
         data, note = default_data(data_dir)
-        _fam_console().print(f"data: {note}", highlight=False)
+        con.print(f"data: {note}", highlight=False)
+    arch = load_arch(arch_path)
+    cfg = TrainConfig(data=data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, data_dir=data_dir)
     try:
-        arch = load_arch(arch_path)
-        cfg = TrainConfig(data=data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, data_dir=data_dir)
-        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-
-        from profiler.progress import progress
-
-        with progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      TextColumn("{task.fields[note]}"), console=_fam_console()) as bar:
-            task = bar.add_task("train", total=epochs, note="")
-            res = retrain(arch, cfg, out, on_epoch=lambda r: bar.update(
-                task, completed=r["epoch"], note=f"loss {r['train_loss']:.3f} val {r['val_acc'] * 100:.1f} %"))
-    except UserError as e:
-        _fam_fail(str(e))
+        res = _train_with_progress(arch, cfg, out, con)
     except KeyboardInterrupt:
-        _fam_fail("interrupted; nothing was written", 130)
+        _fail("interrupted; nothing was written", 130)
     typer.echo(f"test accuracy {res.test_acc * 100:.2f} % (best val {res.val_acc * 100:.2f} % at epoch "
                f"{res.best_epoch}), {res.wall_s:.1f} s; weights {res.weights}")
 
 
+def _train_with_progress(arch, cfg, out: Path, con: Console):
+    """``retrain`` with a progress bar of its epochs."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+    from profiler.progress import progress
+
+    from .retrain import retrain
+
+    with progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[note]}"), console=con) as bar:
+        task = bar.add_task("train", total=cfg.epochs, note="")
+        return retrain(arch, cfg, out, on_epoch=lambda r: bar.update(
+            task, completed=r["epoch"], note=f"loss {r['train_loss']:.3f} val {r['val_acc'] * 100:.1f} %"))
+
+
 @app.command("export")
 def export_cmd(
-    arch_path: _Path = typer.Argument(..., help="Architecture JSON (hwnas derive)."),
-    weights: _Opt[_Path] = typer.Option(None, "--weights", "-w", help="Trained weights (hwnas train)."),
-    out: _Path = typer.Option(..., "--out", "-o", help="ONNX file to write."),
+    arch_path: Path = typer.Argument(..., help="Architecture JSON (hwnas derive)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Trained weights (hwnas train)."),
+    out: Path = typer.Option(..., "--out", "-o", help="ONNX file to write."),
 ) -> None:
     """A self-contained ONNX model (architecture JSON in its metadata), checked against PyTorch on one input."""
-    from profiler.arch import ArchError, export_arch, load_arch
+    from profiler.arch import export_arch, load_arch
 
-    try:
-        path, err = export_arch(load_arch(arch_path), out, weights)
-    except ArchError as e:
-        _fam_fail(str(e))
+    path, err = export_arch(load_arch(arch_path), out, weights)
     typer.echo(f"{path}: max |onnxruntime - torch| / max |torch| = {err:.2e}"
                + ("" if weights else " (untrained weights)"))
     if not err < 1e-3:
-        _fam_fail(f"{path}: onnxruntime output differs from PyTorch by {err:.2e}", 1)
+        _fail(f"{path}: onnxruntime output differs from PyTorch by {err:.2e}", 1)
 
 
 RUN_FMNIST_LIMIT = 2500  # hwnas run on fashion-mnist: 2250 train / 250 val images, 2500 test (README, family)
@@ -398,32 +388,31 @@ def run_cmd(
                                      "cpu-1t: see hwprof doctor for whether all cores time stably here); repeat it to "
                                      "search once conditioned on every device (members are timed on the first)."),
     quick: bool = typer.Option(False, "--quick", help="~2 min: small space, fast protocol, short training."),
-    out: _Opt[_Path] = typer.Option(None, "--out", "-o", help="Output directory (default runs/DEVICE[-quick])."),
-    space: _Opt[str] = typer.Option(None, "--space", help="Space spec (default fbnet-cifar:input_size=16,width=0.5)."),
-    table: list[_Path] = typer.Option([], "--table", help="Latency table (default tables/DEVICE/SPACE.csv); with "
-                                                          "several --device, one per device in the same order."),
-    data: _Opt[str] = typer.Option(None, "--data", help="Default: fashion-mnist when installed, else digits."),
-    data_limit: _Opt[int] = typer.Option(None, "--data-limit", help="fashion-mnist: a seeded N training images "
-                                                                    f"(default {RUN_FMNIST_LIMIT}, quick "
-                                                                    f"{QUICK_FMNIST_LIMIT}); 0 = all."),
-    data_dir: _Opt[str] = typer.Option(None, "--data-dir", help="Where Fashion-MNIST's IDX files are."),
-    family: _Opt[int] = typer.Option(None, "--family", help="Members of the family."),
-    search_epochs: _Opt[int] = typer.Option(None, "--search-epochs"),
-    retrain_epochs: _Opt[int] = typer.Option(None, "--retrain-epochs"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default runs/DEVICE[-quick])."),
+    space: Optional[str] = typer.Option(None, "--space",
+                                        help="Space spec (default fbnet-cifar:input_size=16,width=0.5)."),
+    table: list[Path] = typer.Option([], "--table", help="Latency table (default tables/DEVICE/SPACE.csv); with "
+                                                         "several --device, one per device in the same order."),
+    data: Optional[str] = typer.Option(None, "--data", help="Default: fashion-mnist when installed, else digits."),
+    data_limit: Optional[int] = typer.Option(None, "--data-limit", help="fashion-mnist: a seeded N training images "
+                                                                       f"(default {RUN_FMNIST_LIMIT}, quick "
+                                                                       f"{QUICK_FMNIST_LIMIT}); 0 = all."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where Fashion-MNIST's IDX files are."),
+    family: Optional[int] = typer.Option(None, "--family", help="Members of the family."),
+    search_epochs: Optional[int] = typer.Option(None, "--search-epochs"),
+    retrain_epochs: Optional[int] = typer.Option(None, "--retrain-epochs"),
     seed: int = typer.Option(0, "--seed"),
     calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate",
                                    help="Fit the table's calibration on random whole networks first (if it has none)."),
 ) -> None:
     """The main job: table -> search -> family -> retrain -> ONNX -> measure on DEVICE -> table + Pareto PNG."""
-    con = _fam_console()
+    con = _console()
     cfg, out = _run_config(con, device, quick, out, space, table, data, data_limit, data_dir, family,
                            search_epochs, retrain_epochs, seed, calibrate)
     try:
         res = _run_with_progress(cfg, out, con)
-    except UserError as e:
-        _fam_fail(str(e))
     except KeyboardInterrupt:
-        _fam_fail(f"interrupted before any member finished; finished stages are kept in {out}: run the same "
+        _fail(f"interrupted before any member finished; finished stages are kept in {out}: run the same "
                   f"command to continue", 130)
     _print_run_result(res, out, con)
     if res.interrupted:
@@ -432,7 +421,7 @@ def run_cmd(
         raise typer.Exit(1)
 
 
-def _run_config(con, device: list[str], quick: bool, out: _Path | None, space: str | None, table: list[_Path],
+def _run_config(con, device: list[str], quick: bool, out: Path | None, space: str | None, table: list[Path],
                 data: str | None, data_limit: int | None, data_dir: str | None, family: int | None,
                 search_epochs: int | None, retrain_epochs: int | None, seed: int, calibrate: bool):
     """The ``RunConfig`` and output directory of ``hwnas run``, announced on the console with its estimate."""
@@ -449,7 +438,7 @@ def _run_config(con, device: list[str], quick: bool, out: _Path | None, space: s
               data_dir=data_dir, search_epochs=search_epochs, retrain_epochs=retrain_epochs, seed=seed,
               calibrate=calibrate)
     cfg = RunConfig.quick_defaults(**kw) if quick else RunConfig(**{k: v for k, v in kw.items() if v is not None})
-    out = out or _Path("runs") / ("+".join(device) + ("-quick" if quick else ""))
+    out = out or Path("runs") / ("+".join(device) + ("-quick" if quick else ""))
     shown = note + (f", {cfg.data_limit} training images" if cfg.data_limit else "")
     devs = "+".join(cfg.devices)
     con.print(f"hwnas run: space {cfg.space}, device {devs}, data {shown}, search {cfg.search_epochs} "
@@ -461,7 +450,7 @@ def _run_config(con, device: list[str], quick: bool, out: _Path | None, space: s
     return cfg, out
 
 
-def _run_with_progress(cfg, out: _Path, con):
+def _run_with_progress(cfg, out: Path, con):
     """``run_pipeline`` with one progress bar per stage."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
@@ -481,7 +470,7 @@ def _run_with_progress(cfg, out: _Path, con):
         return run_pipeline(cfg, out, on_event)
 
 
-def _print_run_result(res, out: _Path, con) -> None:
+def _print_run_result(res, out: Path, con) -> None:
     """The run's notes, its family table on stdout, and where the table and plots are."""
     from .report import format_table
 
@@ -494,15 +483,12 @@ def _print_run_result(res, out: _Path, con) -> None:
 
 
 @app.command("report")
-def report_cmd(run_dir: _Path = typer.Argument(..., help="An hwnas run directory (or a search run).")) -> None:
+def report_cmd(run_dir: Path = typer.Argument(..., help="An hwnas run directory (or a search run).")) -> None:
     """The family table and the plots (Pareto front; training curves from metrics.jsonl)."""
-    from .pipeline import PipelineError, report_run
+    from .pipeline import report_run
     from .report import format_table
 
-    try:
-        rows, pareto, curves = report_run(run_dir)
-    except UserError as e:
-        _fam_fail(str(e))
+    rows, pareto, curves = report_run(run_dir)
     if rows:
         typer.echo(format_table(rows))
-    _fam_console().print(f"plots: {pareto or '-'} {curves or '-'}")
+    _console().print(f"plots: {pareto or '-'} {curves or '-'}")

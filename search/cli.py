@@ -386,7 +386,7 @@ QUICK_FMNIST_LIMIT = 1200
 def run_cmd(
     device: list[str] = typer.Option(["cpu-1t"], "--device", "-d", help="Device name from devices.yaml (default "
                                      "cpu-1t: see hwprof doctor for whether all cores time stably here); repeat it to "
-                                     "search once conditioned on every device (members are timed on the first)."),
+                                     "search once conditioned on every device (members are timed on each)."),
     quick: bool = typer.Option(False, "--quick", help="~2 min: small space, fast protocol, short training."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default runs/DEVICE[-quick])."),
     space: Optional[str] = typer.Option(None, "--space",

@@ -15,7 +15,8 @@ finished stages and members, so Ctrl-C loses at most the member in flight.
 
 Several devices (``--device A --device B``): each device's table is measured and calibrated, the one search holds
 every table in its penalty (``latency``, ``latency:1``, ...), the family's front is over every device's latency,
-and members are timed on the first device (each device's prediction is in the rows).
+and each member, retrained once, is timed on every device (``measured_ms_by_device`` and ``error_pct_by_device``
+beside ``predicted_ms_by_device`` in its row; ``measured_ms`` stays the first device's).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ class RunConfig:
 
     @property
     def devices(self) -> tuple[str, ...]:
-        """Every device of the run; the first is the one members are timed on."""
+        """Every device of the run (members are timed on each; the first's figures are the rows' plain columns)."""
         return (self.device, *self.more_devices)
 
     def table_path(self, n: int, out: Path) -> Path:
@@ -317,13 +318,33 @@ def _family_notes(fam_dir: Path) -> dict[str, str]:
         return {r["name"]: r.get("note") or "" for r in csv.DictReader(f)}
 
 
-def run_member(arch: Arch, name: str, member_dir: Path, device: Device, protocol: Protocol, tcfg: TrainConfig,
-               splits: Any = None, on_epoch: Callable[[dict[str, Any]], None] | None = None,
-               extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Retrain, export and measure one architecture; returns (and writes) its result row."""
+@dataclass(frozen=True)
+class Timing:
+    """One whole model timed on one device: the median (None when it failed), the error, the sample count."""
+
+    device: str
+    median_ms: float | None
+    error: str | None
+    samples: int
+
+
+def time_model(onnx_path: Path, device: Device, protocol: Protocol) -> Timing:
+    """Time an exported model end to end on ``device`` (``hwprof measure-model``'s path)."""
     from profiler.model_measure import measure_model
     from profiler.stats import summarize
 
+    res = measure_model(onnx_path, device, protocol)
+    return Timing(device.name, summarize(res.samples_ms).median_ms if res.ok else None,
+                  None if res.ok else str(res.error), len(res.samples_ms))
+
+
+def run_member(arch: Arch, name: str, member_dir: Path, device: Device, protocol: Protocol, tcfg: TrainConfig,
+               splits: Any = None, on_epoch: Callable[[dict[str, Any]], None] | None = None,
+               extra: dict[str, Any] | None = None,
+               more: tuple[tuple[Device, Protocol], ...] = ()) -> dict[str, Any]:
+    """Retrain, export and time one architecture on ``device`` (and on every device of ``more``, each with its
+    protocol); returns (and writes) its result row. The first device's figures are ``measured_ms`` and
+    ``error_pct``; with ``more``, ``measured_ms_by_device`` and ``error_pct_by_device`` hold every device's."""
     done = member_dir / "result.json"
     if done.is_file():
         row = json.loads(done.read_text())
@@ -331,24 +352,49 @@ def run_member(arch: Arch, name: str, member_dir: Path, device: Device, protocol
             return row
     tr = retrain(arch, tcfg, member_dir, splits=splits, on_epoch=on_epoch)
     onnx_path, max_err = export_arch(arch, member_dir / "model.onnx", tr.weights)
-    res = measure_model(onnx_path, device, protocol)
-    measured = summarize(res.samples_ms).median_ms if res.ok else None
+    timed = [time_model(onnx_path, d, p) for d, p in ((device, protocol), *more)]
+    first = timed[0]
     row = {"member": name, "digest": arch.digest(), "ops": " ".join(arch.choices), "params": arch.params,
-           "flops": arch.flops, "predicted_ms": arch.predicted_ms, "measured_ms": measured,
-           "error_pct": error_pct(arch.predicted_ms, measured), "test_acc": tr.test_acc,
-           "control": arch.control, "status": "ok" if res.ok else f"measure failed: {res.error}",
-           "onnx_max_abs_err": max_err, "train_s": tr.wall_s, "samples": len(res.samples_ms), **(extra or {})}
+           "flops": arch.flops, "predicted_ms": arch.predicted_ms, "measured_ms": first.median_ms,
+           "error_pct": error_pct(arch.predicted_ms, first.median_ms), "test_acc": tr.test_acc,
+           "control": arch.control, "status": _measure_status(timed),
+           "onnx_max_abs_err": max_err, "train_s": tr.wall_s, "samples": first.samples, **(extra or {})}
+    if more:
+        row.update(_by_device(arch, timed))
     atomic_write_text(done, json.dumps(row, indent=2) + "\n")
     return row
 
 
+def _measure_status(timed: list[Timing]) -> str:
+    """ok, or the first failure (``measure failed: ERROR`` on the first device, ``... on DEVICE: ERROR`` after)."""
+    for n, t in enumerate(timed):
+        if t.error is not None:
+            return f"measure failed: {t.error}" if n == 0 else f"measure failed on {t.device}: {t.error}"
+    return "ok"
+
+
+def _by_device(arch: Arch, timed: list[Timing]) -> dict[str, Any]:
+    """Measured and prediction error per device (the prediction is the architecture's for that device's table)."""
+    preds = list(arch.predicted_ms_by_device.values())
+    pred = {t.device: arch.predicted_ms_by_device.get(t.device, preds[n] if n < len(preds) else None)
+            for n, t in enumerate(timed)}
+    return {"measured_ms_by_device": {t.device: t.median_ms for t in timed},
+            "error_pct_by_device": {t.device: error_pct(pred[t.device], t.median_ms) for t in timed},
+            "samples_by_device": {t.device: t.samples for t in timed}}
+
+
+BY_DEVICE_COLUMNS = ("predicted_ms_by_device", "measured_ms_by_device", "error_pct_by_device")  # several devices
+
+
 def write_family(out: Path, rows: list[dict[str, Any]]) -> None:
+    """family.csv (FAMILY_COLUMNS, then the per-device columns when a row has them) and family.json."""
+    cols = FAMILY_COLUMNS + [c for c in BY_DEVICE_COLUMNS if any(c in r for r in rows)]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(FAMILY_COLUMNS)
+    w.writerow(cols)
     for r in rows:
         w.writerow(["" if r.get(c) is None else (json.dumps(r[c]) if isinstance(r[c], dict) else r[c])
-                    for c in FAMILY_COLUMNS])
+                    for c in cols])
     atomic_write_text(out / "family.csv", buf.getvalue())
     atomic_write_text(out / "family.json", json.dumps(rows, indent=2) + "\n")
 
@@ -448,7 +494,8 @@ def _run_pipeline(cfg: RunConfig, run: PipelineDir, on_event: OnEvent) -> RunRes
     table_paths = _stage_tables(cfg, devices, space, out, on_event, notes, stage_s)
     table_path = table_paths[0]
     table = load_table(table_path)
-    protocol = cfg.measure_protocol or Protocol.from_dict(table.meta.get("protocol", {}), f"{table_path} protocol")
+    protocols = [cfg.measure_protocol or Protocol.from_dict(load_table(p).meta.get("protocol", {}), f"{p} protocol")
+                 for p in table_paths]
     if cfg.quick and cfg.measure_protocol is None:
         notes.append("--quick: whole models measured with the table's fast protocol")
 
@@ -459,7 +506,7 @@ def _run_pipeline(cfg: RunConfig, run: PipelineDir, on_event: OnEvent) -> RunRes
     paths = _stage_derive(cfg, run.search, run.family, on_event, notes)
     stage_s["derive"] = time.perf_counter() - t
 
-    rows, interrupted = _stage_members(cfg, run, paths, table, space, devices, protocol, on_event, notes, stage_s)
+    rows, interrupted = _stage_members(cfg, run, paths, table, space, devices, protocols, on_event, notes, stage_s)
     write_family(out, rows)
     title = f"{space.spec} on {'+'.join(cfg.devices)} ({cfg.data})"
     pareto, curves = make_plots(out, rows, title)
@@ -481,9 +528,10 @@ def _check_run_settings(cfg: RunConfig, run: PipelineDir) -> None:
 
 
 def _stage_members(cfg: RunConfig, run: PipelineDir, paths: list[Path], table, space: Space, devices: list[Device],
-                   protocol: Protocol, on_event: OnEvent, notes: list[str],
+                   protocols: list[Protocol], on_event: OnEvent, notes: list[str],
                    stage_s: dict[str, float]) -> tuple[list[dict[str, Any]], bool]:
-    """Retrain, export and measure each family member on the first device; (rows, interrupted by Ctrl-C)."""
+    """Retrain and export each family member, and time it on every device of the run (each with its protocol);
+    (rows, interrupted by Ctrl-C)."""
     from .retrain import load_splits
 
     tcfg = TrainConfig(data=cfg.data, data_dir=cfg.data_dir, data_limit=cfg.data_limit, epochs=cfg.retrain_epochs,
@@ -506,8 +554,8 @@ def _stage_members(cfg: RunConfig, run: PipelineDir, paths: list[Path], table, s
             raw = table.model(space, None).exact(arch.choices)
             extra = {"predicted_raw_ms": raw, "calibrated": bool(table.calibration), "note": fam_notes.get(name, ""),
                      **({"predicted_ms_by_device": arch.predicted_ms_by_device} if len(devices) > 1 else {})}
-            rows.append(run_member(arch, name, run.member(name), devices[0], protocol, tcfg, splits, on_epoch,
-                                   extra))
+            rows.append(run_member(arch, name, run.member(name), devices[0], protocols[0], tcfg, splits, on_epoch,
+                                   extra, more=tuple(zip(devices[1:], protocols[1:]))))
             write_family(run.path, rows)
             on_event(Event("member", i + 1, len(paths), f"{name} done"))
     except KeyboardInterrupt:
@@ -515,7 +563,19 @@ def _stage_members(cfg: RunConfig, run: PipelineDir, paths: list[Path], table, s
         notes.append(f"interrupted: {len(rows)} of {len(paths)} members finished and kept; rerun the same "
                      f"command to continue")
     stage_s["members"] = time.perf_counter() - t
+    if len(devices) > 1:
+        notes.append(device_errors_line(rows, [d.name for d in devices]))
     return rows, interrupted
+
+
+def device_errors_line(rows: list[dict[str, Any]], devices: list[str]) -> str:
+    """Measured vs predicted on each device of the run, in one line (mean and largest abs error over members)."""
+    parts = []
+    for dev in devices:
+        errs = [abs(e) for r in rows if isinstance(e := (r.get("error_pct_by_device") or {}).get(dev), (int, float))]
+        parts.append(f"{dev} {sum(errs) / len(errs):.1f} % (max {max(errs):.1f} %)" if errs else f"{dev} -")
+    return (f"measured: every member timed on {len(devices)} devices; prediction off by (mean abs over "
+            f"{len(rows)} members) " + ", ".join(parts))
 
 
 def _open_devices(cfg: RunConfig) -> tuple[list[Device], Space]:

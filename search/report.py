@@ -51,19 +51,26 @@ def hypervolume(points: Sequence[tuple[float, float]], ref_latency_ms: float, re
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """The family as a plain-text table (for logs and the README). Rows whose ``predicted_ms_by_device`` names
-    several devices get a ``pred ms DEVICE`` column per device after ``pred ms`` (the first device's)."""
+    several devices get a ``pred ms DEVICE`` column per device after ``pred ms`` (the first device's); rows timed
+    on every device (``measured_ms_by_device``) show ``pred ms``, ``meas ms`` and ``err %`` per device instead."""
     devices = list(dict.fromkeys(k for r in rows for k in (r.get("predicted_ms_by_device") or {})))
     devices = devices if len(devices) > 1 else []
-    head = ["member", "architecture", "params", "pred ms", *(f"pred ms {d}" for d in devices), "meas ms", "err %",
-            "test acc"]
+    first = [("pred ms", "predicted_ms", 3), ("meas ms", "measured_ms", 3), ("err %", "error_pct", 1)]
+    cols = [(h, (lambda r, k=k: r.get(k)), n) for h, k, n in first]  # (header, value of a row, digits)
+    per = [(f"{h} {d}", (lambda r, k=k, d=d: (r.get(k) or {}).get(d)), n) for d in devices
+           for h, k, n in (("pred ms", "predicted_ms_by_device", 3), ("meas ms", "measured_ms_by_device", 3),
+                           ("err %", "error_pct_by_device", 1))]
+    if devices and any(r.get("measured_ms_by_device") for r in rows):
+        cols = per
+    elif devices:
+        cols = cols[:1] + per[::3] + cols[1:]
+    head = ["member", "architecture", "params", *(c[0] for c in cols), "test acc"]
     noted = any(r.get("note") for r in rows)
     head += ["note"] if noted else []
     lines = []
     for r in rows:
-        by = r.get("predicted_ms_by_device") or {}
         lines.append([r["member"], _short_ops(r.get("ops", "")), f"{int(r['params']):,}",
-                      _num(r.get("predicted_ms"), 3), *(_num(by.get(d), 3) for d in devices),
-                      _num(r.get("measured_ms"), 3), _num(r.get("error_pct"), 1),
+                      *(_num(value(r), n) for _, value, n in cols),
                       _num(None if r.get("test_acc") is None else r["test_acc"] * 100, 1, "%")]
                      + ([r.get("note") or ""] if noted else []))
     widths = [max(len(h), *(len(x[i]) for x in lines)) if lines else len(h) for i, h in enumerate(head)]

@@ -203,7 +203,13 @@ def test_run_with_two_devices_searches_once_on_both(two_device_tables, tmp_path)
         arch = load_arch(out / "family" / f"{row['member']}.json")
         assert list(arch.predicted_ms_by_device) == DEVICES and row["predicted_ms_by_device"] == pytest.approx(
             arch.predicted_ms_by_device)
+        meas = row["measured_ms_by_device"]
+        assert list(meas) == DEVICES and all(v > 0 for v in meas.values())
+        assert row["measured_ms"] == row["measured_ms_by_device"]["cpu-1t"]  # every member timed on both devices
     assert "pred ms cpu-1t" in r.stdout and "pred ms cpu " in r.stdout
+    assert "meas ms cpu-1t" in r.stdout and "meas ms cpu " in r.stdout
+    assert "every member timed on 2 devices" in (out / "summary.txt").read_text()
+    assert "measured_ms_by_device" in (out / "family.csv").read_text().splitlines()[0]
 
 
 @pytest.mark.parametrize("extra, match", [
@@ -226,3 +232,37 @@ def test_search_notes_a_table_that_no_cost_term_reads():
     both = apply_overrides(cfg, ['control.cost_terms=["params","latency","latency:1"]'])
     assert _tables_outside_loss(both) is None
     assert _tables_outside_loss(preset("hwnas", space=SPEC, tables=("a.csv",))) is None
+
+
+def test_a_member_is_timed_on_every_device_with_its_protocol(run, tmp_path, one_thread):
+    """hwnas run's measure stage: one retrained member timed on cpu-1t and on cpu (real onnxruntime sessions), each
+    with its own protocol; measured vs predicted per device in the row, the table and the summary line."""
+    from profiler.devices import get_device
+    from profiler.protocol import Protocol
+    from search.derive import to_arch
+    from search.pipeline import device_errors_line, run_member
+    from search.report import error_pct, format_table
+    from search.retrain import TrainConfig
+
+    arch = to_arch(run, Deriver(run).evaluate({"kappa": 1.0, "S": [0.2, 0.4, 0.4]}), "control", str(run.path))
+    devs = [get_device(d) for d in DEVICES]
+    fast = Protocol(warmup_s=0.01, min_samples=3, min_seconds=0.01, max_seconds=1.0, retries=0)
+    more = Protocol(warmup_s=0.01, min_samples=7, min_seconds=0.01, max_seconds=1.0, retries=0)
+    tcfg = TrainConfig(data="digits", epochs=1, max_train_batches=2)
+    row = run_member(arch, "m", tmp_path / "m", devs[0], fast, tcfg, more=((devs[1], more),))
+    meas, err = row["measured_ms_by_device"], row["error_pct_by_device"]
+    assert row["status"] == "ok" and list(meas) == DEVICES and all(meas[d] > 0 for d in DEVICES)
+    assert row["measured_ms"] == meas["cpu-1t"] and row["samples"] == row["samples_by_device"]["cpu-1t"]
+    assert row["samples_by_device"]["cpu-1t"] >= 3 and row["samples_by_device"]["cpu"] >= 7  # each its protocol
+    for d in DEVICES:
+        assert err[d] == pytest.approx(error_pct(arch.predicted_ms_by_device[d], meas[d]))
+    row = {**row, "predicted_ms_by_device": arch.predicted_ms_by_device}  # as the pipeline's extra adds it
+    table = format_table([row])
+    assert all(f"{h} {d}" in table for h in ("pred ms", "meas ms", "err %") for d in DEVICES)
+    line = device_errors_line([row], DEVICES)
+    assert f"cpu-1t {abs(err['cpu-1t']):.1f} %" in line and f"cpu {abs(err['cpu']):.1f} %" in line
+    # the second device really runs its own measurement: a protocol it cannot meet fails there, not on the first
+    hopeless = Protocol(warmup_s=0.01, min_samples=3, min_seconds=5.0, max_seconds=5.0, retries=0, key_timeout_s=0.05)
+    row = run_member(arch, "m2", tmp_path / "m2", devs[0], fast, tcfg, more=((devs[1], hopeless),))
+    assert row["status"].startswith("measure failed on cpu: ") and "timed out after 0.05 s" in row["status"]
+    assert row["measured_ms"] > 0 and row["measured_ms_by_device"]["cpu"] is None

@@ -135,9 +135,9 @@ class RunResult:
 
 def ensure_table(cfg: RunConfig, device: Device, space: Space, out: Path, on_event: OnEvent,
                  notes: list[str], path: Path | None = None) -> Path:
-    """``path`` (default: the first device's, :meth:`RunConfig.table_path`) when it holds every key, else measured."""
+    """``path`` (default: the first device's, :meth:`RunConfig.table_path`) when it holds every key, else measured
+    (on every board of a farm device in parallel, as ``hwprof measure`` does)."""
     from profiler.measure import measure_space
-    from profiler.runners import make_runner
 
     path = path or cfg.table_path(0, out)
     if path.is_file():
@@ -152,7 +152,7 @@ def ensure_table(cfg: RunConfig, device: Device, space: Space, out: Path, on_eve
     if cfg.quick:
         dev = dataclasses.replace(device, protocol=QUICK_PROTOCOL)
         notes.append(f"--quick: table measured with a fast protocol ({_fmt_protocol(QUICK_PROTOCOL)})")
-    runner = make_runner(dev)
+    runner = sweep_runner(dev)
     try:
         def prog(p: Any) -> None:
             label = key_label(p.current)  # a key, or "round i/n of k keys" in an interleaved sweep
@@ -161,12 +161,38 @@ def ensure_table(cfg: RunConfig, device: Device, space: Space, out: Path, on_eve
         s = measure_space(dev, space, runner, path, on_progress=prog)
     finally:
         runner.close()
-    notes.append(f"table {path}: measured {s.measured} entries ({s.errors} errors) in {s.wall_s:.0f} s")
+    notes.append(f"table {path}: measured {s.measured} entries ({s.errors} errors) in {s.wall_s:.0f} s"
+                 + _boards_note(runner, s.lost_boards))
     notes.append(f"table validity: {validity_line(load_table(path).meta)}")
     if s.errors:
         raise PipelineError(f"{path}: {s.errors} table entries failed to measure (e.g. "
                             f"{next(r for r in s.rows if r.status == 'error').error}); see hwprof show {path}")
     return path
+
+
+def sweep_runner(device: Device) -> Any:
+    """The runner of a table sweep on ``device``: a :class:`profiler.farm.Farm` (one runner and session per board)
+    when the device is a pool or its ``rpc.boards`` asks for several, else its one runner -- ``hwprof measure``'s
+    path. Whole-model timing (verify, members) stays on one board: see README, *The family*."""
+    from profiler.farm import farm_size, make_farm
+    from profiler.runners import make_runner
+
+    runner = make_runner(device)
+    try:
+        return make_farm(device, farm_size(device), make_runner, first=runner)
+    except BaseException:
+        runner.close()
+        raise
+
+
+def _boards_note(runner: Any, lost: dict[str, str]) -> str:
+    """``, on N boards in parallel (a, b)`` for a farm sweep, with the boards lost mid-sweep; empty for one board."""
+    from profiler.farm import Farm
+
+    if not isinstance(runner, Farm):
+        return ""
+    gone = "".join(f"; board {b} lost: {why}" for b, why in lost.items())
+    return f", on {len(runner.boards)} boards in parallel ({', '.join(b.label for b in runner.boards)}){gone}"
 
 
 POOR_CALIBRATION_PCT = 10.0  # held-out mean abs error above which hwnas run warns that predictions are rough
@@ -592,13 +618,14 @@ def _open_devices(cfg: RunConfig) -> tuple[list[Device], Space]:
     except ValueError as e:
         raise PipelineError(str(e)) from None
     for device in devices:
-        if device.rpc is not None:
-            from profiler.rpc import RpcError, preflight
+        for board in device.pool or (device,):  # a pool: every member (its boards measure the table)
+            if board.rpc is not None:
+                from profiler.rpc import RpcError, preflight
 
-            try:
-                preflight(device.rpc.tracker, device.rpc.key, device.rpc.request_timeout_s, device.threads)
-            except RpcError as e:
-                raise PipelineError(f"device {device.name!r}: {e}") from None
+                try:
+                    preflight(board.rpc.tracker, board.rpc.key, board.rpc.request_timeout_s, board.threads)
+                except RpcError as e:
+                    raise PipelineError(f"device {board.name!r}: {e}") from None
     return devices, space
 
 

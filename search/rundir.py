@@ -75,6 +75,11 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+def _file(name: str, doc: str) -> Any:
+    """A property: the path of file ``name`` in the directory."""
+    return property(lambda self: self.path / name, doc=doc)
+
+
 @dataclass(frozen=True)
 class _Dir:
     path: Path
@@ -104,25 +109,11 @@ class RunDir(_Dir):
 
     # ----------------------------------------------------------------------------------------- files
 
-    @property
-    def config(self) -> Path:
-        return self.path / CONFIG
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / METRICS
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.path / CHECKPOINT
-
-    @property
-    def control(self) -> Path:
-        return self.path / CONTROL
-
-    @property
-    def provenance(self) -> Path:
-        return self.path / PROVENANCE
+    config = _file(CONFIG, "config.json: the resolved config of the run")
+    metrics = _file(METRICS, "metrics.jsonl: one record per finished epoch")
+    checkpoint = _file(CHECKPOINT, "checkpoint.pt: the state after the last finished epoch")
+    control = _file(CONTROL, "control.pt: the final control state_dict")
+    provenance = _file(PROVENANCE, "provenance.json: the tables and calibrations the run used")
 
     @property
     def started(self) -> bool:
@@ -226,14 +217,11 @@ class PipelineDir(_Dir):
     def search(self) -> RunDir:
         return RunDir(self.path / "search")
 
-    @property
-    def family(self) -> Path:
-        """member-NN.json (architectures), summary.csv and stats.json, as ``hwnas derive --family`` writes them."""
-        return self.path / "family"
-
-    @property
-    def members(self) -> Path:
-        return self.path / "members"
+    family = _file("family", "family/: member-NN.json (architectures), summary.csv and stats.json, as "
+                             "``hwnas derive --family`` writes them")
+    members = _file("members", "members/: one folder per member")
+    settings = _file("run.json", "run.json: the settings a rerun must repeat to continue")
+    summary = _file("summary.txt", "summary.txt: the run's notes and family table")
 
     def member(self, name: str) -> Path:
         """weights.safetensors, curve.jsonl, train.json, model.onnx and result.json of one member."""
@@ -242,12 +230,3 @@ class PipelineDir(_Dir):
     def member_files(self, name: str) -> list[Path]:
         """Every member's file ``name`` that exists (e.g. result.json), in member order."""
         return sorted(self.members.glob(f"*/{name}")) if self.members.is_dir() else []
-
-    @property
-    def settings(self) -> Path:
-        """run.json: the settings a rerun must repeat to continue."""
-        return self.path / "run.json"
-
-    @property
-    def summary(self) -> Path:
-        return self.path / "summary.txt"

@@ -19,7 +19,8 @@ from profiler.fileio import atomic_write_text, loads_json, read_text
 from profiler.latency import Calibration, CalibrationError
 from profiler.tables import LatencyTable, calib_path, table_sha256
 
-PROVENANCE = "provenance.json"
+from .rundir import PROVENANCE, RunDir
+
 VERSION = 1
 ACCEPT_FLAG = "--accept-changed-tables"
 
@@ -65,7 +66,7 @@ def table_use(table: LatencyTable) -> TableUse:
 
 def write_provenance(run_dir: Path, tables: Sequence[LatencyTable]) -> Path:
     """Record the tables (and calibrations) a search is about to use."""
-    path = Path(run_dir) / PROVENANCE
+    path = RunDir(run_dir).provenance
     data = {"version": VERSION, "tables": [table_use(t).to_json() for t in tables]}
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
     return path
@@ -73,7 +74,7 @@ def write_provenance(run_dir: Path, tables: Sequence[LatencyTable]) -> Path:
 
 def read_provenance(run_dir: Path) -> list[TableUse] | None:
     """The recorded table uses; None for a run written before provenance was recorded."""
-    path = Path(run_dir) / PROVENANCE
+    path = RunDir(run_dir).provenance
     if not path.is_file():
         return None
     data = loads_json(read_text(path, "run provenance"), str(path))
@@ -140,4 +141,4 @@ def record_provenance(run_dir: Path, tables: Sequence[LatencyTable], resume: boo
     if uses is None:
         return write_provenance(run_dir, tables)
     check_tables(run_dir, uses, [str(t.path) for t in tables])
-    return Path(run_dir) / PROVENANCE
+    return RunDir(run_dir).provenance

@@ -30,9 +30,9 @@ from profiler.errors import UserError
 from profiler.fileio import atomic_path, atomic_write_text, loads_json, locked_dir, read_text
 
 from .config import SearchConfig, config_from_dict, config_to_dict
-from .provenance import PROVENANCE
 
 CONFIG, METRICS, CHECKPOINT, CONTROL = "config.json", "metrics.jsonl", "checkpoint.pt", "control.pt"
+PROVENANCE = "provenance.json"  # written and checked by search.provenance
 RESUME_FIELDS = ("preset", "space", "tables", "data", "data_limit", "seed", "batch_size")  # must match on --resume
 
 

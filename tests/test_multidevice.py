@@ -110,6 +110,7 @@ def test_cli_budgets_per_device_write_every_prediction(two_run, run, deriver, tm
     ("3,5", "this run has 2 devices (cpu-1t, cpu); name the device of each limit"),
     ("cpu=1,3", "not both"),
     ("cpu=1,cpu=2", "given twice"),
+    ("cpu=[fast]", "'[fast]' is not a ':'-separated list of numbers"),  # printed as given, not read as markup
 ])
 def test_bad_device_budgets_are_one_line(two_run, tmp_path, text, match):
     r = CliRunner().invoke(app, ["derive", str(two_run), "--latency-ms", text, "--out", str(tmp_path / "x")])

@@ -19,6 +19,8 @@ from profiler.cliapp import UserErrorApp, print_error
 from profiler.errors import UserError
 from profiler.version import version_option
 
+from .rundir import RunDir
+
 app = UserErrorApp(help="hwnas: hardware-aware differentiable NAS driven by hwprof latency tables.",
                   no_args_is_help=True, add_completion=False)
 
@@ -96,8 +98,6 @@ def _search_data(out: str, resume: bool, data: str | None, data_limit: int | Non
     from .data import default_data
 
     data_note = None
-    from .rundir import RunDir
-
     stored = RunDir(out).stored_config() if resume else None
     if stored is not None:  # --resume: the run's own data unless given again
         data = stored["data"] if data is None else data
@@ -128,20 +128,18 @@ def _search_run(con, preset_name: str, preset_kw: dict, torch_device: str, bn: s
     except UserError as e:
         _fail(str(e))
     except KeyboardInterrupt:
-        from .rundir import RunDir
-
         if RunDir(out).checkpoint.is_file():
             _fail(f"interrupted; the last finished epoch is checkpointed in {out}: add --resume to continue", 130)
         _fail(f"interrupted before the first epoch finished: no checkpoint in {out} to resume; remove {out} and run "
-             f"the same command again", 130)
+              f"the same command again", 130)
     except Exception as e:
         if distributed.env_world() <= 1 or not distributed.peer_lost(e):
             raise
         if os.environ.get(distributed.LAUNCHED_ENV):
             raise typer.Exit(distributed.PEER_LOST)  # the launcher prints the one line
         _fail(f"rank {os.environ.get('RANK')}: another worker failed or did not join in time "
-             f"({(str(e).splitlines() or [type(e).__name__])[0][:200]}); the last finished epoch (if any) is "
-             f"checkpointed in {out}: add --resume to continue", distributed.PEER_LOST)
+              f"({(str(e).splitlines() or [type(e).__name__])[0][:200]}); the last finished epoch (if any) is "
+              f"checkpointed in {out}: add --resume to continue", distributed.PEER_LOST)
     finally:
         distributed.shutdown(finished)
     return cfg, history, ddp
@@ -168,7 +166,6 @@ def _search_config(preset_name: str, preset_kw: dict, torch_device: str, overrid
     cfg = apply_overrides(preset(preset_name, torch_device=torch_device, **preset_kw), overrides)
     if stored is not None and overrides:
         from .config import check_resume_overrides
-        from .rundir import RunDir
 
         check_resume_overrides(stored, cfg, overrides, str(RunDir(out).config))
     return cfg
@@ -228,7 +225,7 @@ def _launch(args: list[str], nproc: int, out: str) -> NoReturn:
 
     if distributed.env_world() > 1:
         _fail(f"--nproc {nproc} inside a torch.distributed job (WORLD_SIZE={distributed.env_world()}): use either "
-             f"--nproc or torchrun, not both")
+              f"--nproc or torchrun, not both")
     outcome = distributed.launch(args, nproc, out)
     if outcome.message:
         _fail(outcome.message, outcome.code)

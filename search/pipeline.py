@@ -519,9 +519,10 @@ def _run_pipeline(cfg: RunConfig, run: PipelineDir, on_event: OnEvent) -> RunRes
 
     table_paths = _stage_tables(cfg, devices, space, out, on_event, notes, stage_s)
     table_path = table_paths[0]
-    table = load_table(table_path)
-    protocols = [cfg.measure_protocol or Protocol.from_dict(load_table(p).meta.get("protocol", {}), f"{p} protocol")
-                 for p in table_paths]
+    tables = [load_table(p) for p in table_paths]
+    table = tables[0]
+    protocols = [cfg.measure_protocol or Protocol.from_dict(t.meta.get("protocol", {}), f"{p} protocol")
+                 for t, p in zip(tables, table_paths)]
     if cfg.quick and cfg.measure_protocol is None:
         notes.append("--quick: whole models measured with the table's fast protocol")
 

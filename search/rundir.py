@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from profiler.errors import UserError
 from profiler.fileio import atomic_path, atomic_write_text, loads_json, locked_dir, read_text
 
@@ -42,6 +40,8 @@ class SearchError(UserError, RuntimeError):
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """``torch.save`` through a temporary file and ``os.replace``, synced: never a half-written ``path``."""
+    import torch
+
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
@@ -51,6 +51,8 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 def load_state(path: Path, map_location: Any = "cpu") -> Any:
     """``torch.load(weights_only=True)`` whose failure on a torn or foreign file is one line naming it."""
+    import torch  # here, so the CLI can import this module without torch
+
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch reports a bad file as RuntimeError, UnpicklingError, EOFError, ...

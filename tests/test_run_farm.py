@@ -10,7 +10,7 @@ from profiler.devices import get_device
 from profiler.farm import Farm
 from profiler.spaces import get_space
 from profiler.tables import load_table
-from search.pipeline import RunConfig, ensure_table, sweep_runner
+from search.pipeline import RunConfig, ensure_table, sweep_runner, time_model
 
 SPACE = "darts-3ops:C=8,cells=3,nodes=2"
 FAST = {"warmup_s": 0.01, "min_samples": 3, "min_seconds": 0.01, "retries": 0}
@@ -39,6 +39,16 @@ def test_the_run_table_of_a_pool_is_measured_on_every_board(tmp_path, rows_per_k
     again: list[str] = []
     ensure_table(cfg, pool, get_space(SPACE), tmp_path, lambda e: None, again, table)
     assert any(f"present ({len(keys)} entries), not re-measured" in n for n in again), again
+
+
+def test_a_member_on_a_pool_device_is_timed_in_one_session(tmp_path):
+    from profiler.model_measure import export_network
+    from profiler.protocol import Protocol
+
+    space = get_space(SPACE)
+    onnx, _ = export_network(space, [layer.choices[0] for layer in space.layers], tmp_path)
+    t = time_model(onnx, get_device("ort-pool", _devices(tmp_path)), Protocol.from_dict(FAST))
+    assert t.device == "ort-pool" and t.error is None and t.median_ms > 0 and t.samples >= 3
 
 
 def test_a_plain_device_sweeps_on_its_one_runner(tmp_path):

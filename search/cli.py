@@ -89,7 +89,7 @@ def search_cmd(
     if ddp is not None and not ddp.is_main:
         return
     done = history[-1]["epoch"] + 1 if history else 0
-    con.print(f"run {out}: {done}/{cfg.epochs} epochs; control {cfg.control.kind} -> {out}/control.pt",
+    con.print(f"run {out}: {done}/{cfg.epochs} epochs; control {cfg.control.kind} -> {RunDir(out).control}",
               highlight=False)
 
 

@@ -23,11 +23,8 @@ def measure_small_table(spec: str, out: Path, device: str = "cpu") -> Path:
 
     dev = get_device(device)
     dev = dataclasses.replace(dev, protocol=Protocol(warmup_s=0.02, min_samples=3, min_seconds=0.02, retries=0))
-    runner = make_runner(dev)
-    try:
+    with make_runner(dev) as runner:
         measure_space(dev, get_space(spec), runner, out)
-    finally:
-        runner.close()
     return out
 
 

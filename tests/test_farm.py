@@ -121,11 +121,8 @@ def test_all_boards_lost_gives_error_rows_and_a_rerun_completes_the_table(tmp_pa
     assert second.errors == 0 and second.measured == len(keys) - 2 and second.skipped == 2
     assert rows_per_key(out) == {k: 1 for k in keys}
     # a plain (one-runner) resume keeps the board column and the boards already recorded
-    runner = make_runner(dev)
-    try:
+    with make_runner(dev) as runner:
         third = measure_space(dev, space, runner, out, only=ONLY, fresh=False)
-    finally:
-        runner.close()
     assert third.measured == 0 and set(boards_of(out).values()) <= {"a", "b"} and len(boards_of(out)) == len(keys)
 
 
@@ -178,11 +175,8 @@ def two_boards(tmp_path):
 def measure_on_farm(devs: Path, out: Path, on_progress=None):
     """What ``hwprof measure --device rpi4-loop`` does: as many runners as boards, then the sweep."""
     dev = get_device("rpi4-loop", devs)
-    runner = make_farm(dev, farm_size(dev), make_runner)
-    try:
+    with make_farm(dev, farm_size(dev), make_runner) as runner:
         return measure_space(dev, get_space(SPACE), runner, out, only=ONLY, on_progress=on_progress)
-    finally:
-        runner.close()
 
 
 def test_cli_farm_uses_both_servers_and_measures_each_key_once(two_boards, tmp_path, rows_per_key):

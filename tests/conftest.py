@@ -36,6 +36,43 @@ def small_tables(tmp_path_factory) -> dict[str, Path]:
     return {spec: measure_small_table(spec, root / f"{i}.csv") for i, spec in enumerate(SMALL_SPACES)}
 
 
+@pytest.fixture(scope="module")
+def digits():
+    """The digits splits (3 channels, seed 0) by input size: ``digits[16]``, ``digits[32]``."""
+    from search.data import load_data
+
+    return {16: load_data("digits", 16, 3, seed=0), 32: load_data("digits", 32, 3, seed=0)}
+
+
+@pytest.fixture
+def hwprof():
+    """A function: the arguments of ``hwprof`` (each str()-ed) -> the typer CliRunner result of that command, run in
+    this process."""
+    from typer.testing import CliRunner
+
+    from profiler.cli import app
+
+    runner = CliRunner()
+    return lambda *args: runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def ort_sweep():
+    """A function: (protocol dict, space, out, only=None, name="c") -> the summary of a real onnxruntime sweep of
+    ``space`` into ``out`` on a one-thread device entry ``name`` with that protocol (the runner closed after)."""
+    from profiler.devices import parse_devices
+    from profiler.measure import measure_space
+    from profiler.runners import make_runner
+
+    def run(protocol: dict, space, out: Path, only: str | None = None, name: str = "c"):
+        entry = {"runtime": "onnxruntime", "threads": 1, "protocol": protocol}
+        dev = parse_devices({"devices": {name: entry}}, "t")[name]
+        with make_runner(dev) as runner:
+            return measure_space(dev, space, runner, out, only=only)
+
+    return run
+
+
 @pytest.fixture
 def rows_per_key():
     """A function: table CSV path -> how many rows each key has (a resumed sweep must write each key once)."""

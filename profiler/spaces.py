@@ -252,16 +252,15 @@ def _fbnet(name: str, *, input_size: int, stem_stride: int, head: int, num_class
                  tuple(fixed))
 
 
-@register_space("fbnet", "FBNet ImageNet space: 22 layers x 9 blocks, input 224",
-                input_size=224, stem_stride=2, head=1984, num_classes=1000, in_channels=3, width=1.0)
-def fbnet_space(**p: Any) -> Space:
-    return _fbnet("fbnet", **p)
+def _register_fbnet(name: str, doc: str, **defaults: Any) -> None:
+    """One FBNet size: the same stages under ``name``, with its own input, stem stride, head and classes."""
+    register_space(name, doc, **defaults, in_channels=3, width=1.0)(lambda **p: _fbnet(name, **p))
 
 
-@register_space("fbnet-cifar", "FBNet space at CIFAR size: input 32, stem stride 1, head 1504",
-                input_size=32, stem_stride=1, head=1504, num_classes=10, in_channels=3, width=1.0)
-def fbnet_cifar_space(**p: Any) -> Space:
-    return _fbnet("fbnet-cifar", **p)
+_register_fbnet("fbnet", "FBNet ImageNet space: 22 layers x 9 blocks, input 224",
+                input_size=224, stem_stride=2, head=1984, num_classes=1000)
+_register_fbnet("fbnet-cifar", "FBNet space at CIFAR size: input 32, stem stride 1, head 1504",
+                input_size=32, stem_stride=1, head=1504, num_classes=10)
 
 
 # -------------------------------------------------------------------------------------------------- DARTS

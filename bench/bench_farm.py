@@ -35,11 +35,8 @@ from profiler.spaces import get_space
 def sweep_s(device, space, only: str | None, boards: int, out: Path) -> tuple[float, int, int]:
     """Wall seconds of one fresh sweep on ``boards`` boards; (seconds, rows, boards that measured rows)."""
     t0 = time.perf_counter()
-    runner = make_farm(device, boards, make_runner)
-    try:
+    with make_farm(device, boards, make_runner) as runner:
         summary = measure_space(device, space, runner, out, fresh=True, only=only)
-    finally:
-        runner.close()
     used = {r.board for r in summary.rows if r.status != "error"}
     return time.perf_counter() - t0, summary.measured - summary.errors, len(used)
 

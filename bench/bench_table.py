@@ -32,13 +32,10 @@ AGREE_PCT, AGREE_GOAL = 3.0, 95.0
 
 
 def build(device, space, out: Path) -> dict:
-    runner = make_runner(device)
-    load0 = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    try:
+    with make_runner(device) as runner:
+        load0 = os.getloadavg()[0]
+        t0 = time.perf_counter()
         s = measure_space(device, space, runner, out, fresh=True)
-    finally:
-        runner.close()
     wall = time.perf_counter() - t0
     table = load_table(out)
     cvs = np.array([r["cv"] for r in table.rows.values() if r["status"] != "error"])

@@ -26,12 +26,9 @@ from profiler.tables import load_table
 
 
 def run(device, space, only, out: Path) -> tuple[dict, float]:
-    runner = make_runner(device)
-    t0 = time.perf_counter()
-    try:
+    with make_runner(device) as runner:
+        t0 = time.perf_counter()
         measure_space(device, space, runner, out, fresh=True, only=only)
-    finally:
-        runner.close()
     return load_table(out).rows, time.perf_counter() - t0
 
 

@@ -59,7 +59,20 @@ def write_table(path: Path, spec: str = SPEC, device: str = "probe", runtime: st
     return path
 
 
-def _edit_meta(table: Path, fn: Callable[[dict], None]) -> Path:
+def arch_with_bad_keys(path: Path, spec: str = SPEC) -> Path:
+    """An architecture JSON of ``spec`` (every layer's first choice) whose ``layers[0].keys`` is 5, not a list."""
+    from profiler.arch import make_arch
+    from profiler.spaces import get_space
+
+    sp = get_space(spec)
+    arch = json.loads(make_arch(sp, [lay.choices[0] for lay in sp.layers]).dumps())
+    arch["layers"][0]["keys"] = 5
+    path.write_text(json.dumps(arch))
+    return path
+
+
+def edit_meta(table: Path, fn: Callable[[dict], None]) -> Path:
+    """Apply ``fn`` to the table's header (its .meta.json) in place."""
     mp = table.with_suffix(".meta.json")
     meta = json.loads(mp.read_text())
     fn(meta)
@@ -113,10 +126,10 @@ def build_probes(d: Path) -> list[Probe]:
             f.write(line)
 
     table_case("non-UTF-8 byte", lambda t: append_line(t, b"caf\xe9," * 20 + b"\n"))
-    table_case("header without device", lambda t: _edit_meta(t, lambda m: m.pop("device")))
-    table_case("header without space", lambda t: _edit_meta(t, lambda m: m.pop("space")))
-    table_case("header batch 'abc'", lambda t: _edit_meta(t, lambda m: m.update(batch="abc")))
-    table_case("header protocol max_seconds 1e300", lambda t: _edit_meta(
+    table_case("header without device", lambda t: edit_meta(t, lambda m: m.pop("device")))
+    table_case("header without space", lambda t: edit_meta(t, lambda m: m.pop("space")))
+    table_case("header batch 'abc'", lambda t: edit_meta(t, lambda m: m.update(batch="abc")))
+    table_case("header protocol max_seconds 1e300", lambda t: edit_meta(
         t, lambda m: m.update(protocol={"max_seconds": 1e300})))
     table_case("header non-UTF-8", lambda t: t.with_suffix(".meta.json").write_bytes(b'{"a": "\xff"}'))
     table_case("header duplicate key", lambda t: t.with_suffix(".meta.json").write_text(
@@ -177,10 +190,7 @@ def build_probes(d: Path) -> list[Probe]:
     from profiler.arch import make_arch, save_arch
 
     sp = get_space(SPEC)
-    arch = json.loads(make_arch(sp, [lay.choices[0] for lay in sp.layers]).dumps())
-    arch["layers"][0]["keys"] = 5
-    aj = d / "arch.json"
-    aj.write_text(json.dumps(arch))
+    aj = arch_with_bad_keys(d / "arch.json")
     add(Probe("arch JSON \"keys\": 5", [hw, "predict", str(aj), "--table", str(good)]))
     save_arch(make_arch(sp, [lay.choices[0] for lay in sp.layers]), d / "arch_ok.json")
     a8 = d / "arch8.json"

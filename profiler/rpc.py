@@ -24,7 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from .errors import UserError
 
@@ -109,19 +109,28 @@ class TrackerClient:
             raise
         return sock
 
-    def summary(self) -> dict[str, Any]:
-        """``{"queue_info": {key: {"free", "pending"}}, "server_info": [{"key": "server:KEY", "addr": ...}]}``."""
-        sock = self._connect(self.timeout_s)
+    def _ask(self, message: list, timeout_s: float, failed: Callable[[Exception], str],
+             unexpected: Callable[[Any], str], timed_out: str | None = None) -> Any:
+        """One call on a fresh connection: send ``message``, return the payload of the tracker's SUCCESS reply.
+        The :class:`RpcError` lines: ``failed(error)``, ``unexpected(reply)``, and ``timed_out`` when given and the
+        tracker kept silent for ``timeout_s`` (else a timeout is ``failed`` too)."""
+        sock = self._connect(timeout_s)
         try:
-            _send_json(sock, [_CODE_SUMMARY])
+            _send_json(sock, message)
             value = _recv_json(sock)
         except (OSError, ValueError, struct.error) as e:
-            raise RpcError(f"tracker {self.addr}: no summary ({e}); {_diagnose(self.addr)}") from None
+            why = timed_out if timed_out is not None and isinstance(e, socket.timeout) else failed(e)
+            raise RpcError(f"tracker {self.addr}: {why}; {_diagnose(self.addr)}") from None
         finally:
             sock.close()
         if not isinstance(value, list) or value[0] != _CODE_SUCCESS:
-            raise RpcError(f"tracker {self.addr}: unexpected summary reply {value!r}")
+            raise RpcError(f"tracker {self.addr}: {unexpected(value)}")
         return value[1]
+
+    def summary(self) -> dict[str, Any]:
+        """``{"queue_info": {key: {"free", "pending"}}, "server_info": [{"key": "server:KEY", "addr": ...}]}``."""
+        return self._ask([_CODE_SUMMARY], self.timeout_s, lambda e: f"no summary ({e})",
+                         lambda value: f"unexpected summary reply {value!r}")
 
     def servers(self, key: str | None = None) -> list[dict[str, Any]]:
         """Registered servers (optionally only those of ``key``)."""
@@ -156,21 +165,11 @@ class TrackerClient:
         deadline = time.monotonic() + timeout_s
         self.wait_served(key, timeout_s, threads)
         left = max(0.5, deadline - time.monotonic())
-        sock = self._connect(left)
-        try:
-            _send_json(sock, [_CODE_REQUEST, key, "", 1])
-            value = _recv_json(sock)
-        except socket.timeout:
-            raise RpcError(f"tracker {self.addr}: no free rpc_server with key {key!r} within {timeout_s:g} s "
-                           f"(all busy or dead; raise rpc.request_timeout_s or free a server); "
-                           f"{_diagnose(self.addr)}") from None
-        except (OSError, ValueError, struct.error) as e:
-            raise RpcError(f"tracker {self.addr}: request for {key!r} failed ({e}); {_diagnose(self.addr)}") from None
-        finally:
-            sock.close()
-        if not isinstance(value, list) or value[0] != _CODE_SUCCESS:
-            raise RpcError(f"tracker {self.addr}: unexpected reply {value!r} to a request for {key!r}")
-        host, port, matchkey = value[1]
+        host, port, matchkey = self._ask(
+            [_CODE_REQUEST, key, "", 1], left, lambda e: f"request for {key!r} failed ({e})",
+            lambda value: f"unexpected reply {value!r} to a request for {key!r}",
+            timed_out=f"no free rpc_server with key {key!r} within {timeout_s:g} s (all busy or dead; raise "
+                      f"rpc.request_timeout_s or free a server)")
         return str(host), int(port), str(matchkey)
 
 

@@ -219,6 +219,18 @@ def space_from_json(data: dict[str, Any]) -> Space:
 FBNET_STAGES = ((16, 1, 1), (24, 4, 2), (32, 4, 2), (64, 4, 2), (112, 4, 1), (184, 4, 2), (352, 1, 1))
 
 
+def _stage_sites(stages: tuple[tuple[int, int, int], ...], c_in: int, hw: tuple[int, int],
+                 w: Callable[[int], int]) -> list[Site]:
+    """The searchable sites L00, L01, ... of a chain of ``(channels, blocks, stride)`` stages (channels scaled by
+    ``w``): the first block of a stage strides, each block takes the shape the one before gave."""
+    sites = []
+    for c, n, s in stages:
+        for r in range(n):
+            sites.append(Site(f"L{len(sites):02d}", c_in, w(c), s if r == 0 else 1, hw))
+            hw, c_in = sites[-1].output_hw, w(c)
+    return sites
+
+
 def _fbnet(name: str, *, input_size: int, stem_stride: int, head: int, num_classes: int, in_channels: int,
            width: float) -> Space:
     def w(c: int) -> int:
@@ -228,17 +240,9 @@ def _fbnet(name: str, *, input_size: int, stem_stride: int, head: int, num_class
     stem_c = w(16)
     fixed = [Site("stem", in_channels, stem_c, stem_stride, hw, op="stem", params=(("kernel", 3),))]
     hw = fixed[0].output_hw
-    layers = []
-    c_in = stem_c
-    idx = 0
-    for c, n, s in FBNET_STAGES:
-        for r in range(n):
-            stride = s if r == 0 else 1
-            site = Site(f"L{idx:02d}", c_in, w(c), stride, hw)
-            layers.append(SearchLayer(site.name, FBNET_OPS, (site,)))
-            hw = site.output_hw
-            c_in = w(c)
-            idx += 1
+    sites = _stage_sites(FBNET_STAGES, stem_c, hw, w)
+    layers = [SearchLayer(site.name, FBNET_OPS, (site,)) for site in sites]
+    c_in, hw = sites[-1].c_out, sites[-1].output_hw
     head_c = w(head)
     fixed.append(Site("head", c_in, head_c, 1, hw, op="head"))
     fixed.append(Site("classifier", head_c, num_classes, 1, hw, op="classifier"))
@@ -248,16 +252,15 @@ def _fbnet(name: str, *, input_size: int, stem_stride: int, head: int, num_class
                  tuple(fixed))
 
 
-@register_space("fbnet", "FBNet ImageNet space: 22 layers x 9 blocks, input 224",
-                input_size=224, stem_stride=2, head=1984, num_classes=1000, in_channels=3, width=1.0)
-def fbnet_space(**p: Any) -> Space:
-    return _fbnet("fbnet", **p)
+def _register_fbnet(name: str, doc: str, **defaults: Any) -> None:
+    """One FBNet size: the same stages under ``name``, with its own input, stem stride, head and classes."""
+    register_space(name, doc, **defaults, in_channels=3, width=1.0)(lambda **p: _fbnet(name, **p))
 
 
-@register_space("fbnet-cifar", "FBNet space at CIFAR size: input 32, stem stride 1, head 1504",
-                input_size=32, stem_stride=1, head=1504, num_classes=10, in_channels=3, width=1.0)
-def fbnet_cifar_space(**p: Any) -> Space:
-    return _fbnet("fbnet-cifar", **p)
+_register_fbnet("fbnet", "FBNet ImageNet space: 22 layers x 9 blocks, input 224",
+                input_size=224, stem_stride=2, head=1984, num_classes=1000)
+_register_fbnet("fbnet-cifar", "FBNet space at CIFAR size: input 32, stem stride 1, head 1504",
+                input_size=32, stem_stride=1, head=1504, num_classes=10)
 
 
 # -------------------------------------------------------------------------------------------------- DARTS
@@ -352,14 +355,10 @@ def proxyless_space(*, input_size: int, width: float, num_classes: int, in_chann
     stem = Site("stem", in_channels, w(32), 2, hw, op="conv", params=(("act", "relu6"), ("bn", 1), ("kernel", 3)))
     hw = stem.output_hw
     first = Site("first_block", w(32), w(16), 1, hw, op="mb_k3_e1")  # MBConv1 3x3, act relu6 (the op's default)
-    c_in, layers, idx = w(16), [], 0
-    for c, n, s in PROXYLESS_STAGES:
-        for r in range(n):
-            stride = s if r == 0 else 1
-            site = Site(f"L{idx:02d}", c_in, w(c), stride, hw)
-            residual = stride == 1 and c_in == w(c)
-            layers.append(SearchLayer(site.name, _choices(PROXYLESS_OPS, "zero", residual), (site,)))
-            hw, c_in, idx = site.output_hw, w(c), idx + 1
+    sites = _stage_sites(PROXYLESS_STAGES, w(16), hw, w)
+    layers = [SearchLayer(site.name, _choices(PROXYLESS_OPS, "zero", site.stride == 1 and site.c_in == site.c_out),
+                          (site,)) for site in sites]
+    c_in, hw = sites[-1].c_out, sites[-1].output_hw
     last = 1280 if width <= 1.0 else make_divisible(1280 * width, 8)
     fixed = (stem, first,
              Site("feature_mix", c_in, last, 1, hw, op="conv", params=(("act", "relu6"), ("bn", 1), ("kernel", 1))),

@@ -32,10 +32,16 @@ def mad_outlier_count(samples_ms: np.ndarray, z: float = 3.5) -> int:
     return int(np.sum(0.6745 * np.abs(x - med) / mad > z))
 
 
-def summarize(samples_ms: list[float] | np.ndarray) -> Summary:
-    x = np.asarray(samples_ms, dtype=float)
+def _values(values: list[float] | np.ndarray, empty: str) -> np.ndarray:
+    """``values`` as a float array; ``ValueError(empty)`` when there are none."""
+    x = np.asarray(values, dtype=float)
     if x.size == 0:
-        raise ValueError("no samples to summarize")
+        raise ValueError(empty)
+    return x
+
+
+def summarize(samples_ms: list[float] | np.ndarray) -> Summary:
+    x = _values(samples_ms, "no samples to summarize")
     mean = float(x.mean())
     std = float(x.std(ddof=1)) if x.size > 1 else 0.0
     return Summary(
@@ -53,9 +59,7 @@ def summarize(samples_ms: list[float] | np.ndarray) -> Summary:
 def round_spread(round_medians_ms: list[float] | np.ndarray) -> float:
     """How far the per-round medians of one entry disagree, relative to their median: (max - min) / median, after
     dropping the highest and the lowest round when there are 5 or more (one burst of load does not count)."""
-    x = np.sort(np.asarray(round_medians_ms, dtype=float))
-    if x.size == 0:
-        raise ValueError("no rounds to compare")
+    x = np.sort(_values(round_medians_ms, "no rounds to compare"))
     if x.size >= 5:
         x = x[1:-1]
     med = float(np.median(x))
@@ -64,8 +68,6 @@ def round_spread(round_medians_ms: list[float] | np.ndarray) -> float:
 
 def drift_ratio(reference_ms: list[float] | np.ndarray) -> float:
     """The reference op's drift over a sweep: p90 / p10 of its round medians minus 1 (max / min below 10 rounds)."""
-    x = np.asarray(reference_ms, dtype=float)
-    if x.size == 0:
-        raise ValueError("no reference rounds")
+    x = _values(reference_ms, "no reference rounds")
     lo, hi = (np.percentile(x, [10, 90]) if x.size >= 10 else (x.min(), x.max()))
     return float(hi / lo - 1.0) if lo > 0 else float("inf")

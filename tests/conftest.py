@@ -23,11 +23,8 @@ def measure_small_table(spec: str, out: Path, device: str = "cpu") -> Path:
 
     dev = get_device(device)
     dev = dataclasses.replace(dev, protocol=Protocol(warmup_s=0.02, min_samples=3, min_seconds=0.02, retries=0))
-    runner = make_runner(dev)
-    try:
+    with make_runner(dev) as runner:
         measure_space(dev, get_space(spec), runner, out)
-    finally:
-        runner.close()
     return out
 
 
@@ -37,6 +34,43 @@ def small_tables(tmp_path_factory) -> dict[str, Path]:
     os.environ.setdefault("HWNAS_CACHE", str(tmp_path_factory.mktemp("hwnas-cache")))
     root = tmp_path_factory.mktemp("tables")
     return {spec: measure_small_table(spec, root / f"{i}.csv") for i, spec in enumerate(SMALL_SPACES)}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """The digits splits (3 channels, seed 0) by input size: ``digits[16]``, ``digits[32]``."""
+    from search.data import load_data
+
+    return {16: load_data("digits", 16, 3, seed=0), 32: load_data("digits", 32, 3, seed=0)}
+
+
+@pytest.fixture
+def hwprof():
+    """A function: the arguments of ``hwprof`` (each str()-ed) -> the typer CliRunner result of that command, run in
+    this process."""
+    from typer.testing import CliRunner
+
+    from profiler.cli import app
+
+    runner = CliRunner()
+    return lambda *args: runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def ort_sweep():
+    """A function: (protocol dict, space, out, only=None, name="c") -> the summary of a real onnxruntime sweep of
+    ``space`` into ``out`` on a one-thread device entry ``name`` with that protocol (the runner closed after)."""
+    from profiler.devices import parse_devices
+    from profiler.measure import measure_space
+    from profiler.runners import make_runner
+
+    def run(protocol: dict, space, out: Path, only: str | None = None, name: str = "c"):
+        entry = {"runtime": "onnxruntime", "threads": 1, "protocol": protocol}
+        dev = parse_devices({"devices": {name: entry}}, "t")[name]
+        with make_runner(dev) as runner:
+            return measure_space(dev, space, runner, out, only=only)
+
+    return run
 
 
 @pytest.fixture

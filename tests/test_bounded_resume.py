@@ -64,16 +64,11 @@ def test_sweep_turns_a_timeout_into_an_error_row_and_goes_on(tmp_path):
     assert all(rows[k].status != "error" for k in keys[1:])
 
 
-def test_real_onnxruntime_key_with_a_tiny_limit_is_an_error_row(tmp_path):
-    from profiler.runners import make_runner
-
-    devs = parse_devices({"devices": {"cpu-fast": {"runtime": "onnxruntime", "threads": 1,
-                                                   "protocol": {**FAST, "min_seconds": 5.0, "max_seconds": 5.0,
-                                                                "key_timeout_s": 0.05}}}}, "t")
+def test_real_onnxruntime_key_with_a_tiny_limit_is_an_error_row(tmp_path, ort_sweep):
     space = get_space(SPACE)
     t0 = time.perf_counter()
-    s = measure_space(devs["cpu-fast"], space, make_runner(devs["cpu-fast"]), tmp_path / "t.csv",
-                      only="*avg_pool*")
+    s = ort_sweep({**FAST, "min_seconds": 5.0, "max_seconds": 5.0, "key_timeout_s": 0.05}, space, tmp_path / "t.csv",
+                  only="*avg_pool*", name="cpu-fast")
     assert s.measured > 0 and s.errors == s.measured
     assert all("timed out after 0.05 s" in r.error for r in s.rows)
     assert time.perf_counter() - t0 < 5.0 * s.measured

@@ -129,8 +129,7 @@ def test_overhead_model_uses_the_empty_graph_time(setup):
 
 def test_offset_never_removes_more_than_the_per_call_overheads(setup):
     _, table, space = setup
-    a = _archs(space, 20, 8)
-    d = design(table, space, a)
+    d = design(table, space, _archs(space, 20, 8))
     y = d.raw_ms * 0.8 - 1.0  # a fit would want a large negative offset
     for model in ("offset", "scale+offset", "per-op"):
         p = fit_model(model, d, y, empty_graph_ms=0.01)
@@ -140,8 +139,7 @@ def test_offset_never_removes_more_than_the_per_call_overheads(setup):
 
 def test_cross_validation_prefers_the_true_model(setup):
     _, table, space = setup
-    a = _archs(space, 30, 6)
-    d = design(table, space, a)
+    d = design(table, space, _archs(space, 30, 6))
     y = d.raw_ms * 0.7 + 0.05
     assert cross_validate("scale+offset", d, y) < 1e-6 < cross_validate("raw", d, y)
     assert predict(d, fit_model("scale+offset", d, y)) == pytest.approx(y)

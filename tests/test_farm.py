@@ -121,11 +121,8 @@ def test_all_boards_lost_gives_error_rows_and_a_rerun_completes_the_table(tmp_pa
     assert second.errors == 0 and second.measured == len(keys) - 2 and second.skipped == 2
     assert rows_per_key(out) == {k: 1 for k in keys}
     # a plain (one-runner) resume keeps the board column and the boards already recorded
-    runner = make_runner(dev)
-    try:
+    with make_runner(dev) as runner:
         third = measure_space(dev, space, runner, out, only=ONLY, fresh=False)
-    finally:
-        runner.close()
     assert third.measured == 0 and set(boards_of(out).values()) <= {"a", "b"} and len(boards_of(out)) == len(keys)
 
 
@@ -178,24 +175,17 @@ def two_boards(tmp_path):
 def measure_on_farm(devs: Path, out: Path, on_progress=None):
     """What ``hwprof measure --device rpi4-loop`` does: as many runners as boards, then the sweep."""
     dev = get_device("rpi4-loop", devs)
-    runner = make_farm(dev, farm_size(dev), make_runner)
-    try:
+    with make_farm(dev, farm_size(dev), make_runner) as runner:
         return measure_space(dev, get_space(SPACE), runner, out, only=ONLY, on_progress=on_progress)
-    finally:
-        runner.close()
 
 
-def test_cli_farm_uses_both_servers_and_measures_each_key_once(two_boards, tmp_path, rows_per_key):
-    from typer.testing import CliRunner
-
-    from profiler.cli import app
-
+def test_cli_farm_uses_both_servers_and_measures_each_key_once(two_boards, tmp_path, rows_per_key, hwprof):
     tracker, servers = two_boards
     devs = write_devices(tmp_path / "devices.yaml", tracker.addr, boards=2)
     out = tmp_path / "t.csv"
     args = ["measure", "--device", "rpi4-loop", "--space", SPACE, "--only", ONLY, "--out", str(out),
             "--devices", str(devs)]
-    r = CliRunner().invoke(app, args)
+    r = hwprof(*args)
     assert r.exit_code == 0, r.output
     keys = select_keys(get_space(SPACE).candidate_keys(), ONLY)
     assert rows_per_key(out) == {k: 1 for k in keys}
@@ -204,28 +194,23 @@ def test_cli_farm_uses_both_servers_and_measures_each_key_once(two_boards, tmp_p
     table = load_table(out)
     assert all(row["status"] != "error" and row["board"] in {s.addr for s in servers} for row in table.rows.values())
 
-    r = CliRunner().invoke(app, args[:-2] + ["--boards", "3", "--devices", str(devs)])
+    r = hwprof(*args[:-2], "--boards", "3", "--devices", devs)
     assert r.exit_code == 2 and r.output.count("error:") == 1, r.output
     text = " ".join(r.output.split())
     assert "--boards is 3, but tracker" in text and "lists 2 rpc_server(s) with key 'farm-loop'" in text, text
 
 
-def test_cli_pool_records_the_member_that_measured_each_row(two_boards, tmp_path, rows_per_key):
-    from typer.testing import CliRunner
-
-    from profiler.cli import app
-
+def test_cli_pool_records_the_member_that_measured_each_row(two_boards, tmp_path, rows_per_key, hwprof):
     tracker, _ = two_boards
     devs = write_devices(tmp_path / "devices.yaml", tracker.addr, boards=1)
     out = tmp_path / "p.csv"
     only = "*|1x*x16x16|c16|s1|*"
-    r = CliRunner().invoke(app, ["measure", "--device", "loop-pool", "--space", SPACE, "--only", only, "--out",
-                                 str(out), "--devices", str(devs)])
+    r = hwprof("measure", "--device", "loop-pool", "--space", SPACE, "--only", only, "--out", out, "--devices", devs)
     assert r.exit_code == 0, r.output
     keys = select_keys(get_space(SPACE).candidate_keys(), only)
     assert rows_per_key(out) == {k: 1 for k in keys} and set(boards_of(out).values()) == {"loop-a", "loop-b"}
     assert load_table(out).meta["device"] == "loop-pool"
-    shown = CliRunner().invoke(app, ["show", str(out)])
+    shown = hwprof("show", out)
     counts = {b: list(boards_of(out).values()).count(b) for b in ("loop-a", "loop-b")}
     assert shown.exit_code == 0 and " ".join(shown.output.split()).count(
         f"boards: loop-a {counts['loop-a']} row") == 1, shown.output

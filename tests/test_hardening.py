@@ -8,6 +8,7 @@ stays closed. Fault injection: a killed lock holder, concurrent writers, a corru
 from __future__ import annotations
 
 import errno
+import functools
 import importlib.util
 import json
 import os
@@ -31,19 +32,22 @@ ROOT = Path(__file__).resolve().parent.parent
 SPEC = "darts-3ops:C=8,cells=3"
 
 
-def write_table(path: Path, spec: str = SPEC, runtime: str = "onnxruntime") -> Path:
-    from profiler.keys import KEY_VERSION
-    from profiler.spaces import get_space
-    from profiler.tables import SCHEMA_VERSION, Row, TableWriter
+@functools.lru_cache(maxsize=None)
+def probe_module():
+    """bench/probe_bad_input.py, loaded as a module: the tests build their inputs with its fixtures."""
+    spec = importlib.util.spec_from_file_location("probe_bad_input", ROOT / "bench" / "probe_bad_input.py")
+    probe = importlib.util.module_from_spec(spec)
+    sys.modules["probe_bad_input"] = probe
+    try:
+        spec.loader.exec_module(probe)
+    finally:
+        del sys.modules["probe_bad_input"]
+    return probe
 
-    sp = get_space(spec)
-    meta = {"schema_version": SCHEMA_VERSION, "key_version": KEY_VERSION, "device": "probe", "runtime": runtime,
-            "space": sp.spec, "space_json": sp.to_json(), "batch": 1, "protocol": {}}
-    with TableWriter(path, meta, fresh=True) as w:
-        for k in sp.candidate_keys():
-            w.append(Row(k, median_ms=0.1, p10_ms=0.09, p90_ms=0.11, mean_ms=0.1, std_ms=0.001, cv=0.01, n=20,
-                         calls_per_sample=1, attempts=1, status="ok"))
-    return path
+
+def write_table(path: Path, spec: str = SPEC, runtime: str = "onnxruntime") -> Path:
+    """The probe's valid measured-looking table (device 'probe', every key 0.1 ms)."""
+    return probe_module().write_table(path, spec, runtime=runtime)
 
 
 def one_line_exit_2(result) -> str:
@@ -153,10 +157,7 @@ def test_non_utf8_bytes_name_the_file_and_line(tmp_path):
 
 
 def _edit_meta(t: Path, fn) -> None:
-    mp = t.with_suffix(".meta.json")
-    meta = json.loads(mp.read_text())
-    fn(meta)
-    mp.write_text(json.dumps(meta))
+    probe_module().edit_meta(t, fn)
 
 
 def _edit_first_row(t: Path, col: int, value: str) -> None:
@@ -224,14 +225,7 @@ def test_config_round_trip_of_every_preset_still_holds():
 
 
 def test_arch_json_with_keys_not_a_list_is_one_line(tmp_path):
-    from profiler.arch import make_arch
-    from profiler.spaces import get_space
-
-    sp = get_space(SPEC)
-    data = json.loads(make_arch(sp, [lay.choices[0] for lay in sp.layers]).dumps())
-    data["layers"][0]["keys"] = 5
-    a = tmp_path / "a.json"
-    a.write_text(json.dumps(data))
+    a = probe_module().arch_with_bad_keys(tmp_path / "a.json")
     line = one_line_exit_2(CliRunner().invoke(hwprof, ["predict", str(a), "--table", str(write_table(
         tmp_path / "t.csv"))]))
     assert "layers[0].keys = '5' must be a list" in line
@@ -290,14 +284,8 @@ def test_json_and_yaml_readers_refuse_duplicates_and_non_finite_numbers():
 def test_the_probe_finds_no_traceback_and_no_silent_acceptance(tmp_path):
     """The probe itself (every input through the real CLIs, one subprocess each) is a bench script; here its
     fixtures build and its classification is checked (the classes themselves are tested above)."""
-    spec = importlib.util.spec_from_file_location("probe_bad_input", ROOT / "bench" / "probe_bad_input.py")
-    probe = importlib.util.module_from_spec(spec)
-    sys.modules["probe_bad_input"] = probe
-    try:
-        spec.loader.exec_module(probe)
-        probes = probe.build_probes(tmp_path)
-    finally:
-        del sys.modules["probe_bad_input"]
+    probe = probe_module()
+    probes = probe.build_probes(tmp_path)
     assert len(probes) >= 40 and all(Path(p.argv[0]).name in ("hwprof", "hwnas") for p in probes)
     assert probe.classify(probes[0], {}, 0, "") == "silent"
     assert probe.classify(probes[0], {}, 1, "Traceback (most recent call last):\n") == "traceback"

@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from profiler.devices import parse_devices
-from profiler.measure import REFERENCE_KEY, measure_space, sweep, sweep_validity
+from profiler.measure import REFERENCE_KEY, sweep, sweep_validity
 from profiler.protocol import INVALID, VALID, Protocol, Validity, validity_line
 from profiler.runners import MeasureResult
 from profiler.runners.base import LocalRunner
@@ -170,15 +169,12 @@ def test_an_invalid_verdict_survives_a_resumed_sweep_until_fresh():
     assert validity_line({}).startswith("unknown")
 
 
-def test_real_onnxruntime_interleaved_table_has_a_verdict_in_its_header(tmp_path):
+def test_real_onnxruntime_interleaved_table_has_a_verdict_in_its_header(tmp_path, ort_sweep):
     proto = {"warmup_s": 0.01, "min_samples": 6, "min_seconds": 0.03, "retries": 0, "target_sample_ms": 1.0,
              "rounds": 3, "chunk": 4}
-    devs = parse_devices({"devices": {"c": {"runtime": "onnxruntime", "threads": 1, "protocol": proto}}}, "t")
-    from profiler.runners import make_runner
-
     space = get_space(SPACE)
     out = tmp_path / "t.csv"
-    s = measure_space(devs["c"], space, make_runner(devs["c"]), out, only="*avg_pool*")
+    s = ort_sweep(proto, space, out, only="*avg_pool*")
     assert s.measured > 0 and s.errors == 0 and s.validity is not None
     meta = json.loads(meta_path(out).read_text())
     v = Validity.from_dict(meta["validity"])
@@ -186,7 +182,7 @@ def test_real_onnxruntime_interleaved_table_has_a_verdict_in_its_header(tmp_path
     assert len(v.details["reference_ms"]) == 3 * -(-s.measured // 4) and v.details["reference"] == REFERENCE_KEY
     t = load_table(out)
     assert all(r["n"] >= 3 * 3 and r["median_ms"] > 0 for r in t.rows.values())
-    again = measure_space(devs["c"], space, make_runner(devs["c"]), out, only="*avg_pool*")
+    again = ort_sweep(proto, space, out, only="*avg_pool*")
     assert again.measured == 0 and again.validity is None
     assert json.loads(meta_path(out).read_text())["validity"] == meta["validity"]  # nothing measured: kept
 

@@ -61,8 +61,7 @@ def test_small_variants_measure_on_cpu_1t(tmp_path, monkeypatch):
     monkeypatch.setenv("HWNAS_CACHE", str(tmp_path / "cache"))
     fast = Protocol(warmup_s=0.02, min_samples=3, min_seconds=0.02, retries=0)
     dev = dataclasses.replace(get_device("cpu-1t"), protocol=fast)
-    runner = make_runner(dev)
-    try:
+    with make_runner(dev) as runner:
         space = get_space(OFA_SMALL)
         summary = measure_space(dev, space, runner, tmp_path / "ofa.csv")
         assert summary.errors == 0 and summary.measured == len(space.candidate_keys())
@@ -75,5 +74,3 @@ def test_small_variants_measure_on_cpu_1t(tmp_path, monkeypatch):
         prox = get_space(PROXYLESS_SMALL)  # ProxylessNAS: the k7 blocks and the fixed layers, to keep CI short
         summary = measure_space(dev, prox, runner, tmp_path / "prox.csv", only="*mb_k7*")
         assert summary.errors == 0 and summary.measured == sum("|mb_k7_" in k for k in prox.candidate_keys())
-    finally:
-        runner.close()

@@ -6,9 +6,7 @@ import warnings
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from profiler.cli import app
 from profiler.model_measure import model_timing, onnx_input_shape, run_protocol
 from profiler.protocol import Protocol
 
@@ -35,31 +33,27 @@ def models(tmp_path_factory):
     return d
 
 
-def _run(*args):
-    return CliRunner().invoke(app, ["measure-model", *map(str, args)])
-
-
-def test_repeats_give_exactly_that_many_single_runs(models):
-    r = _run(models / "static.onnx", "--device", "cpu", "--threads", "1", "--repeats", "7", "--json")
+def test_repeats_give_exactly_that_many_single_runs(models, hwprof):
+    r = hwprof("measure-model", models / "static.onnx", "--device", "cpu", "--threads", "1", "--repeats", "7", "--json")
     assert r.exit_code == 0, r.output
     info = json.loads(r.stdout)
     assert info["n"] == 7 and info["calls_per_sample"] == 1 and info["threads"] == 1
     assert info["min_ms"] <= info["p50_ms"] <= info["p90_ms"] <= info["p99_ms"] <= info["max_ms"]
     assert info["noisy"] == (info["cv"] > info["cv_threshold"])
-    r = _run(models / "static.onnx", "--threads", "1", "--seconds", "0.2")
+    r = hwprof("measure-model", models / "static.onnx", "--threads", "1", "--seconds", "0.2")
     assert r.exit_code == 0, r.output
     assert "p50 " in r.output and "p99 " in r.output and "min " in r.output and "threads 1" in r.output
 
 
-def test_shape_sets_dynamic_axes(models):
+def test_shape_sets_dynamic_axes(models, hwprof):
     dyn = models / "dynamic.onnx"
-    r = _run(dyn, "--threads", "1", "--repeats", "3")
+    r = hwprof("measure-model", dyn, "--threads", "1", "--repeats", "3")
     assert r.exit_code == 2
     assert "dynamic shape batchx3xheightxwidth; pass --shape batch=SIZE" in r.output
     for shape, expect in ((["batch=2", "height=8", "width=12"], [2, 3, 8, 12]), (["input:1x3x20x20"], [1, 3, 20, 20]),
                           (["4x3x8x8"], [4, 3, 8, 8])):
         args = [a for s in shape for a in ("--shape", s)]
-        r = _run(dyn, "--threads", "1", "--repeats", "3", "--json", *args)
+        r = hwprof("measure-model", dyn, "--threads", "1", "--repeats", "3", "--json", *args)
         assert r.exit_code == 0, r.output
         assert json.loads(r.stdout)["input_shape"] == expect
 
@@ -73,8 +67,8 @@ def test_shape_sets_dynamic_axes(models):
     (["--repeats", "3", "--seconds", "1"], "give --repeats or --seconds, not both"),
     (["--repeats", "0"], "--repeats 0: must be >= 1"),
 ])
-def test_bad_options_are_one_line_errors(models, args, fragment):
-    r = _run(models / "static.onnx", *args)
+def test_bad_options_are_one_line_errors(models, args, fragment, hwprof):
+    r = hwprof("measure-model", models / "static.onnx", *args)
     assert r.exit_code == 2 and fragment in r.output, r.output
 
 

@@ -79,11 +79,8 @@ def test_measure_through_tracker_matches_local_keys(loop, tmp_path):
     space = get_space(SPACE)
     only = "*|1x8x32x32|*"
     remote = get_device("rpi4-loop", devs)
-    runner = make_runner(remote)
-    try:
+    with make_runner(remote) as runner:
         summary = measure_space(remote, space, runner, tmp_path / "remote.csv", only=only)
-    finally:
-        runner.close()
     assert summary.errors == 0, [r.error for r in summary.rows]
     table = load_table(tmp_path / "remote.csv")
     variants = {table.rows[k]["op"]: table.rows[k]["variant"] for k in table.rows}
@@ -94,11 +91,8 @@ def test_measure_through_tracker_matches_local_keys(loop, tmp_path):
     assert fp["remote"]["arch"] == "x86_64" and fp["remote"]["threads"] == 1 and fp["tvm_version"]
 
     local = get_device("cpu-1t", devs)
-    lrunner = make_runner(local)
-    try:
+    with make_runner(local) as lrunner:
         measure_space(local, space, lrunner, tmp_path / "local.csv", only=only)
-    finally:
-        lrunner.close()
     assert set(load_table(tmp_path / "local.csv").rows) == set(table.rows)
 
 
@@ -117,12 +111,9 @@ def test_server_killed_mid_sweep_then_resume(loop, tmp_path, rows_per_key):
         if p.done == 2 and server.alive():
             server.kill()
 
-    runner = make_runner(dev)
-    t0 = time.monotonic()
-    try:
+    with make_runner(dev) as runner:
+        t0 = time.monotonic()
         first = measure_space(dev, space, runner, out, only=only, on_progress=kill_after_two)
-    finally:
-        runner.close()
     assert time.monotonic() - t0 < 180
     assert not group_alive(group), "rpc_server's process group (session, popen_worker) outlived the kill"
     assert first.measured == len(keys)
@@ -134,11 +125,8 @@ def test_server_killed_mid_sweep_then_resume(loop, tmp_path, rows_per_key):
     assert set(ok_first) <= set(load_table(out).rows)  # finished rows survived
 
     loop["server"] = start_server("rpi4-loop", loop["tracker"].addr, threads=1, log_dir=loop["logs"])
-    runner = make_runner(dev)
-    try:
+    with make_runner(dev) as runner:
         second = measure_space(dev, space, runner, out, only=only)
-    finally:
-        runner.close()
     assert second.errors == 0, [r.error for r in second.rows]
     assert sorted(r.key for r in second.rows) == sorted(r.key for r in errors)  # only what was missing
     assert rows_per_key(out) == {k: 1 for k in keys}  # every key exactly once
@@ -152,12 +140,9 @@ def test_server_killed_mid_sweep_then_resume(loop, tmp_path, rows_per_key):
 def test_key_nobody_serves_gives_error_rows_within_timeout(loop, tmp_path):
     devs = write_devices(tmp_path / "devices.yaml", loop["tracker"].addr, key="ghost", request_timeout_s=2.0)
     dev = get_device("rpi4-loop", devs)
-    runner = make_runner(dev)
-    t0 = time.monotonic()
-    try:
+    with make_runner(dev) as runner:
+        t0 = time.monotonic()
         summary = measure_space(dev, get_space(SPACE), runner, tmp_path / "g.csv", only="avg_pool_3x3")
-    finally:
-        runner.close()
     assert time.monotonic() - t0 < 120
     assert summary.errors == summary.measured > 0
     assert all("no rpc_server registered with key 'ghost'" in r.error for r in summary.rows)

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 
 from search.config import ConfigError, apply_overrides, preset
 from search.control import ControlError
-from search.data import load_data
 from search.derive import Budget, Deriver, derive_budgets, derive_family
 from search.losses import search_loss
 from search.run import load_run
@@ -22,11 +21,6 @@ DARTS = "darts-3ops:C=8,cells=5"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # torch on one thread (conftest)
-
-
-@pytest.fixture(scope="module")
-def digits32():
-    return load_data("digits", 32, 3, seed=0)
 
 
 def _scaled_table(src, dst, factor: float):
@@ -52,8 +46,8 @@ def _loss(name, table, x, y):
     return float(search_loss("additive", F.cross_entropy(r.out, y), r.penalty, r.expected.get("latency")).detach())
 
 
-def test_scaling_the_table_changes_the_seed_loss_only(small_tables, digits32, tmp_path):
-    x, y = digits32.train.tensors[0][:8], digits32.train.tensors[1][:8]
+def test_scaling_the_table_changes_the_seed_loss_only(small_tables, digits, tmp_path):
+    x, y = digits[32].train.tensors[0][:8], digits[32].train.tensors[1][:8]
     base = small_tables[DARTS]
     big = _scaled_table(base, tmp_path / "x1000.csv", 1000.0)
     seed_a, seed_b = _loss("seed", base, x, y), _loss("seed", big, x, y)
@@ -96,18 +90,18 @@ def _expected_latency(run) -> float:
     return float(np.mean([run.expected({"S": s})["latency"] for s in pts])) - run.costs.const("latency")
 
 
-def _short_run(table, digits32, out, kappa: float, seed: int):
+def _short_run(table, splits, out, kappa: float, seed: int):
     cfg = preset("seed", space=DARTS, tables=(str(table),), epochs=2, batch_size=16, seed=seed)
     cfg = apply_overrides(cfg, ["train_limit=96", "eval_limit=16", f"control.kappa={kappa}", "arch_opt.lr=0.1"])
-    search(cfg, out, splits=digits32)
+    search(cfg, out, splits=splits)
     return load_run(out)
 
 
-def test_larger_kappa_gives_lower_expected_latency(small_tables, digits32, tmp_path):
+def test_larger_kappa_gives_lower_expected_latency(small_tables, digits, tmp_path):
     """kappa 0 vs 20/ms after two short epochs (12 steps). Checked over seeds 0-9 on x86-64: the expected latency of
     the searchable layers fell to 0.69-0.74 of the kappa-0 run's; the assertion allows 0.85."""
-    lo = _expected_latency(_short_run(small_tables[DARTS], digits32, tmp_path / "lo", 0.0, 0))
-    run = _short_run(small_tables[DARTS], digits32, tmp_path / "hi", 20.0, 0)
+    lo = _expected_latency(_short_run(small_tables[DARTS], digits[32], tmp_path / "lo", 0.0, 0))
+    run = _short_run(small_tables[DARTS], digits[32], tmp_path / "hi", 20.0, 0)
     hi = _expected_latency(run)
     assert hi < 0.85 * lo, (lo, hi)
     # S is the control of derive, budgets and family
@@ -120,9 +114,9 @@ def test_larger_kappa_gives_lower_expected_latency(small_tables, digits32, tmp_p
     assert not res[1].ok
 
 
-def test_cost_under_sample_takes_latency_under_the_steps_op_weights(small_tables, digits32):
+def test_cost_under_sample_takes_latency_under_the_steps_op_weights(small_tables, digits):
     """FBNet's form: LAT = sum m * LUT with m the step's Gumbel-softmax weights (cost_under=sample), not softmax."""
-    x = digits32.train.tensors[0][:4]
+    x = digits[32].train.tensors[0][:4]
     cfg = preset("fbnet", space=DARTS, tables=(str(small_tables[DARTS]),))
     out = {}
     for under in ("softmax", "sample"):

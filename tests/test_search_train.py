@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 from profiler.spaces import get_space
 from search.cli import app
 from search.config import PRESETS, apply_overrides, preset
-from search.data import load_data
 from search.run import load_run
 from search.train import SearchError, evaluate, fit_epoch, search
 
@@ -22,11 +21,6 @@ DARTS = "darts-3ops:C=8,cells=5"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # torch on one thread (conftest)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return {16: load_data("digits", 16, 3, seed=0), 32: load_data("digits", 32, 3, seed=0)}
 
 
 def _cfg(name, spec, tables, **kw):

@@ -177,11 +177,10 @@ def test_killed_sshd_mid_sweep_gives_error_rows_and_resume_measures_the_rest(ssh
         if prog.done == 2 and sshd.proc is not None:
             sshd.kill()
 
-    runner = SshRunner(dev, chunk_size=4)
     try:
-        first = measure_space(dev, space, runner, out, only=only, on_progress=kill_after_two)
+        with SshRunner(dev, chunk_size=4) as runner:
+            first = measure_space(dev, space, runner, out, only=only, on_progress=kill_after_two)
     finally:
-        runner.close()
         if sshd.proc is None:
             sshd.start()  # same port, same keys
     assert first.measured == len(keys) and first.ok + first.noisy >= 2 and first.errors >= 1
@@ -192,11 +191,8 @@ def test_killed_sshd_mid_sweep_gives_error_rows_and_resume_measures_the_rest(ssh
     assert [r.status != "error" for r in first.rows][:2] == [True, True]
     kept = {r.key: r.median_ms for r in first.rows if r.status != "error"}
 
-    runner = make_runner(dev)
-    try:
+    with make_runner(dev) as runner:
         second = measure_space(dev, space, runner, out, only=only)
-    finally:
-        runner.close()
     assert second.skipped == len(kept) and second.measured == len(errors) and second.errors == 0
     assert {r.key for r in second.rows} == {r.key for r in errors}
     table = load_table(out)

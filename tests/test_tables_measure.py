@@ -9,8 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from profiler.devices import parse_devices
-from profiler.measure import measure_space, sweep
+from profiler.measure import sweep
 from profiler.protocol import Protocol
 from profiler.runners import MeasureResult
 from profiler.runners.base import LocalRunner
@@ -75,13 +74,10 @@ def test_sweep_keeps_going_after_a_failure_and_remeasures_noisy(tmp_path):
     assert list(df.columns) == COLUMNS and len(df) == 4
 
 
-def test_measure_real_onnxruntime_and_load(tmp_path):
-    devs = parse_devices({"devices": {"cpu-fast": {"runtime": "onnxruntime", "threads": 1, "protocol": FAST}}}, "t")
-    from profiler.runners import make_runner
-
+def test_measure_real_onnxruntime_and_load(tmp_path, ort_sweep):
     space = get_space(SPACE)
     out = tmp_path / "t.csv"
-    s = measure_space(devs["cpu-fast"], space, make_runner(devs["cpu-fast"]), out, only="*avg_pool*")
+    s = ort_sweep(FAST, space, out, only="*avg_pool*", name="cpu-fast")
     assert s.measured > 0 and s.errors == 0
     t = load_table(out, device="cpu-fast", space=space.spec)
     assert all(r["op"] == "avg_pool_3x3" for r in t.rows.values())
@@ -89,7 +85,7 @@ def test_measure_real_onnxruntime_and_load(tmp_path):
     assert t.meta["fingerprint"]["provider"] == "CPUExecutionProvider"
     assert t.meta["protocol"]["min_samples"] == 3
     # a second run measures nothing; a wider glob measures only the new keys
-    again = measure_space(devs["cpu-fast"], space, make_runner(devs["cpu-fast"]), out, only="*avg_pool*")
+    again = ort_sweep(FAST, space, out, only="*avg_pool*", name="cpu-fast")
     assert again.measured == 0 and again.skipped == s.measured
     with pytest.raises(TableError, match="not 'other'"):
         load_table(out, device="other")
@@ -121,18 +117,15 @@ def test_killed_sweep_resumes_and_ends_with_every_key_once(tmp_path):
     assert df["key"].is_unique and set(df["status"]) <= {"ok", "noisy"}
 
 
-def test_torn_last_line_is_ignored_and_repaired(tmp_path):
-    devs = parse_devices({"devices": {"c": {"runtime": "onnxruntime", "threads": 1, "protocol": FAST}}}, "t")
-    from profiler.runners import make_runner
-
+def test_torn_last_line_is_ignored_and_repaired(tmp_path, ort_sweep):
     space = get_space(SPACE)
     out = tmp_path / "t.csv"
-    measure_space(devs["c"], space, make_runner(devs["c"]), out, only="*skip_connect*")
+    ort_sweep(FAST, space, out, only="*skip_connect*")
     n = len(load_table(out).rows)
     with open(out, "a") as f:
         f.write("v1|avg_pool_3x3|1x8x32x32|c8|s1|float32,avg_pool_3x3,1x8")  # killed mid-write
     assert len(load_table(out).rows) == n
-    measure_space(devs["c"], space, make_runner(devs["c"]), out, only="*skip_connect*")
+    ort_sweep(FAST, space, out, only="*skip_connect*")
     assert out.read_text().endswith("\n") and len(pd.read_csv(out)) == n
 
 

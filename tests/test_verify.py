@@ -63,8 +63,7 @@ def test_verify_writes_results_resumes_and_calibrates(table_copy, tmp_path):
     dev = get_device("cpu")
     space, table = get_space(SPEC), load_table(table_copy)
     out = tmp_path / "v"
-    runner = make_runner(dev)
-    try:
+    with make_runner(dev) as runner:
         rep = run_verify(dev, space, table, runner, out, n=3, calib_n=3, seed=0)
         s = rep.summary
         rows = list(csv.DictReader(open(out / "networks.csv")))
@@ -102,8 +101,6 @@ def test_verify_writes_results_resumes_and_calibrates(table_copy, tmp_path):
         # other settings in the same folder are refused
         with pytest.raises(VerifyError, match="other settings"):
             run_verify(dev, space, table, runner, out, n=3, calib_n=3, seed=1)
-    finally:
-        runner.close()
 
 
 def test_verify_refuses_other_device_and_incomplete_table(table_copy, tmp_path):

@@ -38,7 +38,8 @@ class MeasureResult:
 
 
 class Runner(TypingProtocol):
-    """What a runtime implements. ``measure_many`` yields one result per request, in order, as each finishes."""
+    """What a runtime implements. ``measure_many`` yields one result per request, in order, as each finishes.
+    ``with make_runner(device) as runner:`` closes it at the block's end (every runner is a ``Closing``)."""
 
     name: str
 
@@ -49,6 +50,10 @@ class Runner(TypingProtocol):
     def measure_many(self, requests: Iterable[MeasureRequest], protocol: Protocol) -> Iterator[MeasureResult]: ...
 
     def close(self) -> None: ...
+
+    def __enter__(self) -> "Runner": ...
+
+    def __exit__(self, *exc: object) -> None: ...
 
 
 class SequentialRunner(Closing):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 
@@ -40,15 +41,22 @@ def mbconv_macs(h: int, c_in: int, mid: int, c_out: int, k: int, s: int) -> floa
     return expand + ho * ho * mid * k * k + ho * ho * mid * c_out
 
 
-def ofa_entries() -> list[tuple[str, dict[str, float]]]:
-    rng = random.Random(224)
+def lut(seed: int, **extra: float) -> tuple[dict[str, dict[str, float]], Callable[[str, float], None]]:
+    """A fresh LUT and its ``add(key, macs)``: a new key gets ``extra``, then a made-up ``mean`` and ``var`` drawn
+    from ``random.Random(seed)``; a key already there is kept."""
+    rng = random.Random(seed)
     out: dict[str, dict[str, float]] = {}
 
     def add(key: str, macs: float) -> None:
         if key not in out:
             mean = fake_ms(rng, macs)
-            out[key] = {"count": 1000, "mean": mean, "var": round((mean * rng.uniform(0.005, 0.03)) ** 2, 10)}
+            out[key] = {**extra, "mean": mean, "var": round((mean * rng.uniform(0.005, 0.03)) ** 2, 10)}
 
+    return out, add
+
+
+def ofa_entries() -> list[tuple[str, dict[str, float]]]:
+    out, add = lut(224, count=1000)
     image_size = 224
     fsize = (image_size + 1) // 2
     add(f"Conv-input:{shape(image_size, image_size, 3)}-output:{shape(fsize, fsize, 24)}", fsize * fsize * 27 * 24)
@@ -80,14 +88,7 @@ def ofa_entries() -> list[tuple[str, dict[str, float]]]:
 
 
 def proxyless_entries() -> list[tuple[str, dict[str, float]]]:
-    rng = random.Random(7)
-    out: dict[str, dict[str, float]] = {}
-
-    def add(key: str, macs: float) -> None:
-        if key not in out:
-            mean = fake_ms(rng, macs)
-            out[key] = {"mean": mean, "var": round((mean * rng.uniform(0.005, 0.03)) ** 2, 10)}
-
+    out, add = lut(7)
     add("Conv-input:224x224x3-output:112x112x32", 112 * 112 * 27 * 32)
     add("expanded_conv-input:112x112x32-output:112x112x16-expand:1-kernel:3-stride:1-idskip:0",
         mbconv_macs(112, 32, 32, 16, 3, 1))

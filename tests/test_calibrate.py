@@ -10,7 +10,7 @@ from profiler.calibrate import (CALIB_VERSION, GOALS, calibrated, check_calibrat
 from profiler.spaces import get_space
 from profiler.tables import calib_path, load_table
 
-from test_formats import synthetic_table
+from helpers import synthetic_table
 
 SPEC = "fbnet-cifar:width=0.25"
 

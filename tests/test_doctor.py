@@ -12,7 +12,7 @@ from profiler.devices import get_device  # noqa: E402
 from profiler.doctor import CHECKS, Check, failed, run_doctor  # noqa: E402
 from profiler.rpc import free_port, start_server, start_tracker  # noqa: E402
 
-from test_rpc import write_devices  # noqa: E402
+from helpers import write_devices  # noqa: E402
 
 cli = CliRunner()
 

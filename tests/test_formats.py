@@ -14,12 +14,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from helpers import synthetic_table
 from profiler.cli import app
 from profiler.formats import FormatError, canonical_op, export_table, import_table, peer_key
-from profiler.measure import table_meta
-from profiler.protocol import Protocol
 from profiler.spaces import get_space
-from profiler.tables import ZERO_COST, Row, TableWriter, load_table
+from profiler.tables import ZERO_COST, load_table
 
 DATA = Path(__file__).parent / "data"
 OFA_LUT = DATA / "ofa_note10_224_lookup_table.yaml"
@@ -28,25 +27,6 @@ CHAIN = "fbnet-cifar:width=0.25"
 CELL = "darts-3ops:C=8,cells=5"
 OFA_SMALL = "ofa-mbv3:input_size=32,width=0.25,num_classes=10"
 PROXYLESS_SMALL = "proxyless:input_size=32,width=0.25,num_classes=10"
-
-
-class _FakeRunner:
-    def fingerprint(self):
-        return {"runtime": "synthetic"}
-
-
-def synthetic_table(spec: str, path: Path, seed: int = 0) -> Path:
-    """A table with made-up latencies (format logic only; real measurements are tested elsewhere)."""
-    from profiler.devices import Device
-
-    space = get_space(spec)
-    rng = np.random.default_rng(seed)
-    meta = table_meta(Device("cpu", "onnxruntime"), space, _FakeRunner(), Protocol(), 1)
-    with TableWriter(path, meta, fresh=True) as w:
-        for key in space.candidate_keys():
-            m = float(rng.uniform(0.01, 2.0))
-            w.append(Row(key, m, m * 0.9, m * 1.1, m, m * 0.02, 0.02, 0, 20, 1, 1, "ok"))
-    return path
 
 
 def medians(path: Path) -> dict[str, float]:

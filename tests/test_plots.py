@@ -12,7 +12,7 @@ from profiler.plots import latency_grid, plot_table, plot_verify
 from profiler.spaces import get_space
 from profiler.tables import load_table
 
-from test_formats import synthetic_table  # noqa: E402  (tests/ is on sys.path under pytest's rootdir conftest)
+from helpers import synthetic_table  # noqa: E402  (tests/ is on sys.path under pytest's rootdir conftest)
 
 
 def png_size(path: Path) -> tuple[int, int]:

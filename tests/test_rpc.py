@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
@@ -17,30 +16,7 @@ from profiler.spaces import get_space  # noqa: E402
 from profiler.tables import load_table  # noqa: E402
 
 SPACE = "darts-3ops:C=8,cells=5"
-FAST = "{warmup_s: 0.02, min_samples: 5, min_seconds: 0.03, max_seconds: 1.0, retries: 0, cv_threshold: 10.0}"
-
-
-def write_devices(path: Path, tracker: str, key: str = "rpi4-loop", request_timeout_s: float = 5.0) -> Path:
-    """A devices.yaml with the loopback TVM devices pointing at ``tracker`` (and a fast protocol)."""
-    path.write_text(f"""schema: 1
-devices:
-  rpi4-loop:
-    runtime: tvm
-    target: {{kind: llvm}}
-    threads: 1
-    rpc: {{tracker: "{tracker}", key: {key}, session_timeout_s: 300, request_timeout_s: {request_timeout_s}}}
-    protocol: {FAST}
-  tvm-cpu:
-    runtime: tvm
-    target: {{kind: llvm}}
-    threads: 1
-    protocol: {FAST}
-  cpu-1t:
-    runtime: onnxruntime
-    threads: 1
-    protocol: {FAST}
-""")
-    return path
+from helpers import write_devices  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from profiler.tables import load_table  # noqa: E402
 from profiler.runners.tvm_runner import (  # noqa: E402
     TvmSetupError, compile_onnx, copy_onnx, evaluator_plan, export_lib, make_target, tuning_variant)
 
-from test_rpc import write_devices  # noqa: E402
+from helpers import write_devices  # noqa: E402
 
 cli = CliRunner()
 SPACE = "darts-3ops:C=8,cells=5"

@@ -28,6 +28,10 @@ import sys
 import time
 from pathlib import Path
 
+# the checkout this script sits in, not whichever one the environment has installed (an editable install of another
+# worktree would otherwise be what gets measured); spawned workers re-run this line
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 SPACES = ("fbnet-cifar:input_size=16,width=0.25", "darts-3ops:C=8,cells=5")
 FUSED_SPACE = "fbnet-cifar:input_size=16,width=0.5"
 PRESETS = ("darts", "fbnet", "darts-cc", "seed-simplex", "hwnas")

@@ -179,6 +179,11 @@ class FusedMixedOp(nn.Module):
         m = getattr(self, f"proj_mask{i}")
         return self.proj_w[i] if m is None else self.proj_w[i] * m
 
+    def _layout(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` channels-last where the layer runs so: a channel slice of a channels-last tensor is neither layout,
+        and a convolution on it would answer (and take its gradient) in NCHW."""
+        return t.contiguous(memory_format=torch.channels_last) if self.channels_last else t
+
     def _masked(self, w: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return w if mask is None else w * mask
 
@@ -193,16 +198,17 @@ class FusedMixedOp(nn.Module):
         return F.conv2d(e, w, stride=self.stride, padding=(ph, pw), groups=e.shape[1])
 
     def _all(self, x: torch.Tensor, wb: torch.Tensor | None = None) -> torch.Tensor:
-        """Every block's BatchNormed projection, stacked: [N, blocks, c_out, H', W']; with op weights ``wb``
+        """Every block's BatchNormed projection, stacked: [N, H', W', blocks, c_out]; with op weights ``wb``
         [blocks], each scaled by its weight inside the projection BatchNorm's affine (w * BN(z) = BN with w*gamma,
         w*beta), which saves a pass over the stacked outputs."""
         # ReLU in place on the BatchNorm outputs (BatchNorm's backward does not need its output): one tensor fewer
         e = F.relu(self._bn(F.conv2d(x, self._masked(self.exp_w, self.exp_mask)), "exp"), inplace=True)
         d = F.relu(self._bn(self._depthwise(e, self._masked(self.dw_w, self.dw_mask)), "dw"), inplace=True)
-        z = []
-        for i, (first, n, mid) in enumerate(self.buckets):
-            a = self.offsets[first]
-            z.append(F.conv2d(d[:, a:a + n * mid], self._proj_weight(i), groups=n))
+        # one split, not a slice per bucket: a slice's backward is a zero-filled full-size (NCHW) gradient per
+        # bucket, and a gradient in another layout than its channels-last activation slows every kernel after it
+        parts = d.split([n * mid for _, n, mid in self.buckets], dim=1)
+        z = [F.conv2d(self._layout(p), self._proj_weight(i), groups=n)
+             for i, (p, (_, n, _)) in enumerate(zip(parts, self.buckets))]
         z = torch.cat(z, dim=1) if len(z) > 1 else z[0]
         if wb is None:
             z = self._bn(z, "proj")
@@ -210,19 +216,22 @@ class FusedMixedOp(nn.Module):
             scale = wb.repeat_interleave(self.c_out)
             z = F.batch_norm(z, self.proj_rm, self.proj_rv, self.proj_bn_w * scale, self.proj_bn_b * scale,
                              self.training, BN_MOMENTUM, BN_EPS)
-        return z.view(z.shape[0], len(self.blocks), self.c_out, *z.shape[2:])
+        # [N, H', W', blocks, c_out]: a view of the channels-last z, so the sum over blocks (and its gradient) stays
+        # channels-last too; a sum over dim 1 of the [N, blocks, c_out, H', W'] view would hand every kernel of the
+        # backward pass an NCHW gradient against its channels-last activation (several times slower)
+        return z.permute(0, 2, 3, 1).unflatten(3, (len(self.blocks), self.c_out))
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:  # oneDNN's depthwise kernels are several times faster channels-last on a CPU; the
-            x = x.contiguous(memory_format=torch.channels_last)  # whole block stays so (mixed layouts are slow)
+        x = self._layout(x)  # oneDNN's depthwise kernels are several times faster channels-last on a CPU; the
+        # whole block stays so (mixed layouts are slow)
         if w.dim() == 1 and self.lean:
             k = int(w.detach().argmax())
             return self.single(x, k) * w[k]
         wb = w.index_select(-1, self.order)  # [blocks] or [N, blocks]
         if wb.dim() == 1:
-            out = self._all(x, wb).sum(dim=1)
+            out = self._all(x, wb).sum(dim=3).permute(0, 3, 1, 2)
         else:
-            out = (self._all(x) * wb.view(-1, len(self.blocks), 1, 1, 1)).sum(dim=1)
+            out = (self._all(x) * wb.view(-1, 1, 1, len(self.blocks), 1)).sum(dim=3).permute(0, 3, 1, 2)
         coef = wb.sum(-1) if self.residual else None
         for k in self.identity:
             coef = w[..., k] if coef is None else coef + w[..., k]

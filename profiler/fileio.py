@@ -101,6 +101,26 @@ def read_text(path: str | Path, what: str = "file") -> str:
                          f"(this {what} must be UTF-8 text)", "re-save the file as UTF-8") from None
 
 
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file (metrics, curves) up to its first unreadable line: a writer killed mid-line
+    leaves a torn last line, and nothing after a torn line is trusted. Lines that are not objects are passed over; a
+    missing file has no records."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
 def _no_duplicates(where: str):
     def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from profiler.errors import UserError
+from profiler.fileio import read_jsonl
 from profiler.arch import Arch, export_arch, load_arch
 from profiler.devices import Device, get_device
 from profiler.keys import key_label
@@ -39,7 +40,7 @@ from profiler.protocol import Protocol, Validity, validity_line
 from profiler.spaces import Space, get_space
 from profiler.tables import atomic_write_text, default_table_path, load_table, read_json_or_none
 
-from .report import FAMILY_COLUMNS, error_pct, format_table, plot_curves, plot_pareto, read_jsonl
+from .report import FAMILY_COLUMNS, error_pct, format_table, plot_curves, plot_pareto
 from .retrain import TrainConfig, retrain
 from .rundir import PipelineDir, RunDir
 

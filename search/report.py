@@ -4,7 +4,6 @@ training curves from ``metrics.jsonl`` (search) and ``curve.jsonl`` (each member
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -141,24 +140,6 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: Path, title: str = "family
     """:func:`pareto_figure`, saved to ``path`` (None when no member has a result)."""
     fig = pareto_figure(rows, title)
     return None if fig is None else save_and_close(fig, path)
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Records of a JSON-lines file; a torn last line (a killed writer) is skipped."""
-    out = []
-    if not path.is_file():
-        return out
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out
 
 
 def curves_figure(metrics: Sequence[dict[str, Any]], members: dict[str, Sequence[dict[str, Any]]],

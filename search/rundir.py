@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from profiler.errors import UserError
-from profiler.fileio import atomic_path, atomic_write_text, loads_json, locked_dir, read_text
+from profiler.fileio import atomic_path, atomic_write_text, loads_json, locked_dir, read_jsonl, read_text
 
 from .config import SearchConfig, config_from_dict, config_to_dict
 
@@ -61,20 +61,6 @@ def load_state(path: Path, map_location: Any = "cpu") -> Any:
     if not isinstance(state, dict) or (path.name == CHECKPOINT and "model" not in state):
         raise SearchError(f"{path}: not a checkpoint written by hwnas search; restore it or re-run the search")
     return state
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl up to its first unreadable line (a torn last line from a kill)."""
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return out
 
 
 def _file(name: str, doc: str) -> Any:
@@ -178,7 +164,7 @@ class RunDir(_Dir):
 
     def read_metrics(self, before_epoch: int | None = None) -> list[dict[str, Any]]:
         """Every epoch's record (those before ``before_epoch`` only: what a resume from that epoch keeps)."""
-        recs = read_metrics(self.metrics)
+        recs = read_jsonl(self.metrics)
         if before_epoch is None:
             return recs
         return [m for m in recs if m.get("epoch", 1 << 30) < before_epoch]

@@ -7,7 +7,8 @@
 #    statistics, every sampler) run on the device -- HWNAS_TEST_DEVICE=cuda;
 # 2. step times: bench/bench_search.py --supernet-only --torch-device cuda (CUDA events), reference vs fused vs
 #    the largest single network, and samples/s per preset.
-# 1 vs 2 processes (issue 10, item 3) is not part of this branch.
+# 3. 1 vs 2 processes: bench/bench_distributed.py --torch-device cuda --nproc 2 (NCCL) where the machine has two
+#    GPUs; with one GPU (NCCL wants one per rank) the same comparison on the CPU (gloo), said in the output.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -23,3 +24,10 @@ fi
 HWNAS_TEST_DEVICE=$DEV timeout 150 "$PY" -m pytest -q tests/test_search_fused.py -k "equals_reference"
 timeout 150 "$PY" bench/bench_search.py --supernet-only --steps "$STEPS" --threads 1 --torch-device "$DEV" \
   --tables-dir "${TMPDIR:-/tmp}/hwnas-gpu-check"
+NGPU=$("$PY" -c 'import torch; print(torch.cuda.device_count())')
+if [ "$DEV" = cuda ] && [ "$NGPU" -ge 2 ]; then
+  timeout 150 "$PY" bench/bench_distributed.py --torch-device cuda --nproc 2 --epochs 3
+else
+  echo "gpu_check: 1 vs 2 processes on the CPU (gloo): $NGPU CUDA device(s), NCCL needs one per rank"
+  timeout 150 "$PY" bench/bench_distributed.py --nproc 2 --epochs 3 --train-limit 128
+fi

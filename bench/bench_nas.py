@@ -229,9 +229,10 @@ def one_seed(seed: int, sc: Scale, table_path: Path, splits: Splits, trainer: Tr
                                                   for r in rows))
 
     for name, tag in (("hwnas", "hwnas"), ("seed", "seed"), ("darts-cc", "darts-cc")):
-        log(f"seed {seed}: {name} search ({sc.search_epochs} epochs) ...")
         sets = list(own_sets) if name in ("hwnas", "seed") else []  # --search-set: the paper's methods only
-        run, wall, npass = run_search(searched(name, sc, table_path, seed, sets), out / f"{name}-s{seed}", splits)
+        cfg = searched(name, sc, table_path, seed, sets)
+        log(f"seed {seed}: {name} search ({cfg.epochs} epochs on {cfg.train_limit} samples) ...")
+        run, wall, npass = run_search(cfg, out / f"{name}-s{seed}", splits)
         archs, derive_s = family(run, sc.members, tag)
         method(name, archs, wall + derive_s, npass)
     fb_archs, fb_wall, fb_pass = [], 0.0, 0.0

@@ -29,7 +29,8 @@ each architecture's test accuracy and predicted (``--measure``: and measured) la
 (latency, test accuracy) with one reference per seed (1.2x the slowest architecture of any method, accuracy 0;
 divided by the reference latency, so 1.0 = 100 % accuracy at 0 ms), mean +- std over seeds, search cost in wall
 seconds and passes over the training subset, and accuracy at matched latency against (d), mean +- std of the
-difference. Then the three goals of issue 9 with PASS / MISS.
+difference. Then the three goals of issue 9 with PASS / MISS, and each family's predicted-latency span per seed
+against the space's own (fastest to slowest architecture on the table: on the small bench space a few x at most).
 """
 
 from __future__ import annotations
@@ -228,9 +229,10 @@ def one_seed(seed: int, sc: Scale, table_path: Path, splits: Splits, trainer: Tr
                                                   for r in rows))
 
     for name, tag in (("hwnas", "hwnas"), ("seed", "seed"), ("darts-cc", "darts-cc")):
-        log(f"seed {seed}: {name} search ({sc.search_epochs} epochs) ...")
         sets = list(own_sets) if name in ("hwnas", "seed") else []  # --search-set: the paper's methods only
-        run, wall, npass = run_search(searched(name, sc, table_path, seed, sets), out / f"{name}-s{seed}", splits)
+        cfg = searched(name, sc, table_path, seed, sets)
+        log(f"seed {seed}: {name} search ({cfg.epochs} epochs on {cfg.train_limit} samples) ...")
+        run, wall, npass = run_search(cfg, out / f"{name}-s{seed}", splits)
         archs, derive_s = family(run, sc.members, tag)
         method(name, archs, wall + derive_s, npass)
     fb_archs, fb_wall, fb_pass = [], 0.0, 0.0
@@ -324,8 +326,25 @@ def seed_result(seed: int, sc: Scale, data: str, a, table_path: Path, device, ou
     tcfg = TrainConfig(data=splits.name, epochs=sc.retrain_epochs, batch_size=sc.batch_size, seed=seed)
     trainer = Trainer(tcfg, splits, out / f"models-s{seed}", device, a.measure)
     res = one_seed(seed, sc, table_path, splits, trainer, out, a.search_set)
-    return {"res": res, "note": note, "data": splits.name,
+    return {"res": res, "note": note, "data": splits.name, "space_ms": space_range(table_path, space),
             "sizes": [len(splits.train), len(splits.val), len(splits.test)]}
+
+
+def space_range(table_path: Path, space) -> list[float]:
+    """[fastest, slowest] predicted ms over every architecture of the space (the table is a per-layer sum): the
+    widest span any family can reach on this table."""
+    m = load_table(table_path).model(space)
+    return [m.lowest(), float(m.const_ms + np.nanmax(m.entries, axis=1).sum())]
+
+
+def print_spans(per_seed: list[dict], space_ms: list[float] | None) -> None:
+    """Each family's predicted-latency span (slowest / fastest member) per seed, against the space's own span."""
+    room = f" (the space spans {space_ms[0]:.3f}-{space_ms[1]:.3f} ms, {space_ms[1] / space_ms[0]:.2f}x)" \
+        if space_ms else ""
+    for fam in ("hwnas", "seed", "darts-cc"):
+        spans = [max(r["predicted_ms"] for r in res[fam]["rows"]) / min(r["predicted_ms"] for r in res[fam]["rows"])
+                 for res in per_seed]
+        print(f"== {fam} family span: " + ", ".join(f"{x:.2f}x" for x in spans) + room)
 
 
 def run_seeds(seeds: int, sc: Scale, data: str, a, table_path: Path, device, out: Path) -> list[dict]:
@@ -422,6 +441,7 @@ def report(results: list[dict], sc: Scale, seeds: int, a, out: Path, t_all: floa
             f"{os.cpu_count()} CPUs" + (f"; hwnas/seed searches with {a.search_set}" if a.search_set else "")
             + "".join(f"\n   note: {n}" for n in data_notes))
     goals = print_report(per_seed, fig, lat_key, head)
+    print_spans(per_seed, results[0].get("space_ms"))
     wall = time.perf_counter() - t_all
     print(f"wall {wall:.0f} s; summary {out / 'summary.json'}")
     summary = {"scale": dataclasses.asdict(sc), "data": results[0]["data"], "search_set": a.search_set,

@@ -34,7 +34,10 @@ BN_EPS = 1e-5
 
 
 def fusable(choices: tuple[str, ...]) -> bool:
-    """Whether every candidate is an FBNet inverted residual or the FBNet skip (and at least one is a block)."""
+    """Whether every candidate is an FBNet inverted residual or the FBNet skip (and at least one is a block).
+
+    DARTS edges are not: a fused sep 3x3-in-5x5 edge measured 1.07x over the per-op edges of ``darts:C=8,cells=5``
+    (``bench/darts_edge_probe.py``, README *Fused supernet*), too little for a second exact layer."""
     fams = [get_op(op) for op in choices]
     return all(s.family == "fbnet" for s in fams) and any(s.kind == "conv" for s in fams)
 

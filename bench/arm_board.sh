@@ -132,10 +132,10 @@ stop_group() {
   rm -f "$f"
 }
 
-registered() {  # how many servers with our key the tracker knows (profiler.rpc's client: every call times out)
+registered() {  # how many servers with our key the tracker knows (profiler.measuring.rpc's client: every call times out)
   "$PY" - "$PORT" "$KEY" <<'EOF'
 import sys
-from profiler.rpc import RpcError, TrackerClient
+from profiler.measuring.rpc import RpcError, TrackerClient
 try:
     print(len(TrackerClient(f"127.0.0.1:{sys.argv[1]}", timeout_s=5).servers(sys.argv[2])))
 except RpcError:

@@ -40,13 +40,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from profiler.arch import export_arch, make_arch  # noqa: E402
-from profiler.devices import get_device  # noqa: E402
-from profiler.model_measure import measure_model  # noqa: E402
-from profiler.protocol import Protocol  # noqa: E402
-from profiler.spaces import get_space  # noqa: E402
-from profiler.stats import summarize  # noqa: E402
-from profiler.tables import atomic_write_text, load_table  # noqa: E402
+from profiler.latency.tables import atomic_write_text, load_table  # noqa: E402
+from profiler.measuring.devices import get_device  # noqa: E402
+from profiler.measuring.model_measure import measure_model  # noqa: E402
+from profiler.measuring.protocol import Protocol  # noqa: E402
+from profiler.measuring.stats import summarize  # noqa: E402
+from profiler.spaces.arch import export_arch, make_arch  # noqa: E402
+from profiler.spaces.space import get_space  # noqa: E402
 from search.config import preset  # noqa: E402
 from search.costs import CostModel  # noqa: E402
 from search.derive import Budget, Deriver, derive_budgets, derive_family, to_arch  # noqa: E402

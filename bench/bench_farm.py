@@ -23,13 +23,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from profiler.devices import get_device
-from profiler.farm import make_farm
-from profiler.measure import measure_space
-from profiler.rpc import start_server, start_tracker
-from profiler.runners import make_runner
-from profiler.runners.base import host_fingerprint, library_versions
-from profiler.spaces import get_space
+from profiler.measuring.devices import get_device
+from profiler.measuring.farm import make_farm
+from profiler.measuring.measure import measure_space
+from profiler.measuring.rpc import start_server, start_tracker
+from profiler.measuring.runners import make_runner
+from profiler.measuring.runners.base import host_fingerprint, library_versions
+from profiler.spaces.space import get_space
 
 
 def sweep_s(device, space, only: str | None, boards: int, out: Path) -> tuple[float, int, int]:

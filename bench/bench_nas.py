@@ -52,12 +52,12 @@ from torch.utils.data import TensorDataset
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from profiler.arch import export_arch, make_arch  # noqa: E402
-from profiler.devices import get_device  # noqa: E402
-from profiler.model_measure import measure_model  # noqa: E402
-from profiler.spaces import get_space  # noqa: E402
-from profiler.stats import summarize  # noqa: E402
-from profiler.tables import atomic_write_text, load_table  # noqa: E402
+from profiler.latency.tables import atomic_write_text, load_table  # noqa: E402
+from profiler.measuring.devices import get_device  # noqa: E402
+from profiler.measuring.model_measure import measure_model  # noqa: E402
+from profiler.measuring.stats import summarize  # noqa: E402
+from profiler.spaces.arch import export_arch, make_arch  # noqa: E402
+from profiler.spaces.space import get_space  # noqa: E402
 from search.config import apply_overrides, preset  # noqa: E402
 from search.data import DataError, Splits, load_data  # noqa: E402
 from search.derive import Deriver, derive_family, to_arch  # noqa: E402

@@ -38,11 +38,11 @@ PRESETS = ("darts", "fbnet", "darts-cc", "seed-simplex", "hwnas")
 
 
 def measure_tables(root: Path, specs: tuple[str, ...] = SPACES) -> dict[str, Path]:
-    from profiler.devices import get_device
-    from profiler.measure import measure_space
-    from profiler.protocol import Protocol
-    from profiler.runners import make_runner
-    from profiler.spaces import get_space
+    from profiler.measuring.devices import get_device
+    from profiler.measuring.measure import measure_space
+    from profiler.measuring.protocol import Protocol
+    from profiler.measuring.runners import make_runner
+    from profiler.spaces.space import get_space
 
     dev = get_device("cpu")
     dev = dataclasses.replace(dev, protocol=Protocol(warmup_s=0.02, min_samples=5, min_seconds=0.05, retries=0))
@@ -103,9 +103,9 @@ def single_step(spec: str, batch: int, device: str = "cpu"):
     """One training step (forward, backward, SGD) of the space's largest single network (most parameters)."""
     import torch
 
-    from profiler.network import build_network
-    from profiler.ops import count_params
-    from profiler.spaces import get_space
+    from profiler.spaces.network import build_network
+    from profiler.spaces.ops import count_params
+    from profiler.spaces.space import get_space
 
     space = get_space(spec)
     site = space.layers[len(space.layers) // 2].sites[0]
@@ -126,7 +126,7 @@ def single_step(spec: str, batch: int, device: str = "cpu"):
 
 
 def _build(op: str, site):
-    from profiler.ops import build_op
+    from profiler.spaces.ops import build_op
 
     return build_op(op, site.c_in, site.c_out, site.stride, **dict(site.params))
 

@@ -20,13 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
+from profiler.latency.tables import load_table
+from profiler.measuring.devices import get_device
+from profiler.measuring.measure import measure_space
+from profiler.measuring.protocol import validity_line
+from profiler.measuring.runners import make_runner
+from profiler.spaces.space import get_space
+
 from busy import busy
-from profiler.devices import get_device
-from profiler.measure import measure_space
-from profiler.protocol import validity_line
-from profiler.runners import make_runner
-from profiler.spaces import get_space
-from profiler.tables import load_table
 
 AGREE_PCT, AGREE_GOAL = 3.0, 95.0
 

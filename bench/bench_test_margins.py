@@ -28,11 +28,12 @@ from scipy.stats import kendalltau
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from conftest import measure_small_table  # noqa: E402
 from search.config import apply_overrides, preset  # noqa: E402
 from search.data import load_data  # noqa: E402
 from search.run import load_run  # noqa: E402
 from search.train import evaluate, fit_epoch, search  # noqa: E402
+
+from conftest import measure_small_table  # noqa: E402
 
 DARTS = "darts-3ops:C=8,cells=5"
 FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "data" / "darts3ops_c8_cells5_cpu-1t.csv"

@@ -16,13 +16,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from profiler.devices import get_device
-from profiler.measure import measure_space
-from profiler.rpc import start_server, start_tracker
-from profiler.runners import make_runner
-from profiler.runners.base import host_fingerprint
-from profiler.spaces import get_space
-from profiler.tables import load_table
+from profiler.latency.tables import load_table
+from profiler.measuring.devices import get_device
+from profiler.measuring.measure import measure_space
+from profiler.measuring.rpc import start_server, start_tracker
+from profiler.measuring.runners import make_runner
+from profiler.measuring.runners.base import host_fingerprint
+from profiler.spaces.space import get_space
 
 
 def run(device, space, only, out: Path) -> tuple[dict, float]:

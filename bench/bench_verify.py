@@ -44,13 +44,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(a: argparse.Namespace) -> int:
 
-    from profiler.devices import get_device
-    from profiler.measure import measure_space
-    from profiler.protocol import Validity, validity_line
-    from profiler.runners import make_runner
-    from profiler.spaces import get_space
-    from profiler.tables import default_table_path, load_table
-    from profiler.verify import VerifyError, run_verify
+    from profiler.latency.tables import default_table_path, load_table
+    from profiler.latency.verify import VerifyError, run_verify
+    from profiler.measuring.devices import get_device
+    from profiler.measuring.measure import measure_space
+    from profiler.measuring.protocol import Validity, validity_line
+    from profiler.measuring.runners import make_runner
+    from profiler.spaces.space import get_space
 
     dev = get_device(a.device, a.devices)
     space = get_space(a.space)

@@ -34,8 +34,8 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout, as bench_search.py does
 
-from profiler.ops import build_op  # noqa: E402
-from profiler.spaces import Site, get_space  # noqa: E402
+from profiler.spaces.ops import build_op  # noqa: E402
+from profiler.spaces.space import Site, get_space  # noqa: E402
 from search.supernet import MixedOp  # noqa: E402
 
 CL = torch.channels_last

@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from profiler.spaces.space import get_space
 from search.config import ControlConfig
 from search.control import build_control
 from search.costs import CostModel
@@ -28,7 +29,6 @@ from search.data import load_data
 from search.fused import FusedMixedOp
 from search.samplers import Sampler
 from search.supernet import MixedOp, SearchModel, zero_residual_branches
-from profiler.spaces import get_space
 
 SPEC = "fbnet-cifar:input_size=16,width=0.25"
 

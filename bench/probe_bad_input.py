@@ -45,9 +45,9 @@ def _digest(p: Path) -> str | None:
 def write_table(path: Path, spec: str = SPEC, device: str = "probe", runtime: str = "onnxruntime",
                 meta_extra: dict | None = None) -> Path:
     """A valid measured-looking table (every key 0.1 ms) written with the library."""
-    from profiler.keys import KEY_VERSION
-    from profiler.spaces import get_space
-    from profiler.tables import SCHEMA_VERSION, Row, TableWriter
+    from profiler.latency.tables import SCHEMA_VERSION, Row, TableWriter
+    from profiler.spaces.keys import KEY_VERSION
+    from profiler.spaces.space import get_space
 
     sp = get_space(spec)
     meta = {"schema_version": SCHEMA_VERSION, "key_version": KEY_VERSION, "device": device, "runtime": runtime,
@@ -61,8 +61,8 @@ def write_table(path: Path, spec: str = SPEC, device: str = "probe", runtime: st
 
 def arch_with_bad_keys(path: Path, spec: str = SPEC) -> Path:
     """An architecture JSON of ``spec`` (every layer's first choice) whose ``layers[0].keys`` is 5, not a list."""
-    from profiler.arch import make_arch
-    from profiler.spaces import get_space
+    from profiler.spaces.arch import make_arch
+    from profiler.spaces.space import get_space
 
     sp = get_space(spec)
     arch = json.loads(make_arch(sp, [lay.choices[0] for lay in sp.layers]).dumps())
@@ -167,8 +167,8 @@ def build_probes(d: Path) -> list[Probe]:
     add(Probe("import non-UTF-8 file", [hw, "import", str(src8), "-f", "ofa", "-s", "ofa-mbv3", "-d", "x",
                                         "--out", str(out8)], [out8]))
     jl = d / "inf.jsonl"
-    from profiler.spaces import get_space
-    from profiler.keys import parse_key
+    from profiler.spaces.keys import parse_key
+    from profiler.spaces.space import get_space
 
     k = parse_key(get_space(SPEC).candidate_keys()[0])
     rec = {"op_name": k.op, "op_data_shape": list(k.input_shape), "c_out": k.c_out, "stride": k.stride,
@@ -187,7 +187,7 @@ def build_probes(d: Path) -> list[Probe]:
                                           "-d", "../../x"]))
 
     # architecture JSON
-    from profiler.arch import make_arch, save_arch
+    from profiler.spaces.arch import make_arch, save_arch
 
     sp = get_space(SPEC)
     aj = arch_with_bad_keys(d / "arch.json")

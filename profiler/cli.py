@@ -12,17 +12,17 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .cliapp import UserErrorApp
-from .errors import UserError
-from .keys import key_label
-from .progress import progress
+from profiler.cliapp import UserErrorApp
+from profiler.errors import UserError
+from profiler.progress import progress
+from profiler.spaces.keys import key_label
 
 app = UserErrorApp(help="hwprof: build latency lookup tables (LUTs) of NAS search-space ops on real devices.",
                   no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
 out = Console()
 
-from .version import version_option
+from profiler.version import version_option
 
 
 @app.callback()
@@ -40,7 +40,7 @@ def fail(msg: str, code: int = 2) -> NoReturn:
 
 
 def _device(name: str, devices: Optional[Path]):
-    from .devices import DeviceError, get_device
+    from profiler.measuring.devices import DeviceError, get_device
 
     try:
         return get_device(name, devices)
@@ -49,7 +49,7 @@ def _device(name: str, devices: Optional[Path]):
 
 
 def _space(spec: str):
-    from .spaces import get_space
+    from profiler.spaces.space import get_space
 
     try:
         return get_space(spec)
@@ -59,9 +59,9 @@ def _space(spec: str):
 
 def _runner(device, boards: int | None = None, farm: bool = False):
     """The device's runner after a preflight; with ``farm``, one per board (``boards`` or the device's rpc.boards)."""
-    from .farm import make_farm, farm_size
-    from .rpc import RpcError, preflight
-    from .runners import make_runner
+    from profiler.measuring.farm import farm_size, make_farm
+    from profiler.measuring.rpc import RpcError, preflight
+    from profiler.measuring.runners import make_runner
 
     try:
         runner = make_runner(device)  # configuration errors (a bad target) first
@@ -90,7 +90,7 @@ def devices(devices: Optional[Path] = DevicesOpt,
     """List the devices of devices.yaml (validated)."""
     import dataclasses
 
-    from .devices import DeviceError, devices_path, load_devices
+    from profiler.measuring.devices import DeviceError, devices_path, load_devices
 
     try:
         devs = load_devices(devices)
@@ -117,7 +117,7 @@ def devices(devices: Optional[Path] = DevicesOpt,
 @app.command()
 def spaces() -> None:
     """List the search spaces and their parameters."""
-    from .spaces import SPACES, get_space
+    from profiler.spaces.space import SPACES, get_space
 
     t = Table(title="search spaces")
     for col in ("name", "layers x ops", "unique keys", "parameters", "description"):
@@ -146,14 +146,14 @@ def measure(
     devices: Optional[Path] = DevicesOpt,
 ) -> None:
     """Measure every op of SPACE on DEVICE into a latency table (resumable: reruns measure only what is missing)."""
-    from .measure import measure_space
-    from .tables import TableError, default_table_path
+    from profiler.latency.tables import TableError, default_table_path
+    from profiler.measuring.measure import measure_space
 
     dev = _with_tune_trials(_device(device, devices), tune_trials)
     sp = _space(space)
     path = out_path or default_table_path(dev.name, sp.spec)
     if dev.runtime == "tvm" and not fresh:
-        from .runners.tvm_runner import variant_mix
+        from profiler.measuring.runners.tvm_runner import variant_mix
 
         mix = variant_mix(path, dev.tune_trials)
         if mix:
@@ -247,8 +247,8 @@ def show(table: Path = typer.Argument(..., help="Table CSV written by hwprof mea
     """Show a table: where it came from (machine and versions, or the imported file), protocol, counts, slowest."""
     import math
 
-    from .protocol import validity_line
-    from .tables import TableError, load_table
+    from profiler.latency.tables import TableError, load_table
+    from profiler.measuring.protocol import validity_line
 
     try:
         t = load_table(table)
@@ -358,10 +358,10 @@ def measure_model_cmd(
     """End-to-end latency of one ONNX model on DEVICE: p50/p90/p99/min, CV and a noisy flag (protocol as tables)."""
     import dataclasses
 
-    from .model_measure import measure_model, model_timing, onnx_input_shape, run_protocol
-    from .protocol import Protocol
-    from .stats import summarize
-    from .tables import TableError, load_table
+    from profiler.latency.tables import TableError, load_table
+    from profiler.measuring.model_measure import measure_model, model_timing, onnx_input_shape, run_protocol
+    from profiler.measuring.protocol import Protocol
+    from profiler.measuring.stats import summarize
 
     dev = _device(device, devices)
     if not model.is_file():
@@ -404,7 +404,7 @@ def _predicted_ms(model: Path, dev, tab) -> Optional[float]:
     None for any other model."""
     predicted = None
     try:
-        from .arch import onnx_arch
+        from profiler.spaces.arch import onnx_arch
 
         arch = onnx_arch(model)
         if tab is not None:
@@ -443,8 +443,8 @@ def predict(
     as_json: bool = typer.Option(False, "--json", help="Print the predictions as JSON."),
 ) -> None:
     """Predicted latency of an architecture without measuring it: raw table sum and calibrated, per table."""
-    from .arch import ArchError
-    from .predict import describe, load_target, predict_with
+    from profiler.latency.predict import describe, load_target, predict_with
+    from profiler.spaces.arch import ArchError
 
     try:
         arch = load_target(target)
@@ -478,7 +478,7 @@ def predict(
 
 
 def _load_table(path: Path, **kw):
-    from .tables import TableError, load_table
+    from profiler.latency.tables import TableError, load_table
 
     try:
         return load_table(path, **kw)
@@ -508,8 +508,8 @@ def verify(
     devices: Optional[Path] = DevicesOpt,
 ) -> None:
     """Measure whole networks end to end, compare with the table's prediction, fit a calibration (resumable)."""
-    from .tables import TableError, default_table_path
-    from .verify import VerifyError, run_verify
+    from profiler.latency.tables import TableError, default_table_path
+    from profiler.latency.verify import VerifyError, run_verify
 
     dev = _device(device, devices)
     sp = _space(space)
@@ -541,7 +541,7 @@ def verify(
 
 def _print_verify(rep, out_dir: Path) -> None:
     """`hwprof verify`'s report: counts, validity, raw and calibrated metrics, goals, files written, failures."""
-    from .protocol import Validity
+    from profiler.measuring.protocol import Validity
 
     s = rep.summary
     out.print(f"{s.n_test} held-out networks ({s.n_calib} for calibration), {len(s.failed)} failed",
@@ -579,8 +579,8 @@ def import_cmd(
     force: bool = typer.Option(False, "--force", help="Replace a measured table at --out (refused otherwise)."),
 ) -> None:
     """Import a peer LUT as a normal hwprof table (marked imported; matched, missing, unused and conflicting listed)."""
-    from .formats import FormatError, import_table
-    from .tables import TableError, default_table_path
+    from profiler.latency.formats import FormatError, import_table
+    from profiler.latency.tables import TableError, default_table_path
 
     sp = _space(space)
     path = out_path or default_table_path(device, sp.spec)
@@ -617,7 +617,7 @@ def export_cmd(
     unit: Optional[str] = typer.Option(None, "--unit", help="nni only: us (default, as NNI writes) or ms."),
 ) -> None:
     """Write a table in a peer LUT format (keys the format cannot name are listed)."""
-    from .formats import FormatError, export_table
+    from profiler.latency.formats import FormatError, export_table
 
     tab = _load_table(table)
     try:
@@ -637,7 +637,7 @@ def export_cmd(
 def plot(table: Path = typer.Argument(..., help="hwprof table CSV."),
          out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG to write (default TABLE.png).")) -> None:
     """Layer x op heat-map of a table's latencies (PNG)."""
-    from .plots import plot_table
+    from profiler.latency.plots import plot_table
 
     tab = _load_table(table)
     sp = _space(tab.space)
@@ -650,7 +650,7 @@ def plot(table: Path = typer.Argument(..., help="hwprof table CSV."),
 def doctor(device: str = typer.Option(..., "--device", "-d", help="Device name from devices.yaml."),
            devices: Optional[Path] = DevicesOpt) -> None:
     """Check that DEVICE can be measured: reachability, remote arch and versions, target/arch, one tiny op."""
-    from .doctor import run_doctor
+    from profiler.measuring.doctor import run_doctor
 
     dev = _device(device, devices)
     checks = run_doctor(dev)

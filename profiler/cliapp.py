@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .errors import UserError
+from profiler.errors import UserError
 
 
 def print_error(e: UserError | str) -> None:

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from .errors import InputError, LockedError, WriteError
+from profiler.errors import InputError, LockedError, WriteError
 
 _WRITE_FIX = {errno.ENOSPC: "free disk space or write elsewhere with --out",
               errno.EDQUOT: "free disk space or write elsewhere with --out",

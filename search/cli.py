@@ -276,8 +276,19 @@ def derive_cmd(
 def _derive_items(run, run_dir: Path, con, control: str | None, family: int | None, latency_ms: str | None,
                   params: str | None, fill: bool) -> list:
     """The ``Derived`` items of the one mode given (control, family or budgets), with its console lines."""
-    from .derive import (Derived, Deriver, check_control, derive_budgets, derive_family, family_items,
-                         family_message, parse_budgets, parse_control, parse_count, to_arch)
+    from .derive import (
+        Derived,
+        Deriver,
+        check_control,
+        derive_budgets,
+        derive_family,
+        family_items,
+        family_message,
+        parse_budgets,
+        parse_control,
+        parse_count,
+        to_arch,
+    )
 
     d = Deriver(run)
     items: list[Derived] = []
@@ -325,7 +336,7 @@ def train_cmd(
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where torchvision datasets live."),
 ) -> None:
     """Train an architecture from scratch; report test accuracy; save the weights (safetensors)."""
-    from profiler.arch import load_arch
+    from profiler.spaces.arch import load_arch
 
     from .data import default_data
     from .retrain import TrainConfig
@@ -366,7 +377,7 @@ def export_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="ONNX file to write."),
 ) -> None:
     """A self-contained ONNX model (architecture JSON in its metadata), checked against PyTorch on one input."""
-    from profiler.arch import export_arch, load_arch
+    from profiler.spaces.arch import export_arch, load_arch
 
     path, err = export_arch(load_arch(arch_path), out, weights)
     typer.echo(f"{path}: max |onnxruntime - torch| / max |torch| = {err:.2e}"

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from profiler.errors import UserError
+
 from .costs import CostModel
 
 Value = dict[str, torch.Tensor]

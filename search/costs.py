@@ -4,7 +4,7 @@ Row ``i``, column ``k`` of a term is the cost of op ``k`` at every site of layer
 cell of its type, so its entries are sums). Fixed sites (stem, head, classifier, cell preprocessing) and a table's
 calibration offset are a constant. So the expected cost of op probabilities ``p`` is ``const + (p * T).sum()`` and
 the exact cost of choices is ``const + sum_i T[i, choice_i]``. Latency terms take ``T`` and the constant from the
-table's :class:`profiler.latency.LatencyModel` (the one place a prediction is computed). No dict lookups happen
+table's :class:`profiler.latency.model.LatencyModel` (the one place a prediction is computed). No dict lookups happen
 after construction.
 """
 
@@ -19,11 +19,11 @@ import torch
 from torch import nn
 
 from profiler.errors import UserError
-from profiler.arch import count_flops
-from profiler.ops import build_op, count_params
-from profiler.latency import LatencyModel
-from profiler.spaces import Site, Space
-from profiler.tables import LatencyTable, TableError, load_table
+from profiler.latency.model import LatencyModel
+from profiler.latency.tables import LatencyTable, TableError, load_table
+from profiler.spaces.arch import count_flops
+from profiler.spaces.ops import build_op, count_params
+from profiler.spaces.space import Site, Space
 
 
 class CostError(UserError, ValueError):
@@ -155,7 +155,7 @@ class CostModel(nn.Module):
         return self.expected("flops", probs)
 
     def latency_ms(self, choices: Sequence[str], table: int = 0) -> float:
-        """Exact prediction of an architecture by the table's :class:`profiler.latency.LatencyModel`."""
+        """Exact prediction of an architecture by the table's :class:`profiler.latency.model.LatencyModel`."""
         if table >= len(self.models):
             raise CostError("no latency table: pass --table")
         return self.models[table].exact(choices)

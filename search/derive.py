@@ -20,7 +20,7 @@ Several devices: a run searched with several tables (``latency``, ``latency:1``,
 device (:func:`device_names`). A budget may hold one latency limit per device (:class:`DeviceLimit`,
 ``--latency-ms cpu-1t=0.2,tvm-cpu=3``); an architecture meets it only when it meets every limit.
 
-Everything is judged with the run's cost model: each latency table's :class:`profiler.latency.LatencyModel` (the
+Everything is judged with the run's cost model: each latency table's :class:`profiler.latency.model.LatencyModel` (the
 table's batch, calibration and statistic) and exact params from the op registry; no network is trained or timed here.
 """
 
@@ -38,9 +38,9 @@ from typing import Any, Iterable, Protocol, Sequence
 import numpy as np
 
 from profiler.errors import UserError
-from profiler.arch import Arch, make_arch, save_arch
-from profiler.spaces import Space
-from profiler.tables import LatencyTable, atomic_write_text
+from profiler.latency.tables import LatencyTable, atomic_write_text
+from profiler.spaces.arch import Arch, make_arch, save_arch
+from profiler.spaces.space import Space
 
 from .control import ControlSpace
 from .costs import CostModel

@@ -26,8 +26,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from profiler.ops import ChannelShuffle, InvertedResidual, build_op, get_op
-from profiler.spaces import Site
+from profiler.spaces.ops import ChannelShuffle, InvertedResidual, build_op, get_op
+from profiler.spaces.space import Site
 
 BN_MOMENTUM = 0.1
 BN_EPS = 1e-5

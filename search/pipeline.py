@@ -33,12 +33,12 @@ from typing import Any, Callable
 
 from profiler.errors import UserError
 from profiler.fileio import read_jsonl
-from profiler.arch import Arch, export_arch, load_arch
-from profiler.devices import Device, get_device
-from profiler.keys import key_label
-from profiler.protocol import Protocol, Validity, validity_line
-from profiler.spaces import Space, get_space
-from profiler.tables import atomic_write_text, default_table_path, load_table, read_json_or_none
+from profiler.latency.tables import atomic_write_text, default_table_path, load_table, read_json_or_none
+from profiler.measuring.devices import Device, get_device
+from profiler.measuring.protocol import Protocol, Validity, validity_line
+from profiler.spaces.arch import Arch, export_arch, load_arch
+from profiler.spaces.keys import key_label
+from profiler.spaces.space import Space, get_space
 
 from .report import FAMILY_COLUMNS, error_pct, format_table, plot_curves, plot_pareto
 from .retrain import TrainConfig, retrain
@@ -138,7 +138,7 @@ def ensure_table(cfg: RunConfig, device: Device, space: Space, out: Path, on_eve
                  notes: list[str], path: Path | None = None) -> Path:
     """``path`` (default: the first device's, :meth:`RunConfig.table_path`) when it holds every key, else measured
     (on every board of a farm device in parallel, as ``hwprof measure`` does)."""
-    from profiler.measure import measure_space
+    from profiler.measuring.measure import measure_space
 
     path = path or cfg.table_path(0, out)
     if path.is_file():
@@ -172,11 +172,11 @@ def ensure_table(cfg: RunConfig, device: Device, space: Space, out: Path, on_eve
 
 
 def sweep_runner(device: Device) -> Any:
-    """The runner of a table sweep on ``device``: a :class:`profiler.farm.Farm` (one runner and session per board)
+    """The runner of a table sweep on ``device``: a :class:`profiler.measuring.farm.Farm` (one runner and session per board)
     when the device is a pool or its ``rpc.boards`` asks for several, else its one runner -- ``hwprof measure``'s
     path. Whole-model timing (verify, members) stays on one board: see README, *The family*."""
-    from profiler.farm import farm_size, make_farm
-    from profiler.runners import make_runner
+    from profiler.measuring.farm import farm_size, make_farm
+    from profiler.measuring.runners import make_runner
 
     runner = make_runner(device)
     try:
@@ -188,7 +188,7 @@ def sweep_runner(device: Device) -> Any:
 
 def _boards_note(runner: Any, lost: dict[str, str]) -> str:
     """``, on N boards in parallel (a, b)`` for a farm sweep, with the boards lost mid-sweep; empty for one board."""
-    from profiler.farm import Farm
+    from profiler.measuring.farm import Farm
 
     if not isinstance(runner, Farm):
         return ""
@@ -207,9 +207,9 @@ def ensure_calibration(cfg: RunConfig, device: Device, space: Space, table_path:
     The fit is stored only when it is sane: every architecture of the space keeps a positive prediction, and the
     held-out networks are predicted better than by the raw sum. Otherwise the raw table stays in use and the output
     says why."""
-    from profiler.calibrate import write_calibration
-    from profiler.runners import make_runner
-    from profiler.verify import run_verify
+    from profiler.latency.calibrate import write_calibration
+    from profiler.latency.verify import run_verify
+    from profiler.measuring.runners import make_runner
 
     table = load_table(table_path)
     if table.calibration:
@@ -357,8 +357,8 @@ class Timing:
 
 def time_model(onnx_path: Path, device: Device, protocol: Protocol) -> Timing:
     """Time an exported model end to end on ``device`` (``hwprof measure-model``'s path)."""
-    from profiler.model_measure import measure_model
-    from profiler.stats import summarize
+    from profiler.measuring.model_measure import measure_model
+    from profiler.measuring.stats import summarize
 
     res = measure_model(onnx_path, device, protocol)
     return Timing(device.name, summarize(res.samples_ms).median_ms if res.ok else None,
@@ -622,7 +622,7 @@ def _open_devices(cfg: RunConfig) -> tuple[list[Device], Space]:
     for device in devices:
         for board in device.pool or (device,):  # a pool: every member (its boards measure the table)
             if board.rpc is not None:
-                from profiler.rpc import RpcError, preflight
+                from profiler.measuring.rpc import RpcError, preflight
 
                 try:
                     preflight(board.rpc.tracker, board.rpc.key, board.rpc.request_timeout_s, board.threads)

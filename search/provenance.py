@@ -16,8 +16,8 @@ from typing import Any, Sequence
 
 from profiler.errors import UserError
 from profiler.fileio import atomic_write_text, loads_json, read_text
-from profiler.latency import Calibration, CalibrationError
-from profiler.tables import LatencyTable, calib_path, table_sha256
+from profiler.latency.model import Calibration, CalibrationError
+from profiler.latency.tables import LatencyTable, calib_path, table_sha256
 
 from .rundir import PROVENANCE, RunDir
 

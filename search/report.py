@@ -8,8 +8,8 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from profiler.arch import collapse_runs
-from profiler.plots import legend_below, pyplot, save_and_close, wrap_title
+from profiler.latency.plots import legend_below, pyplot, save_and_close, wrap_title
+from profiler.spaces.arch import collapse_runs
 
 FAMILY_COLUMNS = ["member", "ops", "params", "flops", "predicted_ms", "measured_ms", "error_pct", "test_acc",
                   "predicted_raw_ms", "control", "status", "note"]

@@ -1,6 +1,6 @@
 """Retrain a derived architecture from scratch with the search's data loaders and its one training loop.
 
-:func:`retrain` builds the network from an :class:`~profiler.arch.Arch`, trains it with
+:func:`retrain` builds the network from an :class:`~profiler.spaces.arch.Arch`, trains it with
 :func:`search.train.fit_epoch` (SGD, cosine schedule), keeps the weights of the epoch with the best validation
 accuracy, reports test accuracy and saves the weights as safetensors (``weights.safetensors``) plus a
 ``train.json`` summary and ``curve.jsonl`` (one line per epoch) in the output directory.
@@ -19,8 +19,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from profiler.errors import UserError
-from profiler.arch import Arch, save_weights
 from profiler.fileio import atomic_write_text
+from profiler.spaces.arch import Arch, save_weights
 
 
 @dataclass(frozen=True)

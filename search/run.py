@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from profiler.ops import get_op
-from profiler.spaces import Space
-from profiler.tables import LatencyTable
+from profiler.latency.tables import LatencyTable
+from profiler.spaces.ops import get_op
+from profiler.spaces.space import Space
 
 from .config import SearchConfig
 from .control import Control, ControlSpace, Value

@@ -117,7 +117,7 @@ class RunDir(_Dir):
 
     def stored_config(self) -> dict[str, Any] | None:
         """config.json as a plain dict when it holds a run's data (for ``--resume`` defaults), else None."""
-        from profiler.tables import read_json_or_none
+        from profiler.latency.tables import read_json_or_none
 
         data = read_json_or_none(self.config)
         return data if isinstance(data, dict) and isinstance(data.get("data"), str) else None

@@ -1,4 +1,4 @@
-"""The supernet: the space's topology (``profiler.network.SpaceNet``) with a mixed op at every searchable site.
+"""The supernet: the space's topology (``profiler.spaces.network.SpaceNet``) with a mixed op at every searchable site.
 
 :class:`SearchModel` bundles the supernet, the control module, the sampler and the cost tensors -- each passed in,
 none built inside -- and computes, for one control value, the op weights, the expected costs and the penalty.
@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from profiler.network import SpaceNet
-from profiler.ops import InvertedResidual, build_op
-from profiler.spaces import Site, Space
+from profiler.spaces.network import SpaceNet
+from profiler.spaces.ops import InvertedResidual, build_op
+from profiler.spaces.space import Site, Space
 
 from .control import Control, Value
 from .costs import CostModel

@@ -24,12 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from profiler.spaces import Space, get_space
+from profiler.spaces.space import Space, get_space
 
+from . import distributed
 from .config import SearchConfig
 from .control import Control, Value, build_control
 from .costs import CostModel, open_table
-from . import distributed
 from .data import Splits, load_data
 from .losses import search_loss
 from .rundir import RunDir, SearchError

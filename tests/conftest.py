@@ -15,11 +15,11 @@ SMALL_SPACES = ("fbnet-cifar:input_size=16,width=0.25", "darts-3ops:C=8,cells=5"
 
 def measure_small_table(spec: str, out: Path, device: str = "cpu") -> Path:
     """Measure ``spec`` on ``device`` (of devices.yaml) with a fast protocol (for tests, not for real figures)."""
-    from profiler.devices import get_device
-    from profiler.measure import measure_space
-    from profiler.protocol import Protocol
-    from profiler.runners import make_runner
-    from profiler.spaces import get_space
+    from profiler.measuring.devices import get_device
+    from profiler.measuring.measure import measure_space
+    from profiler.measuring.protocol import Protocol
+    from profiler.measuring.runners import make_runner
+    from profiler.spaces.space import get_space
 
     dev = get_device(device)
     dev = dataclasses.replace(dev, protocol=Protocol(warmup_s=0.02, min_samples=3, min_seconds=0.02, retries=0))
@@ -60,9 +60,9 @@ def hwprof():
 def ort_sweep():
     """A function: (protocol dict, space, out, only=None, name="c") -> the summary of a real onnxruntime sweep of
     ``space`` into ``out`` on a one-thread device entry ``name`` with that protocol (the runner closed after)."""
-    from profiler.devices import parse_devices
-    from profiler.measure import measure_space
-    from profiler.runners import make_runner
+    from profiler.measuring.devices import parse_devices
+    from profiler.measuring.measure import measure_space
+    from profiler.measuring.runners import make_runner
 
     def run(protocol: dict, space, out: Path, only: str | None = None, name: str = "c"):
         entry = {"runtime": "onnxruntime", "threads": 1, "protocol": protocol}

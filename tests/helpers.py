@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from profiler.measure import table_meta
-from profiler.protocol import Protocol
-from profiler.spaces import get_space
-from profiler.tables import Row, TableWriter
+from profiler.latency.tables import Row, TableWriter
+from profiler.measuring.measure import table_meta
+from profiler.measuring.protocol import Protocol
+from profiler.spaces.space import get_space
 
 FAST = "{warmup_s: 0.02, min_samples: 5, min_seconds: 0.03, max_seconds: 1.0, retries: 0, cv_threshold: 10.0}"
 
@@ -25,7 +25,7 @@ class _FakeRunner:
 
 def synthetic_table(spec: str, path: Path, seed: int = 0) -> Path:
     """A table with made-up latencies (format logic only; real measurements are tested elsewhere)."""
-    from profiler.devices import Device
+    from profiler.measuring.devices import Device
 
     space = get_space(spec)
     rng = np.random.default_rng(seed)

@@ -12,12 +12,22 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from profiler.arch import (Arch, ArchError, count_flops, export_arch, load_arch, load_weights, make_arch, onnx_arch,
-                           save_arch, save_weights)
-from profiler.network import build_network
-from profiler.ops import count_params
-from profiler.spaces import get_space
-from profiler.tables import load_table
+from profiler.latency.tables import load_table
+from profiler.spaces.arch import (
+    Arch,
+    ArchError,
+    count_flops,
+    export_arch,
+    load_arch,
+    load_weights,
+    make_arch,
+    onnx_arch,
+    save_arch,
+    save_weights,
+)
+from profiler.spaces.network import build_network
+from profiler.spaces.ops import count_params
+from profiler.spaces.space import get_space
 
 SPACES = ("fbnet-cifar:input_size=16,width=0.25", "darts-3ops:C=8,cells=5")
 

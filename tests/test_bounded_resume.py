@@ -4,14 +4,14 @@ import time
 
 import pytest
 
-from profiler.devices import parse_devices
-from profiler.measure import measure_space, sweep
-from profiler.protocol import Protocol, ProtocolError
-from profiler.runners import MeasureResult
-from profiler.runners.base import LocalRunner
-from profiler.spaces import get_space
-from profiler.tables import TableWriter
-from profiler.timing import KeyTimeout, time_calls
+from profiler.latency.tables import TableWriter
+from profiler.measuring.devices import parse_devices
+from profiler.measuring.measure import measure_space, sweep
+from profiler.measuring.protocol import Protocol, ProtocolError
+from profiler.measuring.runners import MeasureResult
+from profiler.measuring.runners.base import LocalRunner
+from profiler.measuring.timing import KeyTimeout, time_calls
+from profiler.spaces.space import get_space
 
 SPACE = "darts-3ops:C=8,cells=3,nodes=2"
 FAST = {"warmup_s": 0.01, "min_samples": 3, "min_seconds": 0.01, "retries": 0, "target_sample_ms": 1.0}
@@ -74,7 +74,7 @@ def test_real_onnxruntime_key_with_a_tiny_limit_is_an_error_row(tmp_path, ort_sw
     assert time.perf_counter() - t0 < 5.0 * s.measured
 
 
-from profiler.tables import MIXED_COLUMNS, TableError, load_table, setup_hash  # noqa: E402
+from profiler.latency.tables import MIXED_COLUMNS, TableError, load_table, setup_hash  # noqa: E402
 
 
 class OkRunner(LocalRunner):

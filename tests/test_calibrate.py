@@ -5,10 +5,22 @@ import json
 import numpy as np
 import pytest
 
-from profiler.calibrate import (CALIB_VERSION, GOALS, calibrated, check_calibration, cross_validate, design,
-                                fit_calibration, fit_model, lowest_prediction_ms, metrics, predict, write_calibration)
-from profiler.spaces import get_space
-from profiler.tables import calib_path, load_table
+from profiler.latency.calibrate import (
+    CALIB_VERSION,
+    GOALS,
+    calibrated,
+    check_calibration,
+    cross_validate,
+    design,
+    fit_calibration,
+    fit_model,
+    lowest_prediction_ms,
+    metrics,
+    predict,
+    write_calibration,
+)
+from profiler.latency.tables import calib_path, load_table
+from profiler.spaces.space import get_space
 
 from helpers import synthetic_table
 

@@ -5,7 +5,7 @@ import pytest
 from typer.testing import CliRunner
 
 from profiler.cli import app
-from profiler.devices import DeviceError, load_devices
+from profiler.measuring.devices import DeviceError, load_devices
 
 runner = CliRunner()
 

@@ -8,9 +8,9 @@ from typer.testing import CliRunner
 pytest.importorskip("tvm")
 
 from profiler.cli import app  # noqa: E402
-from profiler.devices import get_device  # noqa: E402
-from profiler.doctor import CHECKS, Check, failed, run_doctor  # noqa: E402
-from profiler.rpc import free_port, start_server, start_tracker  # noqa: E402
+from profiler.measuring.devices import get_device  # noqa: E402
+from profiler.measuring.doctor import CHECKS, Check, failed, run_doctor  # noqa: E402
+from profiler.measuring.rpc import free_port, start_server, start_tracker  # noqa: E402
 
 from helpers import write_devices  # noqa: E402
 

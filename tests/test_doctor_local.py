@@ -7,8 +7,8 @@ import json
 from typer.testing import CliRunner
 
 from profiler.cli import app
-from profiler.devices import parse_devices
-from profiler.doctor import failed, robust_cv, run_doctor, stability_verdict, usable_cores
+from profiler.measuring.devices import parse_devices
+from profiler.measuring.doctor import failed, robust_cv, run_doctor, stability_verdict, usable_cores
 
 cli = CliRunner()
 ORT_NAMES = ["onnxruntime installed", "provider", "threads", "load", "tiny op", "whole-network timing"]

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from profiler.devices import PROJECT_DEVICES
-from profiler.measure import select_keys
-from profiler.rpc import free_port
-from profiler.spaces import get_space
-from profiler.tables import load_table
+from profiler.latency.tables import load_table
+from profiler.measuring.devices import PROJECT_DEVICES
+from profiler.measuring.measure import select_keys
+from profiler.measuring.rpc import free_port
+from profiler.spaces.space import get_space
 
 pytestmark = [
     pytest.mark.emulated,

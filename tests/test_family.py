@@ -12,10 +12,21 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from profiler.arch import load_arch, load_weights
+from profiler.spaces.arch import load_arch, load_weights
 from search.cli import app
-from search.derive import (Budget, BudgetResult, DeriveError, Deriver, check_control, derive_budgets, derive_family,
-                           pareto, parse_control, parse_count, to_arch)
+from search.derive import (
+    Budget,
+    BudgetResult,
+    DeriveError,
+    Deriver,
+    check_control,
+    derive_budgets,
+    derive_family,
+    pareto,
+    parse_control,
+    parse_count,
+    to_arch,
+)
 from search.report import hypervolume, pareto_front
 
 SPEC = "fbnet-cifar:input_size=16,width=0.25"

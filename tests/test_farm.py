@@ -1,4 +1,4 @@
-"""The device farm: one sweep over several boards in parallel (profiler/farm.py).
+"""The device farm: one sweep over several boards in parallel (profiler/measuring/farm.py).
 
 The farm's queue logic runs on real onnxruntime runners (one wrapped to lose its "board" after a few keys); the
 TVM path runs on loopback: a real tracker and two real rpc_servers under one key, one of them killed mid-sweep.
@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from profiler.devices import DeviceError, get_device, parse_devices
-from profiler.farm import Board, Farm, FarmError, farm_size, make_farm
-from profiler.measure import measure_space, select_keys
-from profiler.runners import MeasureResult, make_runner
-from profiler.spaces import get_space
-from profiler.tables import BOARD_COLUMN, load_table
+from profiler.latency.tables import BOARD_COLUMN, load_table
+from profiler.measuring.devices import DeviceError, get_device, parse_devices
+from profiler.measuring.farm import Board, Farm, FarmError, farm_size, make_farm
+from profiler.measuring.measure import measure_space, select_keys
+from profiler.measuring.runners import MeasureResult, make_runner
+from profiler.spaces.space import get_space
 
 SPACE = "darts-3ops:C=8,cells=5"
 ONLY = "*|1x*x16x16|c*|s1|*"  # the stride-1 keys at 16x16: cell ops and preprocessing (8 keys)
@@ -84,7 +84,7 @@ class WaitsFor(LosesBoard):
 def test_farm_measures_each_key_once_and_a_lost_board_loses_only_its_rows_in_flight(tmp_path, protocol, good, rows_per_key):
     """Sequential: board a measures 2 keys, then fails; interleaved: it finishes one chunk (2 rounds of the
     reference and 2 keys = 6 calls), then fails on the next chunk. What it failed on is measured by b."""
-    from profiler.measure import REFERENCE_KEY
+    from profiler.measuring.measure import REFERENCE_KEY
 
     dev = ort_device(tmp_path, **protocol)
     space = get_space(SPACE)
@@ -158,7 +158,7 @@ def write_devices(path: Path, tracker: str, boards: int) -> Path:
 @pytest.fixture()
 def two_boards(tmp_path):
     pytest.importorskip("tvm")
-    from profiler.rpc import start_server, start_tracker
+    from profiler.measuring.rpc import start_server, start_tracker
 
     logs = tmp_path / "rpc-logs"
     tracker = start_tracker("127.0.0.1", log_dir=logs)

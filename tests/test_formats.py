@@ -14,11 +14,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from helpers import synthetic_table
 from profiler.cli import app
-from profiler.formats import FormatError, canonical_op, export_table, import_table, peer_key
-from profiler.spaces import get_space
-from profiler.tables import ZERO_COST, load_table
+from profiler.latency.formats import FormatError, canonical_op, export_table, import_table, peer_key
+from profiler.latency.tables import ZERO_COST, load_table
+from profiler.spaces.space import get_space
+
+from helpers import synthetic_table
 
 DATA = Path(__file__).parent / "data"
 OFA_LUT = DATA / "ofa_note10_224_lookup_table.yaml"
@@ -309,7 +310,7 @@ def test_nni_ambiguity_is_listed(tmp_path):
     """Two keys that differ only in params (NNI names none) make an entry ambiguous; the error quotes it."""
     import dataclasses
 
-    from profiler.spaces import Site
+    from profiler.spaces.space import Site
 
     space = get_space(CHAIN)
     a = space.fixed[0]

@@ -24,8 +24,8 @@ from typer.testing import CliRunner
 
 from profiler.cli import app as hwprof
 from profiler.errors import LockedError, UserError, WriteError
-from profiler.fileio import FileLock, atomic_write_text, locked_dir, loads_json, loads_yaml
-from profiler.tables import TableError, default_table_path, load_table
+from profiler.fileio import FileLock, atomic_write_text, loads_json, loads_yaml, locked_dir
+from profiler.latency.tables import TableError, default_table_path, load_table
 from search.cli import app as hwnas
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,12 +61,12 @@ def one_line_exit_2(result) -> str:
 # ------------------------------------------------------------------------------------------- one error base
 
 def test_every_user_facing_error_class_derives_from_user_error_and_keeps_its_old_base():
-    from profiler.arch import ArchError
-    from profiler.devices import DeviceError
-    from profiler.formats import FormatError
-    from profiler.rpc import RpcError
-    from profiler.spaces import SpaceError
-    from profiler.verify import VerifyError
+    from profiler.latency.formats import FormatError
+    from profiler.latency.verify import VerifyError
+    from profiler.measuring.devices import DeviceError
+    from profiler.measuring.rpc import RpcError
+    from profiler.spaces.arch import ArchError
+    from profiler.spaces.space import SpaceError
     from search.config import ConfigError
     from search.control import ControlError
     from search.costs import CostError
@@ -118,7 +118,7 @@ def test_space_parameters_out_of_range_are_refused(spec, tmp_path):
 
 
 def test_space_parameters_in_range_still_build():
-    from profiler.spaces import get_space
+    from profiler.spaces.space import get_space
 
     for spec in ("fbnet-cifar:width=0.25", "fbnet-cifar:input_size=1", "darts-3ops:C=8", "proxyless"):
         assert get_space(spec).layers
@@ -239,8 +239,8 @@ def test_measure_model_on_a_non_onnx_file_is_one_line(content, tmp_path):
 
 
 def _jsonl(tmp_path: Path, latency: float) -> Path:
-    from profiler.keys import parse_key
-    from profiler.spaces import get_space
+    from profiler.spaces.keys import parse_key
+    from profiler.spaces.space import get_space
 
     k = parse_key(get_space(SPEC).candidate_keys()[0])
     src = tmp_path / "lut.jsonl"
@@ -325,7 +325,7 @@ def test_a_second_writer_gets_the_holders_pid_and_a_killed_holder_frees_the_lock
 
 
 def test_two_concurrent_table_writers_never_both_open_it(tmp_path):
-    from profiler.tables import TableWriter
+    from profiler.latency.tables import TableWriter
 
     t = write_table(tmp_path / "t.csv")
     meta = json.loads(t.with_suffix(".meta.json").read_text())
@@ -378,7 +378,7 @@ def test_full_tmpfs_gives_one_error_and_leaves_nothing(tmp_path):
         with pytest.raises(WriteError, match="No space left on device"):
             atomic_write_text(mnt / "big.txt", "x" * 1_000_000)
         assert list(mnt.iterdir()) == []
-        from profiler.arch import save_weights
+        from profiler.spaces.arch import save_weights
 
         with pytest.raises(WriteError):
             save_weights(torch_linear(), mnt / "w.safetensors")
@@ -394,7 +394,7 @@ def torch_linear():
 
 
 def test_a_corrupt_cache_entry_is_exported_again(tmp_path, monkeypatch):
-    from profiler.export import export_key
+    from profiler.measuring.export import export_key
 
     monkeypatch.setenv("HWNAS_CACHE", str(tmp_path))
     key = "v1|avg_pool_3x3|1x8x8x8|c8|s1|float32"
@@ -412,7 +412,7 @@ def test_a_corrupt_cache_entry_is_exported_again(tmp_path, monkeypatch):
 def test_relative_export_check_catches_errors_on_tiny_outputs():
     import numpy as np
 
-    from profiler.export import relative_error
+    from profiler.measuring.export import relative_error
 
     ref = np.full(10, 1e-7)
     assert relative_error(ref * 1.01, ref) == pytest.approx(0.01)  # absolute error 1e-9 would pass any check
@@ -423,7 +423,7 @@ def test_relative_export_check_catches_errors_on_tiny_outputs():
 # ------------------------------------------------------------------------------------------- closed doors
 
 def test_rpc_tracker_and_server_default_to_localhost(monkeypatch):
-    import profiler.rpc as rpc
+    import profiler.measuring.rpc as rpc
 
     seen = {}
 
@@ -446,14 +446,14 @@ def test_rpc_tracker_and_server_default_to_localhost(monkeypatch):
 
 
 def _board_timer():
-    sys.path.insert(0, str(ROOT / "profiler"))  # board_timer imports timing from beside it (shipped together)
+    sys.path.insert(0, str(ROOT / "profiler" / "measuring"))  # board_timer imports timing from beside it (shipped together)
     try:
-        spec = importlib.util.spec_from_file_location("board_timer", ROOT / "profiler" / "remote" / "board_timer.py")
+        spec = importlib.util.spec_from_file_location("board_timer", ROOT / "profiler" / "measuring" / "remote" / "board_timer.py")
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         return mod
     finally:
-        sys.path.remove(str(ROOT / "profiler"))
+        sys.path.remove(str(ROOT / "profiler" / "measuring"))
 
 
 def test_board_sweep_removes_only_folders_hwprof_made(tmp_path):
@@ -480,7 +480,7 @@ def test_board_sweep_removes_only_folders_hwprof_made(tmp_path):
 
 
 def test_private_local_rpc_key_is_random_per_server():
-    src = (ROOT / "profiler" / "runners" / "tvm_runner.py").read_text()
+    src = (ROOT / "profiler" / "measuring" / "runners" / "tvm_runner.py").read_text()
     assert "secrets.token_hex(16)" in src and "connect_session(self._server.host, self._server.port, LOCAL_KEY)" \
         not in src
     _ = typer  # the CLI apps above are typer apps

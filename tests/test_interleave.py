@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from profiler.measure import REFERENCE_KEY, sweep, sweep_validity
-from profiler.protocol import INVALID, VALID, Protocol, Validity, validity_line
-from profiler.runners import MeasureResult
-from profiler.runners.base import LocalRunner
-from profiler.spaces import get_space
-from profiler.stats import drift_ratio, round_spread
-from profiler.tables import TableWriter, load_table, meta_path
+from profiler.latency.tables import TableWriter, load_table, meta_path
+from profiler.measuring.measure import REFERENCE_KEY, sweep, sweep_validity
+from profiler.measuring.protocol import INVALID, VALID, Protocol, Validity, validity_line
+from profiler.measuring.runners import MeasureResult
+from profiler.measuring.runners.base import LocalRunner
+from profiler.measuring.stats import drift_ratio, round_spread
+from profiler.spaces.space import get_space
 
 SPACE = "darts-3ops:C=8,cells=3,nodes=2"
 META = {"schema_version": 1, "key_version": 1, "device": "x", "space": SPACE}
@@ -188,7 +188,7 @@ def test_real_onnxruntime_interleaved_table_has_a_verdict_in_its_header(tmp_path
 
 
 def test_hwnas_run_notes_the_table_verdict(tmp_path):
-    from profiler.devices import get_device
+    from profiler.measuring.devices import get_device
     from search import pipeline as pl
 
     cfg = pl.RunConfig(space=SPACE, quick=True)
@@ -210,7 +210,7 @@ def test_show_prints_the_verdict(tmp_path):
     out = tmp_path / "t.csv"
     with TableWriter(out, META) as w:
         prog = sweep(keys(3), runner, Protocol(rounds=2), w)
-    from profiler.measure import write_validity
+    from profiler.measuring.measure import write_validity
 
     write_validity(out, sweep_validity(prog, Protocol(rounds=2)), fresh=True)
     r = CliRunner().invoke(app, ["show", str(out)])

@@ -10,9 +10,9 @@ import time
 import pytest
 
 # light imports only: the spawned child imports this module to find CrashRunner
-from profiler.protocol import Protocol
-from profiler.runners.base import MeasureRequest, MeasureResult
-from profiler.runners.isolate import IsolatedRunner
+from profiler.measuring.protocol import Protocol
+from profiler.measuring.runners.base import MeasureRequest, MeasureResult
+from profiler.measuring.runners.isolate import IsolatedRunner
 
 PROTOCOL = Protocol(retries=0)
 
@@ -48,14 +48,14 @@ class BrokenRunner:
 
 
 def keys(only_ops: tuple[str, ...]) -> list[str]:
-    from profiler.spaces import get_space
+    from profiler.spaces.space import get_space
 
     return [k for k in get_space("darts-3ops:C=8,cells=5").candidate_keys() if k.split("|")[1] in only_ops]
 
 
 def test_segfault_and_abort_become_error_rows(tmp_path):
-    from profiler.measure import sweep
-    from profiler.tables import TableWriter
+    from profiler.latency.tables import TableWriter
+    from profiler.measuring.measure import sweep
 
     ks = keys(("avg_pool_3x3", "sep_conv_3x3", "skip_connect"))[:4]  # pool, skip, sep, pool
     runner = IsolatedRunner(f"{__name__}:CrashRunner", "v", timeout_s=60)
@@ -98,7 +98,7 @@ def test_runner_that_cannot_start_gives_error_results():
 
 def test_bad_factory_spec():
     with pytest.raises(ValueError, match="package.module:callable"):
-        from profiler.runners.isolate import _load_factory
+        from profiler.measuring.runners.isolate import _load_factory
 
         _load_factory("no_colon")
 
@@ -119,11 +119,11 @@ def test_child_dies_with_its_parent():
 
     code = ("import sys, time\n"
             "sys.path.insert(0, %r)\n"
-            "from profiler.runners.isolate import IsolatedRunner\n"
+            "from profiler.measuring.runners.isolate import IsolatedRunner\n"
             "r = IsolatedRunner('test_isolate:CrashRunner', 'v')\n"
             "from pathlib import Path; import threading\n"
-            "from profiler.protocol import Protocol\n"
-            "from profiler.runners.base import MeasureRequest\n"
+            "from profiler.measuring.protocol import Protocol\n"
+            "from profiler.measuring.runners.base import MeasureRequest\n"
             "r.fingerprint()\n"
             "req = MeasureRequest('v1|preprocess|1x24x32x32|c8|s1|float32', Path('/x'), (1,))\n"
             "threading.Thread(target=r.measure, args=(req, Protocol()), daemon=True).start()  # busy: sleeps 60 s\n"

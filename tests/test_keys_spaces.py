@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from profiler.keys import KEY_VERSION, op_key, parse_key
-from profiler.network import build_network
-from profiler.spaces import SPACES, get_space, space_from_json
+from profiler.spaces.keys import KEY_VERSION, op_key, parse_key
+from profiler.spaces.network import build_network
+from profiler.spaces.space import SPACES, get_space, space_from_json
 
 GOLDEN = Path(__file__).parent / "golden" / "fbnet-cifar.keys.txt"
 

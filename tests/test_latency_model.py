@@ -1,5 +1,5 @@
 """One latency model: on random architectures and random probability tensors, every caller that predicts a latency
-agrees with :class:`profiler.latency.LatencyModel` (raw and calibrated, median and p10, batch 1 and 2, chain and
+agrees with :class:`profiler.latency.model.LatencyModel` (raw and calibrated, median and p10, batch 1 and 2, chain and
 cell spaces, and a space that substitutes ops at some layers)."""
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from profiler.arch import make_arch, predict_ms
-from profiler.calibrate import _to_file_params, design, lowest_prediction_ms, predict
-from profiler.keys import KEY_VERSION, key_op
-from profiler.latency import MissingEntries, build_model
-from profiler.plots import latency_grid
-from profiler.predict import predict_with
-from profiler.spaces import get_space
-from profiler.tables import SCHEMA_VERSION, LatencyTable, load_table
-from profiler.verify import layer_costs, raw_predict_ms
+from profiler.latency.calibrate import _to_file_params, design, lowest_prediction_ms, predict
+from profiler.latency.model import MissingEntries, build_model
+from profiler.latency.plots import latency_grid
+from profiler.latency.predict import predict_with
+from profiler.latency.tables import SCHEMA_VERSION, LatencyTable, load_table
+from profiler.latency.verify import layer_costs, raw_predict_ms
+from profiler.spaces.arch import make_arch, predict_ms
+from profiler.spaces.keys import KEY_VERSION, key_op
+from profiler.spaces.space import get_space
 from search.control import ControlSpace
 from search.costs import CostModel
 from search.derive import Deriver

@@ -48,8 +48,8 @@ def test_package_list_is_the_one_place():
 
 def test_the_main_job_imports_no_extra():
     """`hwnas run --device cpu` (what `make run` installs for) needs neither TVM, SSH nor pytest."""
-    code = ("import sys; import search.cli, search.pipeline, profiler.runners.ort, profiler.verify, "
-            "profiler.measure, search.report;"
+    code = ("import sys; import search.cli, search.pipeline, profiler.measuring.runners.ort, profiler.latency.verify, "
+            "profiler.measuring.measure, search.report;"
             "bad = sorted(m for m in ('tvm', 'paramiko', 'pytest', 'xgboost', 'cloudpickle', 'tornado') "
             "if m in sys.modules); print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)

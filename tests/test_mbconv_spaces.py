@@ -7,9 +7,9 @@ import pytest
 from typer.testing import CliRunner
 
 from profiler.cli import app
-from profiler.formats import peer_key
-from profiler.keys import parse_key
-from profiler.spaces import get_space
+from profiler.latency.formats import peer_key
+from profiler.spaces.keys import parse_key
+from profiler.spaces.space import get_space
 
 OFA_SMALL = "ofa-mbv3:input_size=32,width=0.25,num_classes=10"
 PROXYLESS_SMALL = "proxyless:input_size=32,width=0.25,num_classes=10"
@@ -51,12 +51,12 @@ def test_cli_lists_the_new_spaces():
 
 @pytest.mark.slow
 def test_small_variants_measure_on_cpu_1t(tmp_path, monkeypatch):
-    from profiler.devices import get_device
-    from profiler.measure import measure_space
-    from profiler.model_measure import measure_network
-    from profiler.protocol import Protocol
-    from profiler.runners import make_runner
-    from profiler.tables import load_table
+    from profiler.latency.tables import load_table
+    from profiler.measuring.devices import get_device
+    from profiler.measuring.measure import measure_space
+    from profiler.measuring.model_measure import measure_network
+    from profiler.measuring.protocol import Protocol
+    from profiler.measuring.runners import make_runner
 
     monkeypatch.setenv("HWNAS_CACHE", str(tmp_path / "cache"))
     fast = Protocol(warmup_s=0.02, min_samples=3, min_seconds=0.02, retries=0)

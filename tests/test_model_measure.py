@@ -7,8 +7,8 @@ import warnings
 import pytest
 import torch
 
-from profiler.model_measure import model_timing, onnx_input_shape, run_protocol
-from profiler.protocol import Protocol
+from profiler.measuring.model_measure import model_timing, onnx_input_shape, run_protocol
+from profiler.measuring.protocol import Protocol
 
 
 class _Tiny(torch.nn.Module):

@@ -9,10 +9,19 @@ import dataclasses
 import pytest
 from typer.testing import CliRunner
 
-from profiler.arch import load_arch
+from profiler.spaces.arch import load_arch
 from search.cli import app
-from search.derive import (Budget, Candidate, DeriveError, DeviceLimit, Deriver, derive_budgets, derive_family,
-                           parse_budgets, pareto)
+from search.derive import (
+    Budget,
+    Candidate,
+    DeriveError,
+    Deriver,
+    DeviceLimit,
+    derive_budgets,
+    derive_family,
+    pareto,
+    parse_budgets,
+)
 
 SPEC = "fbnet-cifar:input_size=16,width=0.25"
 DEVICES = ["cpu-1t", "cpu"]
@@ -238,8 +247,8 @@ def test_search_notes_a_table_that_no_cost_term_reads():
 def test_a_member_is_timed_on_every_device_with_its_protocol(run, tmp_path, one_thread):
     """hwnas run's measure stage: one retrained member timed on cpu-1t and on cpu (real onnxruntime sessions), each
     with its own protocol; measured vs predicted per device in the row, the table and the summary line."""
-    from profiler.devices import get_device
-    from profiler.protocol import Protocol
+    from profiler.measuring.devices import get_device
+    from profiler.measuring.protocol import Protocol
     from search.derive import to_arch
     from search.pipeline import device_errors_line, run_member
     from search.report import error_pct, format_table

@@ -5,9 +5,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from profiler.export import export_key
-from profiler.keys import op_key
-from profiler.ops import OPS, build_op, count_params, register_op
+from profiler.measuring.export import export_key
+from profiler.spaces.keys import op_key
+from profiler.spaces.ops import OPS, build_op, count_params, register_op
 
 
 def _case(name: str):
@@ -84,7 +84,7 @@ def test_op_output_shape_property_matches_the_module():
 
 
 def test_mbconv_blocks_follow_proxyless_and_ofa():
-    from profiler.ops import MBConv, SqueezeExcite
+    from profiler.spaces.ops import MBConv, SqueezeExcite
 
     e1 = build_op("mb_k3_e1", 16, 16, 1)  # expansion 1: no inverted bottleneck, residual kept
     assert e1.residual and sum(isinstance(m, torch.nn.Conv2d) for m in e1.body) == 2
@@ -99,7 +99,7 @@ def test_mbconv_blocks_follow_proxyless_and_ofa():
 
 
 def test_style_params_reach_only_the_ops_that_take_them():
-    from profiler.ops import get_op
+    from profiler.spaces.ops import get_op
 
     assert get_op("skip").own_params({"act": "hswish", "se": 1}) == {}
     assert get_op("mb_k3_e3").own_params({"act": "hswish", "se": 1}) == {"act": "hswish", "se": 1}

@@ -8,9 +8,9 @@ import pytest
 from typer.testing import CliRunner
 
 from profiler.cli import app
-from profiler.plots import latency_grid, plot_table, plot_verify
-from profiler.spaces import get_space
-from profiler.tables import load_table
+from profiler.latency.plots import latency_grid, plot_table, plot_verify
+from profiler.latency.tables import load_table
+from profiler.spaces.space import get_space
 
 from helpers import synthetic_table  # noqa: E402  (tests/ is on sys.path under pytest's rootdir conftest)
 
@@ -78,7 +78,7 @@ def _corner_heavy(n=40, seed=0):
 
 
 def test_layout_checker_finds_a_legend_over_data():
-    from profiler.plots import layout_problems, pyplot
+    from profiler.latency.plots import layout_problems, pyplot
 
     plt = pyplot()
     fig, ax = plt.subplots()
@@ -93,7 +93,7 @@ def test_layout_checker_finds_a_legend_over_data():
 
 
 def test_scatter_legend_off_the_data_and_title_fits():
-    from profiler.plots import layout_problems, pyplot, verify_figure
+    from profiler.latency.plots import layout_problems, pyplot, verify_figure
 
     m, raw, cal = _corner_heavy()
     fig = verify_figure(raw, m, cal, LONG)
@@ -111,7 +111,7 @@ def _rows(n=6):
 def test_pareto_pairs_are_distinguishable_and_readable():
     from matplotlib.collections import PathCollection
 
-    from profiler.plots import layout_problems, pyplot
+    from profiler.latency.plots import layout_problems, pyplot
     from search.report import pareto_figure
 
     fig = pareto_figure(_rows(), LONG)
@@ -131,7 +131,7 @@ def test_pareto_pairs_are_distinguishable_and_readable():
 
 
 def test_curves_plot_cross_entropy_and_penalty_apart():
-    from profiler.plots import layout_problems, pyplot
+    from profiler.latency.plots import layout_problems, pyplot
     from search.report import curves_figure
 
     metrics = [{"epoch": e, "train_loss": 3.3 - 0.2 * e, "train_ce": 2.3 - 0.2 * e, "train_penalty": 1.0,

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from profiler.arch import export_arch, make_arch, save_arch
-from profiler.calibrate import write_calibration
-from profiler.export import export_module
-from profiler.formats import import_table
-from profiler.model_measure import export_network
-from profiler.spaces import get_space
-from profiler.tables import Row, TableWriter, load_table
+from profiler.latency.calibrate import write_calibration
+from profiler.latency.formats import import_table
+from profiler.latency.tables import Row, TableWriter, load_table
+from profiler.measuring.export import export_module
+from profiler.measuring.model_measure import export_network
+from profiler.spaces.arch import export_arch, make_arch, save_arch
+from profiler.spaces.space import get_space
 
 OFA_LUT = Path(__file__).parent / "data" / "ofa_note10_224_lookup_table.yaml"
 SMALL = "ofa-mbv3:input_size=32,width=0.25,num_classes=10"

@@ -13,10 +13,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from profiler.arch import load_arch
-from profiler.calibrate import write_calibration
-from profiler.latency import Calibration, CalibrationError
-from profiler.tables import calib_path, load_table, table_sha256
+from profiler.latency.calibrate import write_calibration
+from profiler.latency.model import Calibration, CalibrationError
+from profiler.latency.tables import calib_path, load_table, table_sha256
+from profiler.spaces.arch import load_arch
 from search.cli import app
 from search.provenance import PROVENANCE, ProvenanceError, read_provenance
 
@@ -107,7 +107,7 @@ def test_a_missing_table_names_it(searched, tmp_path):
 
 
 def test_fresh_table_drops_a_stale_calibration(small_tables, tmp_path):
-    from profiler.tables import TableWriter, read_meta
+    from profiler.latency.tables import TableWriter, read_meta
 
     table = _copy_table(small_tables[SPEC], tmp_path / "t.csv")
     write_calibration(table, {"version": 1, "scale": 1.0, "offset_ms": 0.0, "table_sha256": table_sha256(table)})

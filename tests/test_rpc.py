@@ -8,12 +8,12 @@ import pytest
 
 pytest.importorskip("tvm")
 
-from profiler.devices import get_device  # noqa: E402
-from profiler.measure import measure_space, select_keys  # noqa: E402
-from profiler.rpc import RpcError, TrackerClient, free_port, group_members, start_server, start_tracker  # noqa: E402
-from profiler.runners import make_runner  # noqa: E402
-from profiler.spaces import get_space  # noqa: E402
-from profiler.tables import load_table  # noqa: E402
+from profiler.latency.tables import load_table  # noqa: E402
+from profiler.measuring.devices import get_device  # noqa: E402
+from profiler.measuring.measure import measure_space, select_keys  # noqa: E402
+from profiler.measuring.rpc import RpcError, TrackerClient, free_port, group_members, start_server, start_tracker  # noqa: E402
+from profiler.measuring.runners import make_runner  # noqa: E402
+from profiler.spaces.space import get_space  # noqa: E402
 
 SPACE = "darts-3ops:C=8,cells=5"
 from helpers import write_devices  # noqa: E402
@@ -130,7 +130,7 @@ def test_private_server_dies_with_its_parent():
     import subprocess
     import sys
 
-    code = ("from profiler.rpc import start_server; import time\n"
+    code = ("from profiler.measuring.rpc import start_server; import time\n"
             "p = start_server('orphan', None, threads=1, die_with_parent=True)\n"
             "print(p.proc.pid, flush=True); time.sleep(600)\n")
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -183,7 +183,7 @@ def test_cli_measure_key_nobody_serves_gives_the_board_command(loop, tmp_path):
 
 
 def test_board_server_command():
-    from profiler.rpc import board_server_command
+    from profiler.measuring.rpc import board_server_command
 
     assert board_server_command("10.0.0.5:9190", "rpi4", 4) == \
         "TVM_NUM_THREADS=4 python -m tvm.exec.rpc_server --tracker 10.0.0.5:9190 --key rpi4"

@@ -6,10 +6,10 @@ from __future__ import annotations
 import csv
 import json
 
-from profiler.devices import get_device
-from profiler.farm import Farm
-from profiler.spaces import get_space
-from profiler.tables import load_table
+from profiler.latency.tables import load_table
+from profiler.measuring.devices import get_device
+from profiler.measuring.farm import Farm
+from profiler.spaces.space import get_space
 from search.pipeline import RunConfig, ensure_table, sweep_runner, time_model
 
 SPACE = "darts-3ops:C=8,cells=3,nodes=2"
@@ -42,8 +42,8 @@ def test_the_run_table_of_a_pool_is_measured_on_every_board(tmp_path, rows_per_k
 
 
 def test_a_member_on_a_pool_device_is_timed_in_one_session(tmp_path):
-    from profiler.model_measure import export_network
-    from profiler.protocol import Protocol
+    from profiler.measuring.model_measure import export_network
+    from profiler.measuring.protocol import Protocol
 
     space = get_space(SPACE)
     onnx, _ = export_network(space, [layer.choices[0] for layer in space.layers], tmp_path)

@@ -77,8 +77,8 @@ def test_run_quick_end_to_end(small_tables, tmp_path):
 def test_a_poor_calibration_is_stored_with_a_warning(small_tables, tmp_path, monkeypatch, threshold):
     """Real verify networks on cpu; the warning threshold moved below / above any held-out error."""
     import search.pipeline as pl
-    from profiler.devices import get_device
-    from profiler.spaces import get_space
+    from profiler.measuring.devices import get_device
+    from profiler.spaces.space import get_space
 
     table = tmp_path / "table.csv"
     shutil.copy(small_tables[SPEC], table)

@@ -4,11 +4,11 @@ import dataclasses
 
 import pytest
 
-from profiler.devices import load_devices
-from profiler.export import export_key
-from profiler.protocol import Protocol
-from profiler.runners import MeasureRequest, make_runner
-from profiler.spaces import get_space
+from profiler.measuring.devices import load_devices
+from profiler.measuring.export import export_key
+from profiler.measuring.protocol import Protocol
+from profiler.measuring.runners import MeasureRequest, make_runner
+from profiler.spaces.space import get_space
 
 FAST = Protocol(warmup_s=0.01, min_samples=4, min_seconds=0.01, retries=0, target_sample_ms=1.0)
 

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from profiler.spaces import get_space
-from profiler.tables import load_table
+from profiler.latency.tables import load_table
+from profiler.spaces.space import get_space
 from search.config import PRESETS, TemperatureConfig
-from search.control import (ControlError, LambdaControl, SimplexOpsControl, StaticControl, TradeoffControl)
+from search.control import ControlError, LambdaControl, SimplexOpsControl, StaticControl, TradeoffControl
 from search.costs import CostModel
 from search.losses import search_loss
 from search.samplers import Sampler, entropy_weight, mean_entropy, temperature

@@ -8,10 +8,10 @@ import shutil
 import pytest
 import torch
 
-from profiler.network import build_network
-from profiler.ops import count_params
-from profiler.spaces import get_space
-from profiler.tables import load_table
+from profiler.latency.tables import load_table
+from profiler.spaces.network import build_network
+from profiler.spaces.ops import count_params
+from profiler.spaces.space import get_space
 from search.costs import CostError, CostModel, open_table
 
 SPACES = ("fbnet-cifar:input_size=16,width=0.25", "darts-3ops:C=8,cells=5")

@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 
-from profiler.spaces import FBNET_OPS, SearchLayer, Site, Space, get_space
+from profiler.spaces.space import FBNET_OPS, SearchLayer, Site, Space, get_space
 from search.config import ConfigError, ControlConfig, SearchConfig
 from search.control import build_control
 from search.costs import CostModel

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from profiler.spaces import get_space
+from profiler.spaces.space import get_space
 from search.config import ControlConfig
 from search.control import build_control
 from search.costs import CostModel

@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from profiler.spaces import get_space
+from profiler.spaces.space import get_space
 from search.cli import app
 from search.config import PRESETS, apply_overrides, preset
 from search.run import load_run
@@ -108,8 +108,8 @@ def test_fit_epoch_and_evaluate_train_a_plain_network(digits):
     the asserted margins are about half of the smallest seen. A deep 22-layer supernet member is not used: at
     8x8-pixel digits its 3-epoch progress depends on the seed and on the CPU's floating-point path.
     """
-    from profiler.network import build_network
-    from profiler.spaces import get_space
+    from profiler.spaces.network import build_network
+    from profiler.spaces.space import get_space
 
     torch.manual_seed(0)
     x0 = digits[16].train[0][0]
@@ -140,8 +140,8 @@ FROZEN = Path(__file__).parent / "data" / "darts3ops_c8_cells5_cpu-1t.csv"
 
 
 def test_the_frozen_table_covers_the_space():
-    from profiler.spaces import get_space
-    from profiler.tables import load_table
+    from profiler.latency.tables import load_table
+    from profiler.spaces.space import get_space
 
     table = load_table(FROZEN, space=DARTS)
     assert table.missing(get_space(DARTS).candidate_keys()) == []

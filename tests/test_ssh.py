@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sshd import SshServer, sshd_available
+from profiler.latency.tables import load_table
+from profiler.measuring.devices import Device, parse_devices
+from profiler.measuring.measure import measure_space, select_keys
+from profiler.measuring.runners import MeasureRequest, make_runner
+from profiler.measuring.runners.ssh_runner import SshError, SshRunner, parse_board_output, parse_line
+from profiler.spaces.space import get_space
 
-from profiler.devices import Device, parse_devices
-from profiler.measure import measure_space, select_keys
-from profiler.runners import MeasureRequest, make_runner
-from profiler.runners.ssh_runner import SshError, SshRunner, parse_board_output, parse_line
-from profiler.spaces import get_space
-from profiler.tables import load_table
+from sshd import SshServer, sshd_available
 
 SPACE = "darts-3ops:C=8,cells=5"
 SAMPLE = Path(__file__).parent / "data" / "ssh_board_output.jsonl"
@@ -110,7 +110,7 @@ def test_hwprof_measure_through_ssh_loop(sshd, board_python, tmp_path):
 
 @needs_sshd
 def test_one_bad_model_is_an_error_row_not_the_end(sshd, board_python, tmp_path):
-    from profiler.export import export_key
+    from profiler.measuring.export import export_key
 
     good = export_key("v1|avg_pool_3x3|1x8x32x32|c8|s1|float32")
     garbage = tmp_path / "garbage.onnx"
@@ -216,7 +216,7 @@ def test_unreachable_port_is_one_line_error(sshd, board_python):
 
 @needs_sshd
 def test_doctor_reports_on_ssh_loop(sshd, board_python, tmp_path):
-    from profiler.doctor import run_doctor
+    from profiler.measuring.doctor import run_doctor
 
     checks = run_doctor(loop_device(sshd, board_python))
     assert [c.name for c in checks] == ["ssh", "board python", "board", "threads", "tiny op"]
@@ -243,7 +243,7 @@ def test_board_without_onnxruntime_fails_at_start_with_the_pip_command(sshd, tmp
 
 @needs_sshd
 def test_remeasure_while_a_job_is_suspended_and_a_crashing_board_process(sshd, tmp_path):
-    from profiler.export import export_key
+    from profiler.measuring.export import export_key
 
     a = export_key("v1|avg_pool_3x3|1x8x32x32|c8|s1|float32")
     b = export_key("v1|sep_conv_3x3|1x8x32x32|c8|s1|float32")
@@ -286,7 +286,7 @@ def test_board_sweeps_folders_of_killed_runs_and_keeps_live_or_fresh_ones(sshd, 
     """A host killed mid-run leaves its hwprof-<12 hex> folder on the board: the next run's board process removes it,
     but never a folder whose owner still runs, one a starting run is filling (recently changed), or one hwprof did
     not make (another name, or no owner file written by hwprof: e.g. a user's hwprof-venv)."""
-    from profiler.export import export_key
+    from profiler.measuring.export import export_key
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     old = os.path.getmtime(sshd.root) - 2 * 3600

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from profiler.protocol import Protocol
-from profiler.stats import mad_outlier_count, summarize
-from profiler.timing import time_calls
+from profiler.measuring.protocol import Protocol
+from profiler.measuring.stats import mad_outlier_count, summarize
+from profiler.measuring.timing import time_calls
 
 
 def test_summary_of_known_samples():

@@ -8,10 +8,18 @@ import math
 
 import pytest
 
-from profiler.keys import KEY_VERSION
-from profiler.spaces import get_space
-from profiler.tables import (SCHEMA_VERSION, Row, TableError, TableHeader, TableWriter, load_table, meta_path,
-                             read_meta)
+from profiler.latency.tables import (
+    SCHEMA_VERSION,
+    Row,
+    TableError,
+    TableHeader,
+    TableWriter,
+    load_table,
+    meta_path,
+    read_meta,
+)
+from profiler.spaces.keys import KEY_VERSION
+from profiler.spaces.space import get_space
 
 SPEC = "fbnet-cifar:input_size=16,width=0.25"
 

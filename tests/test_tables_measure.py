@@ -9,12 +9,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from profiler.measure import sweep
-from profiler.protocol import Protocol
-from profiler.runners import MeasureResult
-from profiler.runners.base import LocalRunner
-from profiler.spaces import get_space
-from profiler.tables import COLUMNS, TableError, TableWriter, load_table
+from profiler.latency.tables import COLUMNS, TableError, TableWriter, load_table
+from profiler.measuring.measure import sweep
+from profiler.measuring.protocol import Protocol
+from profiler.measuring.runners import MeasureResult
+from profiler.measuring.runners.base import LocalRunner
+from profiler.spaces.space import get_space
 
 SPACE = "darts-3ops:C=8,cells=3,nodes=2"
 FAST = {"warmup_s": 0.01, "min_samples": 3, "min_seconds": 0.01, "retries": 0, "target_sample_ms": 1.0}

@@ -12,11 +12,18 @@ from typer.testing import CliRunner
 pytest.importorskip("tvm")
 
 from profiler.cli import app  # noqa: E402
-from profiler.devices import Device, get_device  # noqa: E402
-from profiler.protocol import Protocol  # noqa: E402
-from profiler.tables import load_table  # noqa: E402
-from profiler.runners.tvm_runner import (  # noqa: E402
-    TvmSetupError, compile_onnx, copy_onnx, evaluator_plan, export_lib, make_target, tuning_variant)
+from profiler.latency.tables import load_table  # noqa: E402
+from profiler.measuring.devices import Device, get_device  # noqa: E402
+from profiler.measuring.protocol import Protocol  # noqa: E402
+from profiler.measuring.runners.tvm_runner import (  # noqa: E402
+    TvmSetupError,
+    compile_onnx,
+    copy_onnx,
+    evaluator_plan,
+    export_lib,
+    make_target,
+    tuning_variant,
+)
 
 from helpers import write_devices  # noqa: E402
 
@@ -86,7 +93,7 @@ def test_kernel_less_graph_is_timed_as_a_copy(tmp_path):
     import tvm
     from tvm import relax
 
-    from profiler.export import export_key
+    from profiler.measuring.export import export_key
 
     exp = export_key("v1|skip_connect|1x8x32x32|c8|s1|float32")
     target = make_target(tvm_device())
@@ -99,7 +106,7 @@ def test_kernel_less_graph_is_timed_as_a_copy(tmp_path):
 
 
 def test_missing_cross_compiler_is_a_clear_error(tmp_path):
-    from profiler.export import export_key
+    from profiler.measuring.export import export_key
 
     exp = export_key("v1|avg_pool_3x3|1x8x32x32|c8|s1|float32")
     c = compile_onnx(exp.path, make_target(tvm_device()))
@@ -116,7 +123,7 @@ def test_project_devices_have_the_tvm_entries():
 @pytest.mark.skipif(__import__("shutil").which("aarch64-linux-gnu-g++") is None,
                     reason="needs apt package g++-aarch64-linux-gnu (make test installs it as root)")
 def test_cross_compile_for_the_rpi4_target(tmp_path):
-    from profiler.export import export_key
+    from profiler.measuring.export import export_key
 
     rpi4 = get_device("rpi4", Path(__file__).resolve().parent.parent / "devices.yaml")
     for key in ("v1|sep_conv_3x3|1x8x32x32|c8|s1|float32", "v1|skip_connect|1x8x32x32|c8|s1|float32"):
@@ -128,9 +135,9 @@ def test_cross_compile_for_the_rpi4_target(tmp_path):
 
 def test_a_key_planned_past_its_time_limit_is_an_error_row_and_the_next_key_still_runs(tmp_path):
     """time_evaluator cannot be interrupted, so the TVM runner refuses a plan longer than key_timeout_s up front."""
-    from profiler.export import export_key
-    from profiler.runners.base import MeasureRequest
-    from profiler.runners.tvm_runner import TvmRunner
+    from profiler.measuring.export import export_key
+    from profiler.measuring.runners.base import MeasureRequest
+    from profiler.measuring.runners.tvm_runner import TvmRunner
 
     key = "v1|skip_connect|1x8x32x32|c8|s1|float32"
     req = MeasureRequest(key, export_key(key).path, (1, 8, 32, 32))

@@ -9,13 +9,13 @@ import pytest
 from typer.testing import CliRunner
 
 from profiler.cli import app
-from profiler.devices import get_device
-from profiler.model_measure import export_network, measure_model
-from profiler.protocol import Protocol
-from profiler.runners import make_runner
-from profiler.spaces import get_space
-from profiler.tables import calib_path, load_table, meta_path
-from profiler.verify import VerifyError, extreme_archs, layer_costs, plan_archs, run_verify
+from profiler.latency.tables import calib_path, load_table, meta_path
+from profiler.latency.verify import VerifyError, extreme_archs, layer_costs, plan_archs, run_verify
+from profiler.measuring.devices import get_device
+from profiler.measuring.model_measure import export_network, measure_model
+from profiler.measuring.protocol import Protocol
+from profiler.measuring.runners import make_runner
+from profiler.spaces.space import get_space
 
 SPEC = "fbnet-cifar:input_size=16,width=0.25"  # one of conftest.SMALL_SPACES
 

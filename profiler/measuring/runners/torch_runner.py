@@ -9,12 +9,18 @@ from typing import Any
 
 import torch
 
-from ..devices import Device
-from ..errors import SetupError
-from ..export import module_for_key
-from ..protocol import Protocol
-from ..timing import time_calls
-from .base import LocalRunner, MeasureRequest, MeasureResult, host_fingerprint, library_versions
+from profiler.errors import SetupError
+from profiler.measuring.devices import Device
+from profiler.measuring.export import module_for_key
+from profiler.measuring.protocol import Protocol
+from profiler.measuring.runners.base import (
+    LocalRunner,
+    MeasureRequest,
+    MeasureResult,
+    host_fingerprint,
+    library_versions,
+)
+from profiler.measuring.timing import time_calls
 
 
 class TorchRunner(LocalRunner):

@@ -15,14 +15,14 @@ from typing import Any, Sequence
 import numpy as np
 import onnx
 
-from .devices import Device
-from .export import cache_dir, cached_export, export_module
-from .network import build_network
-from .protocol import Protocol
-from .runners import MeasureRequest, MeasureResult, Runner, make_runner
-from .spaces import Space
-from .stats import summarize
-from .errors import InputError
+from profiler.errors import InputError
+from profiler.measuring.devices import Device
+from profiler.measuring.export import cache_dir, cached_export, export_module
+from profiler.measuring.protocol import Protocol
+from profiler.measuring.runners import MeasureRequest, MeasureResult, Runner, make_runner
+from profiler.measuring.stats import summarize
+from profiler.spaces.network import build_network
+from profiler.spaces.space import Space
 
 
 class ModelError(InputError):

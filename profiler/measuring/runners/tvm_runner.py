@@ -9,7 +9,7 @@
   So local is the remote path pointed at localhost (as TVM's own MetaSchedule runners are): the same upload,
   ``relax.VirtualMachine``, ``set_input`` + ``invoke_stateful`` and ``time_evaluator``, a kernel that crashes
   kills a session process and not hwprof, and the thread count is set per device, not once per Python process.
-* Timing: ``time_evaluator(number, repeat)`` derived from the :class:`~profiler.protocol.Protocol`: a warm-up
+* Timing: ``time_evaluator(number, repeat)`` derived from the :class:`~profiler.measuring.protocol.Protocol`: a warm-up
   evaluator runs ``min_repeat_ms = warmup_s`` and gives the one-call time; ``number`` = calls per sample (as the
   onnxruntime runner picks it), ``repeat`` = samples (at least ``min_samples`` and ``min_seconds``, at most
   ``max_seconds``). Each repeat's mean is one raw sample; ``min_repeat_ms`` stays 0 for the samples so that
@@ -37,12 +37,18 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UserError
-from ..devices import Device
-from ..protocol import Protocol
-from ..timing import KeyTimeout
-from ..rpc import RpcError, RpcProcess, connect_session, request_board, start_server
-from .base import MeasureRequest, MeasureResult, SequentialRunner, host_fingerprint, library_versions
+from profiler.errors import UserError
+from profiler.measuring.devices import Device
+from profiler.measuring.protocol import Protocol
+from profiler.measuring.rpc import RpcError, RpcProcess, connect_session, request_board, start_server
+from profiler.measuring.runners.base import (
+    MeasureRequest,
+    MeasureResult,
+    SequentialRunner,
+    host_fingerprint,
+    library_versions,
+)
+from profiler.measuring.timing import KeyTimeout
 
 LOCAL_KEY = "hwprof-local"  # prefix of the private local server's key; each runner adds a random part
 VARIANTS = ("untuned", "tuned", "tune-failed", "copy")
@@ -537,8 +543,9 @@ class TvmRunner(SequentialRunner):
 
 def _err_vs_ort(onnx_path: Path, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """(max |tvm - ort|, the same over max |ort|): the check is relative, an output can be ~1e-7."""
-    from ..export import relative_error
     import onnxruntime as ort
+
+    from profiler.measuring.export import relative_error
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
@@ -552,7 +559,7 @@ def _err_vs_ort(onnx_path: Path, x: np.ndarray, y: np.ndarray) -> tuple[float, f
 
 def variant_mix(table: Path, tune_trials: int) -> str | None:
     """Why resuming ``table`` with ``tune_trials`` would mix tuned and untuned entries (None when it would not)."""
-    from ..tables import TableError, load_table
+    from profiler.latency.tables import TableError, load_table
 
     if not Path(table).exists():
         return None
@@ -574,10 +581,10 @@ def make_tvm_runner(device: Device, tune_trials: int | None = None, isolate: boo
     """The runner for a TVM device: in a child process (``isolate``) so that a crash becomes an error row."""
     if not isolate:
         return TvmRunner(device, tune_trials)
-    from .isolate import IsolatedRunner
+    from profiler.measuring.runners.isolate import IsolatedRunner
 
     make_target(device, for_tuning=(tune_trials or device.tune_trials) > 0)  # bad target: fail here, one line
     timeout_s = 600.0 + (device.rpc.session_timeout_s if device.rpc else 0.0)
     trials = device.tune_trials if tune_trials is None else tune_trials
     timeout_s += 30.0 * trials
-    return IsolatedRunner("profiler.runners.tvm_runner:TvmRunner", device, trials, name="tvm", timeout_s=timeout_s)
+    return IsolatedRunner("profiler.measuring.runners.tvm_runner:TvmRunner", device, trials, name="tvm", timeout_s=timeout_s)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Protocol as TypingProtocol
+from typing import Any, Iterable, Iterator
+from typing import Protocol as TypingProtocol
 
-from ..fileio import Closing
-from ..protocol import Protocol
+from profiler.fileio import Closing
+from profiler.measuring.protocol import Protocol
 
 
 @dataclass(frozen=True)

@@ -18,17 +18,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from .devices import Device
-from .export import OPSET, ExportResult, export_key
 import numpy as np
 
-from .keys import KEY_VERSION, key_op, op_key
-from .protocol import INVALID, VALID, Protocol, Validity
-from .runners import MeasureRequest, MeasureResult, Runner
-from .spaces import Space
-from .stats import drift_ratio, round_spread, summarize
-from .fileio import atomic_write_text
-from .tables import SCHEMA_VERSION, Row, TableWriter, meta_path, read_meta
+from profiler.fileio import atomic_write_text
+from profiler.latency.tables import SCHEMA_VERSION, Row, TableWriter, meta_path, read_meta
+from profiler.measuring.devices import Device
+from profiler.measuring.export import OPSET, ExportResult, export_key
+from profiler.measuring.protocol import INVALID, VALID, Protocol, Validity
+from profiler.measuring.runners import MeasureRequest, MeasureResult, Runner
+from profiler.measuring.stats import drift_ratio, round_spread, summarize
+from profiler.spaces.keys import KEY_VERSION, key_op, op_key
+from profiler.spaces.space import Space
 
 # the drift reference, measured first in every round: a mid-sized op (~0.1-1 ms on a desktop core)
 REFERENCE_KEY = op_key("sep_conv_3x3", (1, 16, 16, 16), 16, 1, {}, "float32")
@@ -171,7 +171,7 @@ def _sweep_sequential(keys: list[str], runner: Runner, protocol: Protocol, prog:
 def row_from_rounds(key: str, rounds: list[MeasureResult], attempts: int, max_abs_err: float,
                     protocol: Protocol) -> Row:
     """One entry from its per-round results: median of round medians; noisy when the rounds spread more than
-    ``cv_threshold`` (see :func:`profiler.stats.round_spread`); error when fewer than half the rounds succeeded."""
+    ``cv_threshold`` (see :func:`profiler.measuring.stats.round_spread`); error when fewer than half the rounds succeeded."""
     ok = [r for r in rounds if r.ok]
     if len(ok) * 2 < max(1, len(rounds)):
         bad = next((r.error for r in rounds if not r.ok), None) or "no samples"
@@ -307,8 +307,8 @@ def measure_space(device: Device, space: Space, runner: Runner, out: Path, *, fr
     """Measure every key of ``space`` missing from the table at ``out`` (all of them with ``fresh``).
 
     Resuming a table under another protocol or fingerprint is a :class:`TableError` unless ``mixed``. A
-    :class:`profiler.farm.Farm` as ``runner`` spreads the keys over its boards (rows then record their board)."""
-    from .farm import Farm, farm_sweep
+    :class:`profiler.measuring.farm.Farm` as ``runner`` spreads the keys over its boards (rows then record their board)."""
+    from profiler.measuring.farm import Farm, farm_sweep
 
     protocol = device.protocol
     t0 = time.perf_counter()

@@ -15,8 +15,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .ops import build_op, get_op
-from .spaces import Site, Space
+from profiler.spaces.ops import build_op, get_op
+from profiler.spaces.space import Site, Space
 
 MakeBlock = Callable[[int, Site], nn.Module]
 

@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from .errors import InputError
+from profiler.errors import InputError
 
 if TYPE_CHECKING:  # the model reads a table; the table module builds models (no import cycle at run time)
     import torch
 
-    from .spaces import Space
-    from .tables import LatencyTable
+    from profiler.latency.tables import LatencyTable
+    from profiler.spaces.space import Space
 
 STATS = ("median", "p10")
 FIXED = (-1, -1)  # the gaps key of a fixed site without a usable row

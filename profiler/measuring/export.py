@@ -15,10 +15,10 @@ import onnx
 import torch
 from torch import nn
 
-from .errors import UserError
-from .fileio import atomic_write_bytes, atomic_write_text, exclusive
-from .keys import parse_key
-from .ops import build_op
+from profiler.errors import UserError
+from profiler.fileio import atomic_write_bytes, atomic_write_text, exclusive
+from profiler.spaces.keys import parse_key
+from profiler.spaces.ops import build_op
 
 OPSET = 17
 

@@ -16,9 +16,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .errors import InputError
-from .keys import op_key, output_hw
-from .ops import get_op, make_divisible
+from profiler.errors import InputError
+from profiler.spaces.keys import op_key, output_hw
+from profiler.spaces.ops import get_op, make_divisible
 
 
 class SpaceError(InputError):

@@ -47,13 +47,13 @@ from typing import Any, Callable, Iterable, Iterator
 
 import yaml
 
-from .errors import InputError, UserError
-from .fileio import atomic_write_text, read_text
-from .keys import KEY_VERSION, op_key, parse_key
-from .ops import get_op, mbconv_mid
-from .protocol import Protocol
-from .spaces import Space
-from .tables import SCHEMA_VERSION, ZERO_COST, LatencyTable, Row, TableError, TableWriter, read_meta
+from profiler.errors import InputError, UserError
+from profiler.fileio import atomic_write_text, read_text
+from profiler.latency.tables import SCHEMA_VERSION, ZERO_COST, LatencyTable, Row, TableError, TableWriter, read_meta
+from profiler.measuring.protocol import Protocol
+from profiler.spaces.keys import KEY_VERSION, op_key, parse_key
+from profiler.spaces.ops import get_op, mbconv_mid
+from profiler.spaces.space import Space
 
 FORMATS = ("ofa", "proxyless", "nni", "fbnet-grid", "hwprof-jsonl")
 UNITS = ("ms", "us")
@@ -839,7 +839,7 @@ def export_table(table: LatencyTable, fmt: str, out: Path, space: Space | None =
 
 
 def _space_of(table: LatencyTable) -> Space:
-    from .spaces import get_space
+    from profiler.spaces.space import get_space
 
     return get_space(table.space)
 

@@ -6,11 +6,17 @@ from typing import Any
 
 import numpy as np
 
-from ..devices import Device
-from ..errors import UserError
-from ..protocol import Protocol
-from ..timing import time_calls
-from .base import LocalRunner, MeasureRequest, MeasureResult, host_fingerprint, library_versions
+from profiler.errors import UserError
+from profiler.measuring.devices import Device
+from profiler.measuring.protocol import Protocol
+from profiler.measuring.runners.base import (
+    LocalRunner,
+    MeasureRequest,
+    MeasureResult,
+    host_fingerprint,
+    library_versions,
+)
+from profiler.measuring.timing import time_calls
 
 _OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
                "all": "ORT_ENABLE_ALL"}

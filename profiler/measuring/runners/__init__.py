@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-from ..devices import Device
-from .base import LocalRunner, MeasureRequest, MeasureResult, Runner
+from profiler.measuring.devices import Device
+from profiler.measuring.runners.base import LocalRunner, MeasureRequest, MeasureResult, Runner
 
 
 def make_runner(device: Device) -> Runner:
     """The runner for a device entry. Raises with a one-line message when the runtime cannot serve it here."""
     if device.runtime == "onnxruntime":
-        from .ort import OrtRunner
+        from profiler.measuring.runners.ort import OrtRunner
 
         return OrtRunner(device)
     if device.runtime == "torch":
-        from .torch_runner import TorchRunner
+        from profiler.measuring.runners.torch_runner import TorchRunner
 
         return TorchRunner(device)
     if device.runtime == "tvm":
-        from .tvm_runner import make_tvm_runner
+        from profiler.measuring.runners.tvm_runner import make_tvm_runner
 
         return make_tvm_runner(device)  # in a child process: a crash in TVM becomes an error row
     if device.runtime == "onnxruntime-ssh":
-        from .ssh_runner import SshRunner
+        from profiler.measuring.runners.ssh_runner import SshRunner
 
         return SshRunner(device)
     raise NotImplementedError(f"device {device.name!r}: runtime {device.runtime!r} is not available in this build")

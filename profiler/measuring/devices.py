@@ -15,12 +15,12 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, UserError
-from .fileio import loads_yaml, read_text
-from .protocol import Protocol
+from profiler.errors import InputError, UserError
+from profiler.fileio import loads_yaml, read_text
+from profiler.measuring.protocol import Protocol
 
 RUNTIMES = ("onnxruntime", "torch", "tvm", "onnxruntime-ssh")
-PROJECT_DEVICES = Path(__file__).resolve().parent.parent / "devices.yaml"
+PROJECT_DEVICES = Path(__file__).resolve().parents[2] / "devices.yaml"
 
 
 class DeviceError(UserError, ValueError):

@@ -3,7 +3,7 @@
 A farm is several runners of one device entry: ``rpc.boards: N`` asks the tracker for N sessions under the
 device's key (each runner holds its own, so the tracker hands each a different rpc_server; ``0`` = as many as the
 tracker lists). Workers take keys from one shared queue (a chunk at a time when the protocol interleaves rounds,
-else one), measure them with the ordinary sweep steps of :mod:`profiler.measure` and append each finished row,
+else one), measure them with the ordinary sweep steps of :mod:`profiler.measuring.measure` and append each finished row,
 tagged with the board that measured it (the server's address, or the worker's label).
 
 A board that is lost (its session dies or cannot be opened) writes nothing for the keys it held: they go back to
@@ -19,13 +19,13 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Iterator
 
-from .errors import UserError
-from .export import ExportResult, export_key
-from .measure import SweepProgress, _load, _sweep_interleaved, _sweep_sequential, sweep_validity
-from .protocol import INVALID, VALID, Protocol, Validity
-from .runners import MeasureRequest, MeasureResult, Runner
-from .fileio import Closing
-from .tables import Row, TableWriter
+from profiler.errors import UserError
+from profiler.fileio import Closing
+from profiler.latency.tables import Row, TableWriter
+from profiler.measuring.export import ExportResult, export_key
+from profiler.measuring.measure import SweepProgress, _load, _sweep_interleaved, _sweep_sequential, sweep_validity
+from profiler.measuring.protocol import INVALID, VALID, Protocol, Validity
+from profiler.measuring.runners import MeasureRequest, MeasureResult, Runner
 
 # error rows that mean the board (its TVM session, its SSH connection) is gone, not that the key failed on it
 LOST_PREFIXES = ("rpc session lost", "no rpc session", "ssh ", "ssh:")
@@ -226,7 +226,7 @@ def farm_size(device: Any, boards: int | None = None) -> int:
     """How many boards a sweep on ``device`` uses: ``boards`` (``--boards``), else every member of a pool or the
     device's ``rpc.boards`` (0 = every rpc_server the tracker lists under the key). One line (:class:`FarmError`)
     when that many are not there."""
-    from .rpc import TrackerClient, board_server_command
+    from profiler.measuring.rpc import TrackerClient, board_server_command
 
     if device.pool:
         if boards is not None and boards > len(device.pool):

@@ -3,7 +3,7 @@
 The architecture comes from an architecture JSON (``hwnas derive``), an ONNX model written by ``hwnas export``
 (``metadata_props["hwnas_arch_json"]``) or by hwprof's own network export (``hwnas_space`` + ``hwnas_arch``).
 Each table gives the raw sum of its entries and, when it has a calibration, the calibrated prediction with the
-calibration's model and its held-out error -- both through the table's :class:`profiler.latency.LatencyModel`, no summation of its own.
+calibration's model and its held-out error -- both through the table's :class:`profiler.latency.model.LatencyModel`, no summation of its own.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .arch import Arch, ArchError, arch_from_metadata, load_arch, make_arch
-from .spaces import get_space
-from .tables import LatencyTable
+from profiler.latency.tables import LatencyTable
+from profiler.spaces.arch import Arch, ArchError, arch_from_metadata, load_arch, make_arch
+from profiler.spaces.space import get_space
 
 NEEDS = ("an architecture JSON (hwnas derive) or an ONNX model written by hwnas export, which stores it in "
          "metadata_props['hwnas_arch_json']")

@@ -21,12 +21,19 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .errors import UserError
-from .errors import InputError
+from profiler.errors import InputError, UserError
+
 # atomic_write_text: also re-exported
-from .fileio import Closing, FileLock, atomic_write_text, loads_json, read_text, sha256_file
-from .keys import KEY_VERSION, key_op, parse_key
-from .latency import TABLE_CALIBRATION, Calibration, LatencyModel, build_model, calibration_terms, entry_ms
+from profiler.fileio import Closing, FileLock, atomic_write_text, loads_json, read_text, sha256_file
+from profiler.latency.model import (
+    TABLE_CALIBRATION,
+    Calibration,
+    LatencyModel,
+    build_model,
+    calibration_terms,
+    entry_ms,
+)
+from profiler.spaces.keys import KEY_VERSION, key_op, parse_key
 
 SCHEMA_VERSION = 1
 COLUMNS = ["key", "op", "input_shape", "c_out", "stride", "params", "median_ms", "p10_ms", "p90_ms", "mean_ms",
@@ -36,7 +43,7 @@ COLUMNS = ["key", "op", "input_shape", "c_out", "stride", "params", "median_ms",
 # row's setup hash (see :func:`setup_hash`), resolved by the header's ``setups``; readers accept both headers
 SETUP_COLUMN = "setup"
 MIXED_COLUMNS = COLUMNS + [SETUP_COLUMN]
-# a table measured by a device farm (several boards in parallel, see profiler.farm) gets a last column: the board
+# a table measured by a device farm (several boards in parallel, see profiler.measuring.farm) gets a last column: the board
 # that measured each row (a server address or a pool member's name; empty for rows from before)
 BOARD_COLUMN = "board"
 HEADERS = (COLUMNS, MIXED_COLUMNS, COLUMNS + [BOARD_COLUMN], MIXED_COLUMNS + [BOARD_COLUMN])
@@ -51,7 +58,7 @@ class TableError(UserError, ValueError):
 
 
 def default_table_path(device: str, space_spec: str, root: Path | str = "tables") -> Path:
-    from .devices import check_device_name
+    from profiler.measuring.devices import check_device_name
 
     check_device_name(device, "--device")
     safe = space_spec.replace(":", "__").replace(",", "_").replace("=", "-")
@@ -206,10 +213,10 @@ class LatencyTable:
         return self.header.batch
 
     def model(self, space: Any = None, calibration: Any = TABLE_CALIBRATION, stat: str | None = None) -> LatencyModel:
-        """The :class:`profiler.latency.LatencyModel` of ``space`` (default: the table's) on this table, built once
+        """The :class:`profiler.latency.model.LatencyModel` of ``space`` (default: the table's) on this table, built once
         per (space, calibration, statistic). Every prediction of an architecture goes through it."""
         if space is None:
-            from .spaces import get_space
+            from profiler.spaces.space import get_space
 
             space = get_space(self.space)
         if not (calibration is TABLE_CALIBRATION or calibration is None):
@@ -222,7 +229,7 @@ class LatencyTable:
         return hit[1]
 
     # The prediction of a list of keys (an architecture file's keys) = offset_ms + sum of entry_ms: the same entry
-    # function (profiler.latency.entry_ms) the model is built from, so both agree by construction.
+    # function (profiler.latency.model.entry_ms) the model is built from, so both agree by construction.
     def entry_ms(self, key: str) -> float:
         """The calibrated entry of a key; ``KeyError`` when missing or errored."""
         v = entry_ms(self.rows.get(key), key_op(key), self.calibration)
@@ -346,7 +353,7 @@ class TableHeader:
 
 
 def _check_protocol(mp: Path, proto: Any) -> None:
-    from .protocol import Protocol
+    from profiler.measuring.protocol import Protocol
 
     try:
         Protocol.from_dict(proto if isinstance(proto, dict) else {"?": proto}, f"{mp}: protocol")
@@ -426,7 +433,7 @@ def _protocol_dict(proto: Any) -> Any:
     """A stored protocol with its defaults filled in (older headers lack newer fields), for comparison."""
     if not isinstance(proto, dict):
         return proto
-    from .protocol import Protocol
+    from profiler.measuring.protocol import Protocol
 
     try:
         return Protocol.from_dict(proto).to_dict()

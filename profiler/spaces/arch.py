@@ -6,7 +6,7 @@ path and a hash of its fingerprint, so a prediction says where it came from), pa
 it was derived at. ``Arch.from_json(a.to_json()) == a`` exactly; :func:`save_arch` writes atomically and
 :func:`load_arch` turns every malformation into one :class:`ArchError` line naming the file, the field and the fix.
 
-The network itself is always rebuilt from this data (:meth:`Arch.build` -> :func:`profiler.network.build_network`).
+The network itself is always rebuilt from this data (:meth:`Arch.build` -> :func:`profiler.spaces.network.build_network`).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import InputError, UserError
-from .fileio import atomic_write_text, loads_json
-from .ops import count_params
-from .spaces import Space, get_space, space_from_json
-from .tables import LatencyTable
+from profiler.errors import InputError, UserError
+from profiler.fileio import atomic_write_text, loads_json
+from profiler.latency.tables import LatencyTable
+from profiler.spaces.ops import count_params
+from profiler.spaces.space import Space, get_space, space_from_json
 
 ARCH_SCHEMA = "hwnas-arch/1"
 
@@ -93,7 +93,7 @@ class Arch:
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
     def build(self) -> nn.Module:
-        from .network import build_network
+        from profiler.spaces.network import build_network
 
         return build_network(self.space, list(self.choices))
 
@@ -189,7 +189,7 @@ def predict_ms(space: Space, choices: list[str] | tuple[str, ...], table: Latenc
 def make_arch(space: Space, choices: list[str] | tuple[str, ...], table: LatencyTable | None = None,
               control: dict[str, Any] | None = None, source: dict[str, Any] | None = None) -> Arch:
     """An :class:`Arch` for ``choices`` in ``space``: keys, params and FLOPs computed, latency predicted by ``table``."""
-    from .network import build_network
+    from profiler.spaces.network import build_network
 
     space.check_choices(choices)
     if table is not None and table.space != space.spec:
@@ -341,7 +341,7 @@ def save_weights(module: nn.Module, path: str | Path) -> Path:
 
     from safetensors.torch import save_file
 
-    from .fileio import atomic_path
+    from profiler.fileio import atomic_path
 
     path = Path(path)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
@@ -387,7 +387,7 @@ def export_arch(arch: Arch, out: str | Path, weights: str | Path | None = None) 
     """A self-contained ONNX model of ``arch`` (weights loaded when given, else seeded init) with the architecture
     JSON in ``metadata_props["hwnas_arch_json"]``; returns (path, max |onnxruntime - torch| / max |torch| on one
     input: relative, since an untrained net's output can be ~1e-7)."""
-    from .export import export_module
+    from profiler.measuring.export import export_module
 
     torch.manual_seed(0)
     net = arch.build()

@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .devices import Device
-from .protocol import Protocol
+from profiler.measuring.devices import Device
+from profiler.measuring.protocol import Protocol
 
 # the tiny op every doctor times: an average pool on a small tensor (compiles in well under a second)
 TINY_OP = ("avg_pool_3x3", (1, 8, 8, 8), 8, 1)
@@ -62,10 +62,10 @@ def _one_line(e: BaseException) -> str:
 
 def tiny_op_check(device: Device, runner: Any) -> Check:
     """Export the tiny op and time it with ``runner`` under the short doctor protocol."""
-    from .export import export_key
-    from .keys import op_key
-    from .runners.base import MeasureRequest
-    from .stats import summarize
+    from profiler.measuring.export import export_key
+    from profiler.measuring.runners.base import MeasureRequest
+    from profiler.measuring.stats import summarize
+    from profiler.spaces.keys import op_key
 
     op, shape, c_out, stride = TINY_OP
     key = op_key(op, shape, c_out, stride, {}, "float32")
@@ -85,7 +85,14 @@ def tiny_op_check(device: Device, runner: Any) -> Check:
 def tvm_checks(device: Device) -> list[Check]:
     out: list[Check] = []
     try:
-        from .runners.tvm_runner import TvmRunner, TvmSetupError, arch_of, make_target, target_triple, tvm_version
+        from profiler.measuring.runners.tvm_runner import (
+            TvmRunner,
+            TvmSetupError,
+            arch_of,
+            make_target,
+            target_triple,
+            tvm_version,
+        )
     except ImportError as e:
         return [Check("tvm installed", False, _one_line(e), "pip install -e '.[tvm]' (apache-tvm, apache-tvm-ffi)")]
     out.append(Check("tvm installed", True, f"apache-tvm {tvm_version()} on this host"))
@@ -119,14 +126,14 @@ def tvm_checks(device: Device) -> list[Check]:
 
 def _tracker_checks(device: Device) -> tuple[list[Check], bool]:
     """The RPC tracker answers and holds a server of the device's key; (checks, whether to go on)."""
-    from .rpc import RpcError, TrackerClient
+    from profiler.measuring.rpc import RpcError, TrackerClient
 
     client = TrackerClient(device.rpc.tracker, timeout_s=min(10.0, device.rpc.request_timeout_s))
     try:
         servers = client.servers()
     except RpcError as e:
         return [Check("tracker", False, str(e),
-                      f"start it: python -m profiler.rpc tracker --port "
+                      f"start it: python -m profiler.measuring.rpc tracker --port "
                       f"{device.rpc.tracker.rpartition(':')[2]} (tvm.exec.rpc_tracker on 127.0.0.1)")], False
     out = [Check("tracker", True, f"{device.rpc.tracker} answers, {len(servers)} server(s) registered")]
     mine = [s for s in servers if s.get("key") == f"server:{device.rpc.key}"]
@@ -175,7 +182,7 @@ def _session_checks(device: Device, runner: Any, t_arch: str | None) -> tuple[li
 @register_checks("onnxruntime-ssh")
 def ssh_checks(device: Device) -> list[Check]:
     """Reachability (host key verified, key auth, SFTP), the board's arch and versions, threads, one tiny op."""
-    from .runners.ssh_runner import SshError, SshRunner
+    from profiler.measuring.runners.ssh_runner import SshError, SshRunner
 
     ssh = device.ssh
     assert ssh is not None  # devices.py requires it for this runtime
@@ -273,7 +280,7 @@ def stability_verdict(medians_ms: list[float], cvs: list[float], threads_label: 
     unstable."""
     import numpy as np
 
-    from .stats import round_spread
+    from profiler.measuring.stats import round_spread
 
     cv = float(np.median(cvs))
     spread = round_spread(medians_ms)
@@ -301,9 +308,9 @@ def stability_check(device: Device, measure_once: Callable[[], list[float]], thr
 
 
 def _ort_network_check(device: Device, runner: Any) -> Check:
-    from .model_measure import export_network
-    from .runners.base import MeasureRequest
-    from .spaces import get_space
+    from profiler.measuring.model_measure import export_network
+    from profiler.measuring.runners.base import MeasureRequest
+    from profiler.spaces.space import get_space
 
     space = get_space(STABILITY_SPACE)
     path, _ = export_network(space, stability_choices(space))
@@ -334,7 +341,7 @@ def ort_checks(device: Device) -> list[Check]:
                      "pip install onnxruntime-gpu (with CUDA and a GPU), or pick a CPU device"))
     if want not in available:
         return out
-    from .runners.ort import OrtRunner
+    from profiler.measuring.runners.ort import OrtRunner
 
     return _local_runner_checks(device, out, OrtRunner, _ort_network_check)
 
@@ -353,7 +360,7 @@ def torch_checks(device: Device) -> list[Check]:
                          "use torch-cpu, or a CUDA build of torch on a machine with a GPU"))
         if not ok:
             return out
-    from .runners.torch_runner import TorchRunner
+    from profiler.measuring.runners.torch_runner import TorchRunner
 
     return _local_runner_checks(device, out, TorchRunner, _torch_network_check)
 
@@ -377,9 +384,9 @@ def _local_runner_checks(device: Device, out: list[Check], make_runner, network_
 def _torch_network_check(device: Device, runner: Any) -> Check:
     import torch
 
-    from .network import build_network
-    from .spaces import get_space
-    from .timing import time_calls
+    from profiler.measuring.timing import time_calls
+    from profiler.spaces.network import build_network
+    from profiler.spaces.space import get_space
 
     space = get_space(STABILITY_SPACE)
     torch.manual_seed(0)

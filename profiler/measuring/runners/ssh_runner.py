@@ -1,6 +1,6 @@
 """onnxruntime on a remote board over SSH: a transport (paramiko) and a parser (a pure function).
 
-Per connection the runner copies ``profiler/remote/board_timer.py`` and ``profiler/timing.py`` (the very loop the
+Per connection the runner copies ``profiler/measuring/remote/board_timer.py`` and ``profiler/measuring/timing.py`` (the very loop the
 local runners use) over SFTP into a private directory under ``ssh.workdir`` and starts one process there with one
 fixed command, ``PYTHON board_timer.py --serve`` (each part quoted with ``shlex.quote``: an SSH command is always a
 string that the board's login shell parses; nothing else from the config reaches a shell). For each chunk of
@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from ..errors import UserError
-from ..fileio import Closing
-from ..devices import Device
-from ..protocol import Protocol
-from .base import MeasureRequest, MeasureResult, host_fingerprint
+from profiler.errors import UserError
+from profiler.fileio import Closing
+from profiler.measuring.devices import Device
+from profiler.measuring.protocol import Protocol
+from profiler.measuring.runners.base import MeasureRequest, MeasureResult, host_fingerprint
 
 REMOTE_SCRIPT = Path(__file__).resolve().parent.parent / "remote" / "board_timer.py"
 TIMING_SCRIPT = Path(__file__).resolve().parent.parent / "timing.py"

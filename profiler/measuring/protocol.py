@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from .errors import InputError
+from profiler.errors import InputError
 
 VALID, INVALID = "VALID", "INVALID"
 MAX_PROTOCOL_S = 3600.0  # no warm-up or sampling time over an hour: an infinite one would hang the sweep

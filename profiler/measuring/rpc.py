@@ -2,7 +2,7 @@
 
 Each process runs in its own process group and is stopped by group: an rpc_server forks a session process and a
 ``popen_worker``; killing the server's PID alone leaves those running (and holding the port). Tests, the emulated
-board script and users (``python -m profiler.rpc tracker|server``) all start processes through these helpers.
+board script and users (``python -m profiler.measuring.rpc tracker|server``) all start processes through these helpers.
 
 TVM's own ``TrackerSession.request(key)`` blocks forever when no server has registered ``key``, and its connect
 retries for a minute. :class:`TrackerClient` talks the same JSON protocol over a socket with a timeout on every
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .errors import UserError
+from profiler.errors import UserError
 
 # Constants of TVM's RPC protocol (tvm/rpc/base.py); copied so that this module imports without TVM.
 RPC_TRACKER_MAGIC = 0x2F271
@@ -93,7 +93,7 @@ class TrackerClient:
             sock = socket.create_connection((host, port), timeout=min(timeout_s, self.timeout_s))
         except OSError as e:
             raise RpcError(f"tracker {self.addr}: cannot connect ({e.strerror or e}); start one with "
-                           f"'python -m profiler.rpc tracker --port {port}' (tvm.exec.rpc_tracker on 127.0.0.1; "
+                           f"'python -m profiler.measuring.rpc tracker --port {port}' (tvm.exec.rpc_tracker on 127.0.0.1; "
                            f"a remote board reaches it through an SSH tunnel, see README) or fix rpc.tracker in "
                            f"devices.yaml") from None
         try:
@@ -417,8 +417,8 @@ def start_server(key: str, tracker: str | None = None, host: str = "127.0.0.1", 
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    """``python -m profiler.rpc tracker|server ...``: run one in the foreground until Ctrl-C (stops its group)."""
-    ap = argparse.ArgumentParser(prog="python -m profiler.rpc", description=__doc__.splitlines()[0])
+    """``python -m profiler.measuring.rpc tracker|server ...``: run one in the foreground until Ctrl-C (stops its group)."""
+    ap = argparse.ArgumentParser(prog="python -m profiler.measuring.rpc", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("tracker", help="start a TVM RPC tracker")
     t.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; TVM RPC has no "

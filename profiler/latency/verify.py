@@ -3,7 +3,7 @@
 ``run_verify`` samples architectures (the all-smallest and all-largest by table latency, then uniform choices),
 builds and exports each whole network, times it with the runner and protocol that measured the table, and compares
 with the table's raw sum. With a calibration set (``calib_n`` other architectures) it fits a calibration
-(:mod:`profiler.calibrate`) on that set only and reports the test set before and after.
+(:mod:`profiler.latency.calibrate`) on that set only and reports the test set before and after.
 
 Everything goes into one output folder: ``plan.json`` (what is measured; a rerun with other settings is refused),
 ``networks.csv`` (one row per network, appended and fsynced, so a kill loses at most the one in flight and a rerun
@@ -13,30 +13,30 @@ resumes), ``summary.json`` and ``scatter.png``.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
 import os
 import time
-import dataclasses
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import UserError
-from .calibrate import GOALS, CalibrationFit, fit_calibration, goals_reached, metrics, write_calibration
-from .devices import Device
-from .latency import STATS, StoredMapping
-from .export import cache_dir
-from .model_measure import arch_label, measure_network, measure_with_retries
-from .protocol import INVALID, VALID, Protocol, Validity
-from .runners import MeasureRequest, Runner
-from .spaces import Space
-from .stats import drift_ratio, summarize
-from .fileio import atomic_write_text
-from .tables import LatencyTable, read_json_or_none
+from profiler.errors import UserError
+from profiler.fileio import atomic_write_text
+from profiler.latency.calibrate import GOALS, CalibrationFit, fit_calibration, goals_reached, metrics, write_calibration
+from profiler.latency.model import STATS, StoredMapping
+from profiler.latency.tables import LatencyTable, read_json_or_none
+from profiler.measuring.devices import Device
+from profiler.measuring.export import cache_dir
+from profiler.measuring.model_measure import arch_label, measure_network, measure_with_retries
+from profiler.measuring.protocol import INVALID, VALID, Protocol, Validity
+from profiler.measuring.runners import MeasureRequest, Runner
+from profiler.measuring.stats import drift_ratio, summarize
+from profiler.spaces.space import Space
 
 PLAN_VERSION = 1
 CSV_COLUMNS = ["split", "idx", "arch", "pred_raw_ms", "measured_ms", "p10_ms", "p90_ms", "cv", "n", "attempts",
@@ -217,7 +217,7 @@ def measure_empty_graph(runner: Runner, protocol: Protocol, input_shape: tuple[i
     """Median time of a graph that does (almost) nothing at the network's input shape: the per-call overhead."""
     import torch
 
-    from .export import export_module
+    from profiler.measuring.export import export_module
 
     class _Empty(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -367,8 +367,8 @@ class ReferenceProbe:
     """Times the table sweep's drift reference op now and then during a verification (medians, in ms)."""
 
     def __init__(self, runner: Runner, protocol: Protocol):
-        from .export import export_key
-        from .measure import REFERENCE_KEY
+        from profiler.measuring.export import export_key
+        from profiler.measuring.measure import REFERENCE_KEY
 
         self.runner, self.protocol = runner, replace(protocol, rounds=5).per_round()
         self.ms: list[float] = []
@@ -449,7 +449,7 @@ def summarize_verify(device: Device, space: Space, table: LatencyTable, out_dir:
     elif calib:
         summary.calibration_note = f"only {len(c_archs)} calibration network(s) measured ok; no fit"
     if plot:
-        from .plots import plot_verify
+        from profiler.latency.plots import plot_verify
 
         plot_verify(t_raw, t_meas, cal_pred, out_dir / "scatter.png",
                     title=f"{space.spec} on {device.name}: {len(t_archs)} held-out networks ({stat}s)",

@@ -23,9 +23,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..errors import SetupError
-from ..protocol import Protocol
-from .base import MeasureRequest, MeasureResult, SequentialRunner
+from profiler.errors import SetupError
+from profiler.measuring.protocol import Protocol
+from profiler.measuring.runners.base import MeasureRequest, MeasureResult, SequentialRunner
 
 
 def _load_factory(spec: str) -> Any:

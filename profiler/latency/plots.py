@@ -7,8 +7,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .spaces import Space
-from .tables import LatencyTable
+from profiler.latency.tables import LatencyTable
+from profiler.spaces.space import Space
 
 
 def pyplot():
@@ -23,7 +23,7 @@ def pyplot():
 
 def save_figure(fig, path: Path) -> Path:
     """Save atomically (a temporary file in the same folder, then rename)."""
-    from .fileio import atomic_path
+    from profiler.fileio import atomic_path
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=130, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
@@ -140,7 +140,7 @@ def _data_points(ax) -> np.ndarray:
 def verify_figure(pred_raw_ms: Sequence[float], measured_ms: Sequence[float], pred_cal_ms: Sequence[float] | None,
                   title: str = "predicted vs measured", stat: str = "median"):
     """Predicted vs measured whole-network latency with the y = x line and a +-10 % band; legend under the axes."""
-    from .calibrate import metrics
+    from profiler.latency.calibrate import metrics
 
     plt = pyplot()
     m = np.asarray(measured_ms, dtype=float)

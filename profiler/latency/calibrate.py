@@ -1,6 +1,6 @@
 """Per-device calibration of a table's whole-network predictions, linear in the entries.
 
-Contract (a :class:`profiler.latency.Calibration`, applied by :class:`profiler.latency.LatencyModel`)::
+Contract (a :class:`profiler.latency.model.Calibration`, applied by :class:`profiler.latency.model.LatencyModel`)::
 
     prediction = offset_ms + sum over an architecture's keys of entry_ms(key)
     entry_ms(key) = raw_median(key) * scale_by_op.get(op, scale)
@@ -34,11 +34,10 @@ from typing import Any, Sequence
 import numpy as np
 from scipy.optimize import least_squares, lsq_linear
 
-from .latency import CALIB_VERSION, STATS, Calibration, CalibrationError  # noqa: F401 - re-exported
-from .spaces import Space
-from .fileio import atomic_write_text
-from .tables import LatencyTable, calib_path, table_sha256
-
+from profiler.fileio import atomic_write_text
+from profiler.latency.model import CALIB_VERSION, STATS, Calibration, CalibrationError  # noqa: F401 - re-exported
+from profiler.latency.tables import LatencyTable, calib_path, table_sha256
+from profiler.spaces.space import Space
 
 RIDGE_GRID = (0.0, 0.01, 0.1, 1.0, 10.0)
 MODELS = ("raw", "offset", "overhead", "scale+offset", "per-op")
@@ -286,7 +285,7 @@ def fit_calibration(table: LatencyTable, space: Space, fit_archs: Sequence[Seque
 
     ``stat``: which statistic of entries and networks is modelled: ``median`` (the table's), or ``p10`` (robust
     on a busy host, where medians carry the load of other processes). It is stored in the calibration and the
-    table's :class:`profiler.latency.LatencyModel` then scales the entries' p10s. The calibration records the
+    table's :class:`profiler.latency.model.LatencyModel` then scales the entries' p10s. The calibration records the
     sha256 of the table file it was fitted on (``table_sha256``).
     """
     _check_fit_sets(fit_archs, fit_ms, test_archs, test_ms)

@@ -1,0 +1,1 @@
+"""Measuring: export ops and networks to ONNX and time them on devices (runners, protocol, farm, RPC)."""

@@ -1,0 +1,1 @@
+"""Spaces and architectures: the op registry, keys, search spaces, architecture JSON, networks."""

@@ -412,7 +412,13 @@ def main() -> None:
     t_all = time.perf_counter()
     if a.report_only:
         results = [json.loads((out / f"seed-{s}.json").read_text()) for s in range(seeds)]
-        return report(results, sc, seeds, a, out, t_all)
+        prev = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
+        if "search_set" in prev:  # the seed files were searched with these: the report keeps them (and the wall)
+            if a.search_set and a.search_set != prev["search_set"]:
+                raise SystemExit(f"{out / 'summary.json'}: searched with --search-set {prev['search_set']}, not "
+                                 f"{a.search_set}; drop --search-set with --report-only")
+            a.search_set = prev["search_set"]
+        return report(results, sc, seeds, a, out, t_all, prev.get("wall_s"))
     if out.exists():
         import shutil
 
@@ -428,7 +434,9 @@ def main() -> None:
     report(results, sc, seeds, a, out, t_all)
 
 
-def report(results: list[dict], sc: Scale, seeds: int, a, out: Path, t_all: float) -> None:
+def report(results: list[dict], sc: Scale, seeds: int, a, out: Path, t_all: float,
+           wall_s: float | None = None) -> None:
+    """Print the report and write summary.json; ``wall_s``: the run's own wall time (a --report-only re-print)."""
     per_seed = [r["res"] for r in results]
     data_notes = sorted({r["note"] for r in results if r["note"]})
     lat_key = "measured_ms" if a.measure else "predicted_ms"
@@ -442,7 +450,7 @@ def report(results: list[dict], sc: Scale, seeds: int, a, out: Path, t_all: floa
             + "".join(f"\n   note: {n}" for n in data_notes))
     goals = print_report(per_seed, fig, lat_key, head)
     print_spans(per_seed, results[0].get("space_ms"))
-    wall = time.perf_counter() - t_all
+    wall = time.perf_counter() - t_all if wall_s is None else wall_s
     print(f"wall {wall:.0f} s; summary {out / 'summary.json'}")
     summary = {"scale": dataclasses.asdict(sc), "data": results[0]["data"], "search_set": a.search_set,
                "seeds": per_seed, "figures": fig, "goals": goals, "wall_s": wall}

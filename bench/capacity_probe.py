@@ -28,6 +28,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import bench_nas as B  # noqa: E402
+from profiler.errors import UserError  # noqa: E402
+from profiler.latency.model import MissingEntries  # noqa: E402
 from profiler.latency.tables import load_table  # noqa: E402
 from profiler.spaces.space import get_space  # noqa: E402
 from search.retrain import TrainConfig, retrain  # noqa: E402
@@ -50,8 +52,11 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX folder (default: as hwnas finds it)")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    space, table = get_space(a.space), load_table(a.table)
-    lo, hi = B.space_range(a.table, space)
+    try:
+        space, table = get_space(a.space), load_table(a.table)
+        lo, hi = B.space_range(a.table, space)
+    except (UserError, MissingEntries) as e:
+        sys.exit(f"capacity_probe: {e}; give --table the cpu-1t table of --space")
     targets = [lo * f for f in FACTORS if lo * f < 0.95 * hi]
     _, archs = B.random_archs(space, table, 0, 0, targets)
     print(f"space {a.space}: {lo:.4f}-{hi:.4f} ms ({hi / lo:.2f}x); {len(archs)} architectures; "

@@ -20,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
+from scipy.stats import spearmanr
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -35,11 +35,6 @@ from profiler.spaces.space import get_space  # noqa: E402
 from search.retrain import TrainConfig, retrain  # noqa: E402
 
 FACTORS = (1.05, 1.15, 1.3, 1.5, 1.7, 2.0, 2.5)
-
-
-def _spearman(x: list[float], y: list[float]) -> float:
-    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
-    return float(np.corrcoef(rx, ry)[0, 1]) if len(x) > 2 else float("nan")
 
 
 def main() -> None:
@@ -61,8 +56,8 @@ def main() -> None:
     _, archs = B.random_archs(space, table, 0, 0, targets)
     print(f"space {a.space}: {lo:.4f}-{hi:.4f} ms ({hi / lo:.2f}x); {len(archs)} architectures; "
           f"retrain {a.epochs} epochs on {a.train} images; torch {torch.__version__}, 1 thread", flush=True)
+    sc = B.Scale(a.space, 0, 0, a.epochs, 0, a.train, 300, 1000, 32, 1, False)
     for seed in range(a.seeds):
-        sc = B.Scale(a.space, 0, 0, a.epochs, 0, a.train, 300, 1000, 32, 1, False)
         splits, note = B.load_subsets("fashion-mnist", space, seed, sc, a.data_dir)
         if note:
             print(note, flush=True)
@@ -76,7 +71,7 @@ def main() -> None:
             print(json.dumps({"seed": seed, "ms": round(arch.predicted_ms, 4), "params": arch.params,
                               "val": round(tr.val_acc, 4), "test": round(tr.test_acc, 4),
                               "s": round(time.perf_counter() - t, 1)}), flush=True)
-        print(f"seed {seed}: Spearman(test accuracy, latency) = {_spearman(ms, acc):+.2f}", flush=True)
+        print(f"seed {seed}: Spearman(test accuracy, latency) = {float(spearmanr(ms, acc).statistic):+.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@
 Sizes (``SCALES``), chosen so the full bench fits 90 minutes on 2 cores (the 8 fbnet runs, bilevel, are ~80 % of the
 search cost): space fbnet-cifar:input_size=16,width=0.25, batch 32; quick: 2 seeds, family 3, search 2 epochs on 400
 training samples, retrain 3 epochs on 800, val 200, test 500; full: 3 seeds, family 5, search 3 epochs on 600,
-retrain 4 epochs on 1200, val 300, test 1000. ``--data`` defaults to fashion-mnist when this checkout reads it
+retrain 10 epochs on 1200 (at 4 the larger networks lose, under-trained: bench/capacity_probe.py), val 300, test
+1000; ``--retrain-epochs`` changes it. The table is calibrated first (``hwprof verify``'s fit on random whole
+networks, as ``hwnas run`` does; ``--no-calibrate``: raw per-op sums), so predicted latencies, the twins' matching
+and kappa's reference scale exclude the per-op session overhead that dominates such small networks. ``--data`` defaults to fashion-mnist when this checkout reads it
 offline, else digits (said in the output). ``--jobs N`` runs N seeds at once, each in its own process with
 ``--threads`` torch threads; ``--report-only`` prints the report again from the seed files of such a run.
 ``--search-set KEY=VALUE`` (repeatable) changes the ``hwnas`` and ``seed`` searches only, e.g. the lean sampler on
@@ -61,7 +64,7 @@ from profiler.spaces.space import get_space  # noqa: E402
 from search.config import apply_overrides, preset  # noqa: E402
 from search.data import DataError, Splits, load_data  # noqa: E402
 from search.derive import Deriver, derive_family, to_arch  # noqa: E402
-from search.pipeline import QUICK_PROTOCOL, RunConfig, ensure_table  # noqa: E402
+from search.pipeline import QUICK_PROTOCOL, RunConfig, ensure_calibration, ensure_table  # noqa: E402
 from search.report import hypervolume  # noqa: E402
 from search.retrain import TrainConfig, retrain  # noqa: E402
 from search.run import load_run  # noqa: E402
@@ -85,7 +88,7 @@ class Scale:
 
 SCALES = {
     "quick": Scale("fbnet-cifar:input_size=16,width=0.25", 3, 2, 3, 400, 800, 200, 500, 32, 2, True),
-    "full": Scale("fbnet-cifar:input_size=16,width=0.25", 5, 3, 4, 600, 1200, 300, 1000, 32, 3, False),
+    "full": Scale("fbnet-cifar:input_size=16,width=0.25", 5, 3, 10, 600, 1200, 300, 1000, 32, 3, False),
 }
 FBNET_KAPPAS = np.geomspace(0.01, 10.0, 8)
 MATCH_TOL = 0.03
@@ -326,8 +329,10 @@ def seed_result(seed: int, sc: Scale, data: str, a, table_path: Path, device, ou
     tcfg = TrainConfig(data=splits.name, epochs=sc.retrain_epochs, batch_size=sc.batch_size, seed=seed)
     trainer = Trainer(tcfg, splits, out / f"models-s{seed}", device, a.measure)
     res = one_seed(seed, sc, table_path, splits, trainer, out, a.search_set)
+    cal = load_table(table_path).calibration
     return {"res": res, "note": note, "data": splits.name, "space_ms": space_range(table_path, space),
-            "sizes": [len(splits.train), len(splits.val), len(splits.test)]}
+            "sizes": [len(splits.train), len(splits.val), len(splits.test)],
+            "calibration": None if cal is None else cal.get("model")}
 
 
 def space_range(table_path: Path, space) -> list[float]:
@@ -357,7 +362,7 @@ def run_seeds(seeds: int, sc: Scale, data: str, a, table_path: Path, device, out
     base = [sys.executable, __file__, "--data", data, "--device", a.device, "--table", str(table_path),
             "--threads", str(a.threads), "--out", str(a.out)] + (["--quick"] if a.quick else []) \
         + (["--measure"] if a.measure else []) + (["--data-dir", a.data_dir] if a.data_dir else []) \
-        + [f"--search-set={x}" for x in a.search_set]
+        + [f"--search-set={x}" for x in a.search_set] + ["--retrain-epochs", str(sc.retrain_epochs)]
     todo, running, failed = list(range(seeds)), [], []
     while todo or running:
         while todo and len(running) < a.jobs:
@@ -389,6 +394,12 @@ def main() -> None:
     ap.add_argument("--device", default="cpu-1t", help="device of the latency table (and of --measure)")
     ap.add_argument("--table", type=Path, default=None, help="an existing table of the space (default: measured)")
     ap.add_argument("--measure", action="store_true", help="also export and time every architecture on --device")
+    ap.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                    help="fit no calibration when the table has none (raw per-op sums then; a table's stored "
+                         "calibration is kept either way, as in hwnas run). Default: fit it on random whole networks "
+                         "first, so predictions, the twins' matching and kappa's scale exclude per-op session overhead")
+    ap.add_argument("--retrain-epochs", type=int, default=None, metavar="N",
+                    help="epochs of the one retrain recipe (default: the scale's, full 10, quick 3)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument("--jobs", type=int, default=1, help="seeds run at once, each in its own process (2 on 2 cores)")
     ap.add_argument("--only-seed", type=int, default=None, help=argparse.SUPPRESS)  # a --jobs worker
@@ -400,6 +411,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench_nas"))
     a = ap.parse_args()
     sc = SCALES["quick" if a.quick else "full"]
+    if a.retrain_epochs is not None:
+        if a.retrain_epochs < 1:
+            ap.error(f"--retrain-epochs {a.retrain_epochs}: give at least 1")
+        sc = dataclasses.replace(sc, retrain_epochs=a.retrain_epochs)
     seeds = a.seeds or sc.seeds
     torch.set_num_threads(a.threads)
     out = a.out / ("quick" if a.quick else "full")
@@ -413,11 +428,14 @@ def main() -> None:
     if a.report_only:
         results = [json.loads((out / f"seed-{s}.json").read_text()) for s in range(seeds)]
         prev = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
+        if "scale" in prev:  # the run's own sizes (e.g. its --retrain-epochs), not today's defaults
+            sc = Scale(**prev["scale"])
         if "search_set" in prev:  # the seed files were searched with these: the report keeps them (and the wall)
             if a.search_set and a.search_set != prev["search_set"]:
                 raise SystemExit(f"{out / 'summary.json'}: searched with --search-set {prev['search_set']}, not "
                                  f"{a.search_set}; drop --search-set with --report-only")
             a.search_set = prev["search_set"]
+        a.jobs, a.threads = prev.get("jobs", a.jobs), prev.get("threads", a.threads)  # the head names the run's
         return report(results, sc, seeds, a, out, t_all, prev.get("wall_s"))
     if out.exists():
         import shutil
@@ -428,10 +446,20 @@ def main() -> None:
     notes: list[str] = []
     rcfg = RunConfig(device=a.device, space=sc.space, table=str(a.table or out / "table.csv"), quick=sc.quick_protocol)
     table_path = ensure_table(rcfg, device, space, out, lambda e: None, notes)
+    if a.calibrate:  # workers read the calibration stored beside the table
+        ccfg = dataclasses.replace(rcfg, verify_n=3 if a.quick else 10, calib_n=12 if a.quick else 16)
+        log(f"calibrating {table_path} on {ccfg.calib_n} + {ccfg.verify_n} random whole networks (--no-calibrate: "
+            f"raw sums) ...")
+        ensure_calibration(ccfg, device, space, Path(table_path), out, lambda e: None, notes)
     for n in notes:
         log(n)
     results = run_seeds(seeds, sc, data, a, Path(table_path), device, out)
     report(results, sc, seeds, a, out, t_all)
+
+
+def _cal_note(result: dict) -> str:
+    cal = result.get("calibration", "unrecorded")
+    return "raw per-op sums" if cal is None else f"calibrated: {cal}" if cal != "unrecorded" else "calibration unrecorded"
 
 
 def report(results: list[dict], sc: Scale, seeds: int, a, out: Path, t_all: float,
@@ -444,7 +472,7 @@ def report(results: list[dict], sc: Scale, seeds: int, a, out: Path, t_all: floa
     n_tr, n_va, n_te = results[0]["sizes"]
     head = (f"== bench_nas ({'quick' if a.quick else 'full'}): {sc}; data {results[0]['data']} "
             f"(train/val/test {n_tr}/{n_va}/{n_te}), {seeds} seeds, table "
-            f"{a.device}, latency {'measured' if a.measure else 'predicted'}; torch {torch.__version__}, "
+            f"{a.device} ({_cal_note(results[0])}), latency {'measured' if a.measure else 'predicted'}; torch {torch.__version__}, "
             f"{a.threads} thread(s) x {max(1, a.jobs)} job(s), {platform.processor() or platform.machine()}, "
             f"{os.cpu_count()} CPUs" + (f"; hwnas/seed searches with {a.search_set}" if a.search_set else "")
             + "".join(f"\n   note: {n}" for n in data_notes))
@@ -453,7 +481,7 @@ def report(results: list[dict], sc: Scale, seeds: int, a, out: Path, t_all: floa
     wall = time.perf_counter() - t_all if wall_s is None else wall_s
     print(f"wall {wall:.0f} s; summary {out / 'summary.json'}")
     summary = {"scale": dataclasses.asdict(sc), "data": results[0]["data"], "search_set": a.search_set,
-               "seeds": per_seed, "figures": fig, "goals": goals, "wall_s": wall}
+               "seeds": per_seed, "figures": fig, "goals": goals, "wall_s": wall, "jobs": a.jobs, "threads": a.threads}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
 
 

@@ -9,9 +9,10 @@ training samples, retrain 3 epochs on 800, val 200, test 500; full: 3 seeds, fam
 retrain 10 epochs on 1200 (at 4 the larger networks lose, under-trained: bench/capacity_probe.py), val 300, test
 1000; ``--retrain-epochs`` changes it. The table is calibrated first (``hwprof verify``'s fit on random whole
 networks, as ``hwnas run`` does; ``--no-calibrate``: raw per-op sums), so predicted latencies, the twins' matching
-and kappa's reference scale exclude the per-op session overhead that dominates such small networks. ``--data`` defaults to fashion-mnist when this checkout reads it
-offline, else digits (said in the output). ``--jobs N`` runs N seeds at once, each in its own process with
-``--threads`` torch threads; ``--report-only`` prints the report again from the seed files of such a run.
+and kappa's reference scale exclude the per-op session overhead that dominates such small networks. ``--data``
+defaults to fashion-mnist when this checkout reads it offline, else digits (said in the output). ``--jobs N`` runs
+N seeds at once, each in its own process with ``--threads`` torch threads; ``--report-only`` prints the report again
+from the seed files of such a run.
 ``--search-set KEY=VALUE`` (repeatable) changes the ``hwnas`` and ``seed`` searches only, e.g. the lean sampler on
 twice the search data: ``--search-set sampler=lean --search-set per_sample=false --search-set train_limit=1200``
 (README, Benchmarks, has both figures).
@@ -32,9 +33,10 @@ each architecture's test accuracy and predicted (``--measure``: and measured) la
 (latency, test accuracy) with one reference per seed (1.2x the slowest architecture of any method, accuracy 0;
 divided by the reference latency, so 1.0 = 100 % accuracy at 0 ms), mean +- std over seeds, search cost in wall
 seconds and passes over the training subset, and accuracy at matched latency against (d), mean +- std of the
-difference. Then the three goals of issue 9 with PASS / MISS (goal 1 twice: against the uniform random architectures,
-and against the family's own latency-matched twins, which isolates the choice of ops from the reach in latency), and each family's predicted-latency span per seed
-against the space's own (fastest to slowest architecture on the table: on the small bench space a few x at most).
+difference. Then the three goals of issue 9 with PASS / MISS (goal 1 twice: against the uniform random
+architectures, and against the family's own latency-matched twins, which isolates the choice of ops from the reach
+in latency), and each family's predicted-latency span per seed against the space's own (fastest to slowest
+architecture on the table).
 """
 
 from __future__ import annotations
@@ -467,8 +469,10 @@ def main() -> None:
 
 
 def _cal_note(result: dict) -> str:
-    cal = result.get("calibration", "unrecorded")
-    return "raw per-op sums" if cal is None else f"calibrated: {cal}" if cal != "unrecorded" else "calibration unrecorded"
+    """How the seed's predictions were priced: the calibration's model, raw sums, or unrecorded (an older run)."""
+    if "calibration" not in result:
+        return "calibration unrecorded"
+    return "raw per-op sums" if result["calibration"] is None else f"calibrated: {result['calibration']}"
 
 
 def report(results: list[dict], sc: Scale, seeds: int, a, out: Path, t_all: float,
@@ -481,7 +485,8 @@ def report(results: list[dict], sc: Scale, seeds: int, a, out: Path, t_all: floa
     n_tr, n_va, n_te = results[0]["sizes"]
     head = (f"== bench_nas ({'quick' if a.quick else 'full'}): {sc}; data {results[0]['data']} "
             f"(train/val/test {n_tr}/{n_va}/{n_te}), {seeds} seeds, table "
-            f"{a.device} ({_cal_note(results[0])}), latency {'measured' if a.measure else 'predicted'}; torch {torch.__version__}, "
+            f"{a.device} ({_cal_note(results[0])}), latency {'measured' if a.measure else 'predicted'}; "
+            f"torch {torch.__version__}, "
             f"{a.threads} thread(s) x {max(1, a.jobs)} job(s), {platform.processor() or platform.machine()}, "
             f"{os.cpu_count()} CPUs" + (f"; hwnas/seed searches with {a.search_set}" if a.search_set else "")
             + "".join(f"\n   note: {n}" for n in data_notes))
@@ -490,7 +495,8 @@ def report(results: list[dict], sc: Scale, seeds: int, a, out: Path, t_all: floa
     wall = time.perf_counter() - t_all if wall_s is None else wall_s
     print(f"wall {wall:.0f} s; summary {out / 'summary.json'}")
     summary = {"scale": dataclasses.asdict(sc), "data": results[0]["data"], "search_set": a.search_set,
-               "seeds": per_seed, "figures": fig, "goals": goals, "wall_s": wall, "jobs": a.jobs, "threads": a.threads}
+               "seeds": per_seed, "figures": fig, "goals": goals, "wall_s": wall, "jobs": a.jobs,
+               "threads": a.threads}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
 
 

@@ -67,10 +67,13 @@ def zero_residual_branches(net: nn.Module) -> int:
     """Set the last BatchNorm scale of every candidate block that sits on a residual (``x + body(x)``) to zero, so
     each such block starts as the identity (Goyal et al.'s zero-gamma init); returns how many sites it changed.
 
-    The lean sampler needs it: a path drawn per layer adds, at every residual site, the unit-variance output of one
+    Every sampler gets it by default (``SearchConfig.zero_residual``). The lean sampler cannot do without: a path
+    drawn per layer adds, at every residual site, the unit-variance output of one
     of several unrelated, randomly initialised blocks, and the network's output is then dominated by which path was
     drawn -- the weights get large, conflicting gradients and do not learn (README, *The lean sampler*). From zero,
-    a branch grows only as far as training makes it useful to every path through it.
+    a branch grows only as far as training makes it useful to every path through it. The soft samplers meet the
+    same trouble once the temperature is low (the Gumbel sample is then nearly one-hot): at the bench's scale their
+    supernets fell back to chance as it fell (README, Search).
     """
     n = 0
     for m in net.modules():
@@ -117,13 +120,14 @@ class StepOut:
 
 class SearchModel(nn.Module):
     def __init__(self, space: Space, control: Control, sampler: Sampler, costs: CostModel,
-                 metric_terms: tuple[str, ...] = (), cost_under: str = "softmax", supernet: str = "fused"):
+                 metric_terms: tuple[str, ...] = (), cost_under: str = "softmax", supernet: str = "fused",
+                 zero_residual: bool = True):
         super().__init__()
         self.cost_under = cost_under  # softmax: costs under softmax(alpha); sample: under the step's op weights
         self.space = space
-        # lean: residual branches start at zero, and layers without a shortcut take the soft sample and run every
-        # candidate (a single path there starves the weights; README, *The lean sampler*)
-        self.net = build_supernet(space, supernet, zero_residual=sampler.lean)
+        # residual branches start at zero (zero_residual); lean: layers without a shortcut take the soft sample and
+        # run every candidate (a single path there starves the weights; README, *The lean sampler*)
+        self.net = build_supernet(space, supernet, zero_residual=zero_residual)
         self.control = control
         self.costs = costs
         self.sampler = sampler

@@ -266,15 +266,16 @@ def _preset_seed() -> SearchConfig:
 
 def _preset_hwnas() -> SearchConfig:
     return SearchConfig(preset="hwnas",
-                        # kappa from 1e-4 (was 0.01): the accuracy end of the family reaches the space's larger
-                        # networks, so the default run's family spans >= 3x on 3 of 3 seeds (1 of 3 at 0.01), still
-                        # decided (arch_max_prob 0.71-0.75); see README, Search
+                        # kappa from 1e-4 (was 0.01): with unit-scale residual branches the accuracy end of the family
+                        # then reached the space's larger networks (span >= 3x on 3 of 3 seeds); with zero-init
+                        # branches (now the default) the trained supernet prefers few blocks even there: arch_max_prob
+                        # 0.77-0.80, span 1.6-2.1x at make run's default; see README, Search
                         control=ControlConfig(kind="tradeoff", cost_terms=("params", "latency"), range_min=1e-4,
                                               range_max=10.0, anchors=4, hypernet="pwl",
                                               eval_control={"kappa": 0.1}),
                         # soft Gumbel from 5.0 at the first epoch to t_end at the last, whatever the run's length; the
                         # lean sampler (about 0.45x the step time, learns since its residual branches start at zero)
-                        # is --set sampler=lean; the decidedness figures of the README were taken with soft Gumbel
+                        # is --set sampler=lean; the README's decidedness figures were taken with soft Gumbel
                         sampler="gumbel", temperature=TemperatureConfig("exponential", 5.0, floor=0.1, t_end=0.5),
                         # entropy term ramped 0 -> 1.0 over the run: the default run ends decided (arch_max_prob
                         # 0.57 without it, 0.75 with it on Fashion-MNIST; see README, Search)

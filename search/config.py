@@ -119,6 +119,11 @@ class SearchConfig:
     control: ControlConfig = field(default_factory=ControlConfig)
     sampler: str = "gumbel"  # softmax | gumbel | gumbel-hard | lean
     per_sample: bool = False  # independent Gumbel noise per sample (soft samplers only)
+    # the layers without a shortcut (stride 2, a width change) take their op weights at a temperature of at least
+    # this (same noise; evaluation too); null = the schedule's (every preset). It keeps a cold supernet training, but
+    # it also mutes cross-entropy's pull on those layers' alpha, and the cost then picks skip there: at 5.0 fbnet and
+    # hwnas derived all-skip networks, which see 4 input pixels (README, Search, *Sites without a shortcut*)
+    no_shortcut_tau_min: float | None = None
     cost_under: str = "softmax"  # expected costs under softmax(alpha) | sample (the step's op weights, FBNet's form)
     temperature: TemperatureConfig = field(default_factory=TemperatureConfig)
     loss: str = "additive"  # additive | fbnet | proxyless
@@ -176,6 +181,9 @@ class SearchConfig:
         if not 0 < self.arch_fraction < 1:
             raise bad("arch_fraction", self.arch_fraction, "strictly between 0 and 1")
         _one_of("supernet", self.supernet, SUPERNETS)
+        t = self.no_shortcut_tau_min
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0):
+            raise bad("no_shortcut_tau_min", t, "a temperature > 0, or null for the schedule's")
         if self.torch_device not in ("cpu", "cuda") and not self.torch_device.startswith("cuda:"):
             raise bad("torch_device", self.torch_device, "cpu or cuda")
         for name, o in (("weights_opt", self.weights_opt), ("arch_opt", self.arch_opt)):

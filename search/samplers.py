@@ -10,6 +10,10 @@
   :class:`search.supernet.SearchModel`) get the soft sample of the same noise instead: a path drawn per layer
   there hands the next layer one of several unrelated feature sets every step, and the weights do not learn.
 
+``rows_tau_min`` (``SearchConfig.no_shortcut_tau_min``, any sampler): the same layers (``soft_rows``) take their
+weights at a temperature of at least this, with the same noise. At a low temperature a soft Gumbel sample is
+nearly one-hot, and the sites without a shortcut then starve the weights as the lean sampler's did.
+
 Noise comes from an explicit ``torch.Generator`` so a resumed run draws the same samples.
 """
 
@@ -26,6 +30,7 @@ from .config import TemperatureConfig
 class Sampler:
     mode: str = "gumbel"  # softmax | gumbel | gumbel-hard | lean
     per_sample: bool = False
+    rows_tau_min: float | None = None  # soft_rows sample at max(tau, this); None: at tau
 
     @property
     def lean(self) -> bool:
@@ -33,15 +38,16 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor, tau: float, g: torch.Generator | None = None,
                  n: int = 1, soft_rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Op weights: [layers, ops], or [n, layers, ops] with ``per_sample``; ``soft_rows`` [layers] (bool, lean
-        only): those layers' weights are the soft sample."""
+        """Op weights: [layers, ops], or [n, layers, ops] with ``per_sample``; ``soft_rows`` [layers] (bool): with
+        the lean sampler those layers' weights are the soft sample, and with ``rows_tau_min`` they are taken at a
+        temperature of at least that."""
         shape = (n, *logits.shape) if self.per_sample else logits.shape
         if self.mode == "softmax":
-            y = torch.softmax(logits / tau, dim=-1)
+            y = self._soft(logits, tau, soft_rows)
             return y.expand(shape) if self.per_sample else y
         u = torch.rand(shape, generator=g).clamp(1e-10, 1.0 - 1e-7).to(logits.device)
         gumbel = -torch.log(-torch.log(u))
-        soft = torch.softmax((logits + gumbel) / tau, dim=-1)
+        soft = self._soft(logits + gumbel, tau, soft_rows)
         if self.mode == "gumbel":
             return soft
         hard = torch.nn.functional.one_hot(soft.argmax(dim=-1), soft.shape[-1]).to(soft.dtype)
@@ -49,12 +55,19 @@ class Sampler:
 
     def deterministic(self, logits: torch.Tensor, tau: float, soft_rows: torch.Tensor | None = None) -> torch.Tensor:
         """Noise-free weights for evaluation: softmax, or the argmax one-hot for the lean sampler (softmax on its
-        ``soft_rows``)."""
-        soft = torch.softmax(logits / tau, dim=-1)
+        ``soft_rows``); ``rows_tau_min`` applies as in training."""
+        soft = self._soft(logits, tau, soft_rows)
         if self.lean:
             hard = torch.nn.functional.one_hot(logits.argmax(dim=-1), logits.shape[-1]).to(logits.dtype)
             return _rows(soft_rows, soft, hard)
         return soft
+
+    def _soft(self, z: torch.Tensor, tau: float, soft_rows: torch.Tensor | None) -> torch.Tensor:
+        """softmax(z / tau), at max(tau, rows_tau_min) on ``soft_rows``."""
+        soft = torch.softmax(z / tau, dim=-1)
+        if self.rows_tau_min is None or tau >= self.rows_tau_min:
+            return soft
+        return _rows(soft_rows, torch.softmax(z / self.rows_tau_min, dim=-1), soft)
 
 
 def _rows(soft_rows: torch.Tensor | None, soft: torch.Tensor, other: torch.Tensor) -> torch.Tensor:

@@ -126,13 +126,15 @@ class SearchModel(nn.Module):
         self.cost_under = cost_under  # softmax: costs under softmax(alpha); sample: under the step's op weights
         self.space = space
         # residual branches start at zero (zero_residual); lean: layers without a shortcut take the soft sample and
-        # run every candidate (a single path there starves the weights; README, *The lean sampler*)
+        # run every candidate (a single path there starves the weights; README, *The lean sampler*); with
+        # sampler.rows_tau_min they sample at a temperature of at least that
         self.net = build_supernet(space, supernet, zero_residual=zero_residual)
         self.control = control
         self.costs = costs
         self.sampler = sampler
         self.metric_terms = tuple(dict.fromkeys((*control.cost_terms, *metric_terms)))
-        self.register_buffer("soft_rows", soft_rows(self.net) if sampler.lean else None, persistent=False)
+        rows = sampler.lean or sampler.rows_tau_min is not None
+        self.register_buffer("soft_rows", soft_rows(self.net) if rows else None, persistent=False)
         for m in self.net.modules():
             if isinstance(m, (MixedOp, FusedMixedOp)):
                 m.lean = sampler.lean and has_shortcut(m)

@@ -198,7 +198,7 @@ def build(cfg: SearchConfig, *, check_terms: bool = True, with_model: bool = Tru
     g = torch.Generator().manual_seed(cfg.seed)
     control = build_control(cfg.control, len(space.layers), space.ops, costs, generator=g)
     metric = tuple(t for t in ("params", "latency") if t in costs.info)
-    model = SearchModel(space, control, Sampler(cfg.sampler, cfg.per_sample), costs, metric,
+    model = SearchModel(space, control, Sampler(cfg.sampler, cfg.per_sample, cfg.no_shortcut_tau_min), costs, metric,
                         cfg.cost_under, supernet=cfg.supernet, zero_residual=cfg.zero_residual) if with_model else None
     return Setup(cfg, space, tables, costs, control, model)
 

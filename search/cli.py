@@ -249,6 +249,9 @@ def derive_cmd(
     fill: bool = typer.Option(True, "--fill/--no-fill", help="Budgets: change the fewest layers of the nearest "
                                                              "over-budget architecture that meet the budget "
                                                              "(marked kind=filled in the JSON)."),
+    keep_blind: bool = typer.Option(False, "--keep-blind", help="Family: keep architectures whose logits depend on "
+                                    "under a quarter of the input's pixels (left out by default: they train to about "
+                                    "chance)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default RUN/derived)."),
     accept_changed: bool = typer.Option(False, "--accept-changed-tables",
                                         help="Derive although a table changed since the search (uses the tables "
@@ -265,7 +268,7 @@ def derive_cmd(
     run = load_run(run_dir, accept_changed_tables=accept_changed)
     for note in run.notes:
         con.print(f"[yellow]{note}", highlight=False)
-    items = _derive_items(run, run_dir, con, control, family, latency_ms, params, fill)
+    items = _derive_items(run, run_dir, con, control, family, latency_ms, params, fill, keep_blind)
     summary = write_derived(items, out or Path(run_dir) / "derived")
     _print_derived(items, summary, con)
     if latency_ms is not None or params is not None:
@@ -274,7 +277,7 @@ def derive_cmd(
 
 
 def _derive_items(run, run_dir: Path, con, control: str | None, family: int | None, latency_ms: str | None,
-                  params: str | None, fill: bool) -> list:
+                  params: str | None, fill: bool, keep_blind: bool = False) -> list:
     """The ``Derived`` items of the one mode given (control, family or budgets), with its console lines."""
     from .derive import (
         Derived,
@@ -297,7 +300,7 @@ def _derive_items(run, run_dir: Path, con, control: str | None, family: int | No
         cand = d.evaluate(c)
         items.append(Derived("arch", to_arch(run, cand, "control", str(run_dir))))
     elif family is not None:
-        cands, stats = derive_family(d, family)
+        cands, stats = derive_family(d, family, keep_blind=keep_blind)
         items = family_items(run, cands, stats, str(run_dir))
         for i, line in enumerate(family_message(stats, family, len(items))):
             con.print(("[yellow]" if i else "") + line, highlight=False)

@@ -40,6 +40,7 @@ import numpy as np
 from profiler.errors import UserError
 from profiler.latency.tables import LatencyTable, atomic_write_text
 from profiler.spaces.arch import Arch, make_arch, save_arch
+from profiler.spaces.network import input_coverage
 from profiler.spaces.space import Space
 
 from .control import ControlSpace
@@ -405,8 +406,13 @@ def spread(cands: Sequence[Candidate], n: int) -> list[Candidate]:
     return sorted(taken, key=lambda c: (c.latency_ms, c.params))
 
 
-def derive_family(d: Deriver, n: int) -> tuple[list[Candidate], dict[str, Any]]:
+def derive_family(d: Deriver, n: int, keep_blind: bool = False) -> tuple[list[Candidate], dict[str, Any]]:
     """``n`` distinct architectures spanning the run's control range, fastest first.
+
+    Architectures that cannot see the image (their logits depend on under BLIND_BELOW of the input's pixels, see
+    :func:`blind_note`) are left out before anything is ranked, unless ``keep_blind`` or every one is blind: they
+    train to about chance whatever their cost (every such network of the bench reached <= 59 %, every other >= 68 %).
+    The stats count them (``blind_left_out``).
 
     Every grid control is derived; duplicates keep their least-pressure control. Members come from the Pareto front
     on (predicted latency on every device, params, pressure) (see :func:`pareto`), spread evenly over the first
@@ -421,11 +427,15 @@ def derive_family(d: Deriver, n: int) -> tuple[list[Candidate], dict[str, Any]]:
     for c in cands:
         if c.choices not in uniq or c.pressure < uniq[c.choices].pressure:
             uniq[c.choices] = c
+    n_distinct = len(uniq)
+    seeing = uniq if keep_blind else {k: c for k, c in uniq.items() if not blind_note(d.run.space, k)}
+    left_out = len(uniq) - len(seeing) if seeing else 0
+    uniq = seeing or uniq
     if d.run.table is None:  # no latency: spread over params instead
         pool = sorted(uniq.values(), key=lambda c: c.params)
         idx = sorted(set(int(round(i)) for i in np.linspace(0, len(pool) - 1, min(n, len(pool)))))
-        return [pool[i] for i in idx], {"evaluated": len(cands), "distinct": len(uniq), "pareto": len(pool),
-                                        "off_front": []}
+        return [pool[i] for i in idx], {"evaluated": len(cands), "distinct": n_distinct, "pareto": len(pool),
+                                        "off_front": [], "blind_left_out": left_out}
     ranks = nondominated_ranks(list(uniq.values()))
     if len(ranks[0]) >= n:
         chosen = spread(ranks[0], n)
@@ -439,16 +449,30 @@ def derive_family(d: Deriver, n: int) -> tuple[list[Candidate], dict[str, Any]]:
     chosen = sorted(chosen, key=lambda c: (c.latency_ms, c.params))
     front = {c.choices for c in ranks[0]}
     off = [i for i, c in enumerate(chosen) if c.choices not in front]
-    return chosen, {"evaluated": len(cands), "distinct": len(uniq), "pareto": len(ranks[0]), "off_front": off}
+    return chosen, {"evaluated": len(cands), "distinct": n_distinct, "pareto": len(ranks[0]), "off_front": off,
+                    "blind_left_out": left_out}
 
 
 NOT_PARETO = "not Pareto-optimal: fills the latency range"
+BLIND_BELOW = 0.25  # input coverage under which a derived network is noted as unable to see the image
+
+
+def blind_note(space: Space, choices: Sequence[str]) -> str:
+    """A note when the network's logits depend on under BLIND_BELOW of the input's pixel positions, else ''. Such a
+    network trains to about chance (FBNet's all-skip network at 16x16 Fashion-MNIST: 4 of 256 pixels, 10 %), and its
+    cost puts it in a family's cheap end all the same."""
+    seen, total = input_coverage(space, list(choices))
+    if seen >= BLIND_BELOW * total:
+        return ""
+    return f"sees only {seen} of {total} input pixels: expect chance accuracy"
 
 
 def family_message(stats: dict[str, Any], n: int, got: int) -> list[str]:
     """What ``--family N`` found: how many Pareto members exist, and how many members are fill from later fronts."""
+    blind = stats.get("blind_left_out", 0)
     lines = [f"family: {stats['evaluated']} controls -> {stats['distinct']} distinct architectures -> "
-             f"{stats['pareto']} Pareto-optimal -> {got} members"]
+             + (f"{blind} that cannot see the image left out (--keep-blind keeps them) -> " if blind else "")
+             + f"{stats['pareto']} Pareto-optimal -> {got} members"]
     off = len(stats.get("off_front", ()))
     if off:
         lines.append(f"asked for {n} members but only {stats['pareto']} are Pareto-optimal: {off} member(s) come from "
@@ -641,9 +665,13 @@ def to_arch(run: RunLike, cand: Candidate, how: str, run_dir: str | None = None)
 
 
 def write_derived(items: Sequence[Derived], out_dir: Path) -> Path:
-    """One JSON per architecture plus ``summary.csv``; returns the summary path."""
+    """One JSON per architecture plus ``summary.csv``; returns the summary path. A network that cannot see the image
+    (:func:`blind_note`) gets it in its note."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for it in items:
+        blind = blind_note(it.arch.space, it.arch.choices)
+        if blind and blind not in it.note:
+            it.note = f"{it.note}; {blind}" if it.note else blind
         if it.path is None:
             it.path = out_dir / f"{it.name}.json"
         save_arch(it.arch, it.path)

@@ -305,3 +305,51 @@ def test_version(cli):
 
     r = CliRunner().invoke(importlib.import_module(cli).app, ["--version"])
     assert r.exit_code == 0 and r.output.startswith(("hwnas 0.", "hwprof 0.")) and "onnxruntime" in r.output
+
+
+def test_a_network_that_cannot_see_the_image_is_noted(run, tmp_path):
+    from profiler.spaces.arch import make_arch
+    from profiler.spaces.network import input_coverage
+    from search.derive import Derived, write_derived
+
+    space = run.space
+    blind = ["skip"] * len(space.layers)
+    # every stage transition a 1x1 stride-2 conv: 16x16 -> 1x1 keeps the top-left 2x2 input pixels
+    assert input_coverage(space, blind) == (4, 256)
+    # a 3x3 depthwise block at each transition sees the whole input again
+    seeing = ["k3_e1" if not layer_has_skip_identity else "skip"
+              for layer_has_skip_identity in (s.c_in == s.c_out and s.stride == 1
+                                              for s in (layer.sites[0] for layer in space.layers))]
+    assert input_coverage(space, seeing) == (256, 256)
+    items = [Derived(f"m{i}", make_arch(space, ch, run.table, None, {"derived": "test"}), note=note)
+             for i, (ch, note) in enumerate([(blind, "not Pareto-optimal: fills the latency range"), (seeing, "")])]
+    summary = write_derived(items, tmp_path / "d")
+    rows = list(csv.DictReader(open(summary)))
+    assert rows[0]["note"] == "not Pareto-optimal: fills the latency range; sees only 4 of 256 input pixels: " \
+                              "expect chance accuracy"
+    assert rows[1]["note"] == ""
+    write_derived(items, tmp_path / "d")  # rewriting does not repeat the note
+    assert list(csv.DictReader(open(summary)))[0]["note"] == rows[0]["note"]
+
+
+def test_family_leaves_out_networks_that_cannot_see_unless_asked(run, tmp_path, monkeypatch):
+    from search.derive import blind_note
+
+    # the all-skip network (16x16 -> 1x1 through 1x1 stride-2 convs: 4 pixels seen) as the sweep's high-kappa end
+    blind = ("skip",) * len(run.space.layers)
+    sweep = Deriver.sweep
+    monkeypatch.setattr(Deriver, "sweep", lambda self: [*sweep(self), self.candidate(blind, {"kappa": 10.0}, 10.0)])
+    d = Deriver(run)
+    kept, kept_stats = derive_family(d, 6, keep_blind=True)
+    assert blind in [c.choices for c in kept] and kept_stats["blind_left_out"] == 0
+    members, stats = derive_family(d, 6)
+    assert not any(blind_note(run.space, c.choices) for c in members)
+    assert stats["blind_left_out"] >= 1 and stats["distinct"] == kept_stats["distinct"]
+    r = CliRunner().invoke(app, ["derive", str(run.path), "--family", "6", "--out", str(tmp_path / "f")])
+    assert r.exit_code == 0, r.output
+    assert f"{stats['blind_left_out']} that cannot see the image left out" in " ".join(r.output.split())
+    r = CliRunner().invoke(app, ["derive", str(run.path), "--family", "6", "--keep-blind", "--out",
+                                 str(tmp_path / "k")])
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(open(tmp_path / "k" / "summary.csv")))
+    assert [x["note"].endswith("expect chance accuracy") for x in rows] == [x["ops"] == " ".join(blind) for x in rows]

@@ -130,3 +130,16 @@ def build_network(space: Space, choices: list[str] | tuple[str, ...]) -> SpaceNe
         return build_op(op, site.c_in, site.c_out, site.stride, **dict(site.params))
 
     return SpaceNet(space, make)
+
+
+def input_coverage(space: Space, choices: list[str] | tuple[str, ...]) -> tuple[int, int]:
+    """(seen, total): how many of the H x W input pixel positions the logits of ``choices`` depend on at all, from
+    the gradient of a randomly initialised network at a random input. A 1x1 stride-2 ``skip`` at a stage transition
+    reads one pixel in four: FBNet's all-skip network at 16x16 sees its top-left 2x2 pixels only."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = build_network(space, choices).eval()
+        x = torch.randn((1, *space.input_shape), requires_grad=True)
+    net(x).sum().backward()
+    seen = x.grad.abs().sum(dim=(0, 1)) > 0
+    return int(seen.sum()), seen.numel()

@@ -98,7 +98,7 @@ def test_impossible_budget_says_none_and_shows_closest(run):
 
 def test_family_distinct_nondominated_spanning(run):
     d = Deriver(run)
-    members, stats = derive_family(d, 4)
+    members, stats = derive_family(d, 4, keep_blind=True)  # the front as it is (blind networks: a test below)
     assert len(members) == min(4, stats["distinct"])  # as many as asked, unless the run has fewer to give
     assert len({m.choices for m in members}) == len(members)
     lats = [m.latency_ms for m in members]
@@ -286,7 +286,10 @@ def test_family_beyond_the_front_says_how_many_are_pareto(run, tmp_path):
     n = stats["pareto"] + 2
     members, stats = derive_family(d, n)
     off = stats["off_front"]
-    front = {c.choices for c in pareto(d.evaluated)}
+    from search.derive import blind_note
+
+    seeing = [c for c in d.evaluated if not blind_note(run.space, c.choices)]  # the family's pool
+    front = {c.choices for c in pareto(seeing or d.evaluated)}
     assert off == [i for i, m in enumerate(members) if m.choices not in front]
     assert len(members) - len(off) == stats["pareto"]
     r = CliRunner().invoke(app, ["derive", str(run.path), "--family", str(n), "--out", str(tmp_path / "f")])

@@ -28,9 +28,11 @@ def test_run_quick_end_to_end(small_tables, tmp_path):
     rows = list(csv.DictReader(open(out / "family.csv")))
     text = re.sub(r"\s+", " ", r.output)  # the console wraps long lines
     assert re.search(r"estimate: about \d+ (s|min) on a 2-core machine", text), r.output
-    said = re.search(r"-> (\d+) distinct architectures -> \d+ Pareto-optimal -> (\d+) members", text)
+    said = re.search(r"-> (\d+) distinct architectures -> (?:(\d+) that cannot see the image left out "
+                     r"\(--keep-blind keeps them\) -> )?\d+ Pareto-optimal -> (\d+) members", text)
     assert said, r.output
-    assert len(rows) == int(said.group(2)) == min(3, int(said.group(1)))  # as asked, unless fewer exist
+    seeing = int(said.group(1)) - int(said.group(2) or 0)
+    assert len(rows) == int(said.group(3)) == min(3, seeing)  # as asked, unless fewer exist
     for row in rows:
         assert row["status"] == "ok"
         assert float(row["measured_ms"]) > 0 and float(row["predicted_ms"]) > 0

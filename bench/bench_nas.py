@@ -5,15 +5,15 @@
 
 Sizes (``SCALES``), chosen so the full bench fits 90 minutes on 2 cores (the 8 fbnet runs, bilevel, are ~80 % of the
 search cost): space fbnet-cifar:input_size=16,width=0.25, batch 32; quick: 2 seeds, family 3, search 4 epochs on 800
-training samples, retrain 3 epochs on 800, val 200, test 500; full: 3 seeds, family 5, search 6 epochs on 1200 (at 3
-on 600 no supernet trained: val acc 0.06-0.12 at the end), retrain 10 epochs on 1200 (at 4 the larger networks lose,
-under-trained: bench/capacity_probe.py), val 300, test 1000; ``--retrain-epochs`` changes it. The table is
-calibrated first (``hwprof verify``'s fit on random whole networks, as ``hwnas run`` does; ``--no-calibrate``: raw
-per-op sums), so predicted latencies, the twins' matching and kappa's reference scale exclude the per-op session
-overhead that dominates such small networks. ``--data``
-defaults to fashion-mnist when this checkout reads it offline, else digits (said in the output). ``--jobs N`` runs
-N seeds at once, each in its own process with ``--threads`` torch threads; ``--report-only`` prints the report again
-from the seed files of such a run.
+training samples, retrain 3 epochs on 800, val 200, test 500; full: 3 seeds, search 6 epochs on 1200 (at 3 on 600 no
+supernet trained: val acc 0.06-0.12 at the end), families of 8 (as many as the fbnet runs; was 5), retrain 10 epochs
+on 1200 (at 4 the larger networks lose, under-trained: bench/capacity_probe.py), val 300, test 1000;
+``--retrain-epochs`` changes it. The table is calibrated first (``hwprof verify``'s fit on random whole networks, as
+``hwnas run`` does; ``--no-calibrate``: raw per-op sums), so predicted latencies, the twins' matching and kappa's
+reference scale exclude the per-op session overhead that dominates such small networks. ``--data`` defaults to
+fashion-mnist when this checkout reads it offline, else digits (said in the output). ``--jobs N`` runs N seeds at
+once, each in its own process with ``--threads`` torch threads; ``--report-only`` prints the report again from the
+seed files of such a run.
 ``--search-set KEY=VALUE`` (repeatable) changes the ``hwnas`` and ``seed`` searches only, e.g. the lean sampler on
 twice the search data: ``--search-set sampler=lean --search-set per_sample=false --search-set train_limit=1200``
 (README, Benchmarks, has both figures).
@@ -27,6 +27,9 @@ Per seed, on one latency table (device ``--device``, default ``cpu-1t``) and one
     rejection-sampled to its predicted latency (within 3 %; the proposal takes each layer's cheapest op with
     probability w ~ U(0, 1), else a uniform op, so every latency is reachable; 20000 draws at most, else the nearest);
 (e) one ``darts-cc`` run -> its family of N over lambda.
+Families and random architectures leave out networks that cannot see the image (logits that depend on under a
+quarter of the input's pixels: ``search.derive.blind_note``; ``--keep-blind`` keeps them); the fbnet runs' argmax is
+taken as it comes. The report counts such networks per method.
 
 Every architecture is retrained from scratch with one :class:`search.retrain.TrainConfig` (best epoch chosen on the
 validation split; the test split is read once, at the end). Derivation reads no data at all. Figures per method:
@@ -64,10 +67,11 @@ from profiler.measuring.devices import get_device  # noqa: E402
 from profiler.measuring.model_measure import measure_model  # noqa: E402
 from profiler.measuring.stats import summarize  # noqa: E402
 from profiler.spaces.arch import export_arch, make_arch  # noqa: E402
+from profiler.spaces.network import input_coverage  # noqa: E402
 from profiler.spaces.space import get_space  # noqa: E402
 from search.config import apply_overrides, preset  # noqa: E402
 from search.data import DataError, Splits, load_data  # noqa: E402
-from search.derive import Deriver, derive_family, to_arch  # noqa: E402
+from search.derive import BLIND_BELOW, Deriver, blind_note, derive_family, to_arch  # noqa: E402
 from search.pipeline import QUICK_PROTOCOL, RunConfig, ensure_calibration, ensure_table  # noqa: E402
 from search.report import hypervolume  # noqa: E402
 from search.retrain import TrainConfig, retrain  # noqa: E402
@@ -94,7 +98,9 @@ SCALES = {
     # searches long enough that every supernet trains (at 3 epochs on 600 their val acc stayed at 0.06-0.12 and
     # arch_max_prob at 0.12-0.16: the families were drawn from untrained supernets; README, Benchmarks)
     "quick": Scale("fbnet-cifar:input_size=16,width=0.25", 3, 4, 3, 800, 800, 200, 500, 32, 2, True),
-    "full": Scale("fbnet-cifar:input_size=16,width=0.25", 5, 6, 10, 1200, 1200, 300, 1000, 32, 3, False),
+    # full: families of 8, as many architectures as the 8 fbnet runs give, so the hypervolumes (a maximum over
+    # members) compare like with like (was 5)
+    "full": Scale("fbnet-cifar:input_size=16,width=0.25", 8, 6, 10, 1200, 1200, 300, 1000, 32, 3, False),
 }
 FBNET_KAPPAS = np.geomspace(0.01, 10.0, 8)
 MATCH_TOL = 0.03
@@ -162,9 +168,9 @@ def searched(name: str, sc: Scale, table: Path, seed: int, sets: list[str] = ())
     return apply_overrides(cfg, list(sets))
 
 
-def family(run, n: int, tag: str) -> tuple[list, float]:
+def family(run, n: int, tag: str, keep_blind: bool = False) -> tuple[list, float]:
     t = time.perf_counter()
-    members, _ = derive_family(Deriver(run), n)
+    members, _ = derive_family(Deriver(run), n, keep_blind=keep_blind)
     return [to_arch(run, c, tag, str(run.path)) for c in members], time.perf_counter() - t
 
 
@@ -176,11 +182,20 @@ def _proposal(space, cheapest, rng: random.Random) -> list[str]:
     return [cheap if rng.random() < w else rng.choice(layer.choices) for layer, cheap in zip(space.layers, cheapest)]
 
 
-def random_archs(space, table, seed: int, n_uniform: int, targets: list[float]) -> tuple[list, list]:
-    """N uniform random architectures, and one rejection-sampled to each target latency (within MATCH_TOL)."""
+def random_archs(space, table, seed: int, n_uniform: int, targets: list[float],
+                 keep_blind: bool = False) -> tuple[list, list]:
+    """N uniform random architectures, and one rejection-sampled to each target latency (within MATCH_TOL); unless
+    ``keep_blind``, only architectures that can see the image (the families' own rule, :func:`blind_note`)."""
     rng = random.Random(seed * 7919 + 1)
-    uniform = [make_arch(space, [rng.choice(layer.choices) for layer in space.layers], table, None,
-                         {"derived": "random-uniform"}) for _ in range(n_uniform)]
+
+    def sees(ch: list[str]) -> bool:
+        return keep_blind or not blind_note(space, ch)
+
+    uniform = []
+    while len(uniform) < n_uniform:
+        ch = [rng.choice(layer.choices) for layer in space.layers]
+        if sees(ch):
+            uniform.append(make_arch(space, ch, table, None, {"derived": "random-uniform"}))
     cheapest = list(table.model(space).cheapest())
     matched = []
     for target in targets:
@@ -188,9 +203,9 @@ def random_archs(space, table, seed: int, n_uniform: int, targets: list[float]) 
         for _ in range(20000):
             ch = _proposal(space, cheapest, rng)
             err = abs(table.model(space).exact(ch) - target) / target
-            if err < best_err:
+            if err < best_err and sees(ch):
                 best, best_err = ch, err
-            if err <= MATCH_TOL:
+            if best_err <= MATCH_TOL:
                 break
         matched.append(make_arch(space, best, table, None, {"derived": "random-matched", "target_ms": target,
                                                             "rel_err": best_err}))
@@ -212,7 +227,9 @@ class Trainer:
         if key not in self.cache:
             d = self.out / key
             tr = retrain(arch, self.tcfg, d if self.measure else None, splits=self.splits)
-            row = {"digest": key, "predicted_ms": arch.predicted_ms, "params": arch.params, "val_acc": tr.val_acc,
+            seen, total = input_coverage(arch.space, arch.choices)
+            row = {"digest": key, "ops": " ".join(arch.choices), "input_seen": seen / total,
+                   "predicted_ms": arch.predicted_ms, "params": arch.params, "val_acc": tr.val_acc,
                    "test_acc": tr.test_acc, "train_s": tr.wall_s, "measured_ms": None}
             if self.measure:
                 path, _ = export_arch(arch, d / "model.onnx", tr.weights)
@@ -226,7 +243,7 @@ class Trainer:
 
 
 def one_seed(seed: int, sc: Scale, table_path: Path, splits: Splits, trainer: Trainer, out: Path,
-             own_sets: list[str] = ()) -> dict:
+             own_sets: list[str] = (), keep_blind: bool = False) -> dict:
     table = load_table(table_path)
     space = get_space(sc.space)
     res: dict[str, dict] = {}
@@ -242,7 +259,7 @@ def one_seed(seed: int, sc: Scale, table_path: Path, splits: Splits, trainer: Tr
         cfg = searched(name, sc, table_path, seed, sets)
         log(f"seed {seed}: {name} search ({cfg.epochs} epochs on {cfg.train_limit} samples) ...")
         run, wall, npass = run_search(cfg, out / f"{name}-s{seed}", splits)
-        archs, derive_s = family(run, sc.members, tag)
+        archs, derive_s = family(run, sc.members, tag, keep_blind)
         method(name, archs, wall + derive_s, npass)
     fb_archs, fb_wall, fb_pass = [], 0.0, 0.0
     for i, k in enumerate(FBNET_KAPPAS):
@@ -253,7 +270,7 @@ def one_seed(seed: int, sc: Scale, table_path: Path, splits: Splits, trainer: Tr
         fb_wall, fb_pass = fb_wall + wall, fb_pass + npass
     method("fbnet-8", fb_archs, fb_wall, fb_pass)
     targets = [r["predicted_ms"] for m in ("hwnas", "seed") for r in res[m]["rows"]]
-    uniform, matched = random_archs(space, table, seed, sc.members, targets)
+    uniform, matched = random_archs(space, table, seed, sc.members, targets, keep_blind)
     method("random-uniform", uniform, 0.0, 0.0)
     method("random-matched", matched, 0.0, 0.0)
     return res
@@ -341,10 +358,10 @@ def seed_result(seed: int, sc: Scale, data: str, a, table_path: Path, device, ou
     splits, note = load_subsets(data, space, seed, sc, a.data_dir)
     tcfg = TrainConfig(data=splits.name, epochs=sc.retrain_epochs, batch_size=sc.batch_size, seed=seed)
     trainer = Trainer(tcfg, splits, out / f"models-s{seed}", device, a.measure)
-    res = one_seed(seed, sc, table_path, splits, trainer, out, a.search_set)
+    res = one_seed(seed, sc, table_path, splits, trainer, out, a.search_set, a.keep_blind)
     cal = load_table(table_path).calibration
-    return {"res": res, "note": note, "data": splits.name, "space_ms": space_range(table_path, space),
-            "sizes": [len(splits.train), len(splits.val), len(splits.test)],
+    return {"res": res, "note": note, "data": splits.name, "keep_blind": a.keep_blind,
+            "space_ms": space_range(table_path, space), "sizes": [len(splits.train), len(splits.val), len(splits.test)],
             "calibration": None if cal is None else cal.get("model")}
 
 
@@ -365,6 +382,20 @@ def print_spans(per_seed: list[dict], space_ms: list[float] | None) -> None:
         print(f"== {fam} family span: " + ", ".join(f"{x:.2f}x" for x in spans) + room)
 
 
+def print_blind(per_seed: list[dict]) -> None:
+    """Per method: how many architectures see under BLIND_BELOW of the input's pixels, and what they reach (rows of
+    seed files from before ``input_seen`` was recorded are left out)."""
+    parts = []
+    for name in per_seed[0]:
+        rows = [r for res in per_seed for r in res[name]["rows"] if "input_seen" in r]
+        if not rows:
+            continue
+        blind = [r["test_acc"] for r in rows if r["input_seen"] < BLIND_BELOW]
+        parts.append(f"{name} {len(blind)}/{len(rows)}" + (f" ({min(blind):.1%}-{max(blind):.1%})" if blind else ""))
+    if parts:
+        print(f"== architectures that see < {BLIND_BELOW:.0%} of the input's pixels (test acc): " + ", ".join(parts))
+
+
 def run_seeds(seeds: int, sc: Scale, data: str, a, table_path: Path, device, out: Path) -> list[dict]:
     """Every seed, ``--jobs`` at a time: with more than one job each seed is its own process (one torch thread
     each), writing ``seed-N.json`` that this process reads back."""
@@ -375,7 +406,8 @@ def run_seeds(seeds: int, sc: Scale, data: str, a, table_path: Path, device, out
     base = [sys.executable, __file__, "--data", data, "--device", a.device, "--table", str(table_path),
             "--threads", str(a.threads), "--out", str(a.out)] + (["--quick"] if a.quick else []) \
         + (["--measure"] if a.measure else []) + (["--data-dir", a.data_dir] if a.data_dir else []) \
-        + [f"--search-set={x}" for x in a.search_set] + ["--retrain-epochs", str(sc.retrain_epochs)]
+        + [f"--search-set={x}" for x in a.search_set] + ["--retrain-epochs", str(sc.retrain_epochs)] \
+        + (["--keep-blind"] if a.keep_blind else [])
     todo, running, failed = list(range(seeds)), [], []
     while todo or running:
         while todo and len(running) < a.jobs:
@@ -421,6 +453,9 @@ def main() -> None:
     ap.add_argument("--search-set", action="append", default=[], metavar="KEY=VALUE",
                     help="a config override for the hwnas and seed searches only, e.g. sampler=lean or "
                          "train_limit=1200 (at most the retrain subset); repeatable")
+    ap.add_argument("--keep-blind", action="store_true",
+                    help="families keep (and random architectures may be) networks whose logits depend on under a "
+                         "quarter of the input's pixels; default: left out everywhere but the fbnet runs' argmax")
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench_nas"))
     a = ap.parse_args()
     sc = SCALES["quick" if a.quick else "full"]
@@ -492,9 +527,12 @@ def report(results: list[dict], sc: Scale, seeds: int, a, out: Path, t_all: floa
             f"torch {torch.__version__}, "
             f"{a.threads} thread(s) x {max(1, a.jobs)} job(s), {platform.processor() or platform.machine()}, "
             f"{os.cpu_count()} CPUs" + (f"; hwnas/seed searches with {a.search_set}" if a.search_set else "")
+            + ("" if "keep_blind" not in results[0] else "; networks that cannot see the image "
+               + ("kept" if results[0]["keep_blind"] else "left out of the families and random architectures"))
             + "".join(f"\n   note: {n}" for n in data_notes))
     goals = print_report(per_seed, fig, head)
     print_spans(per_seed, results[0].get("space_ms"))
+    print_blind(per_seed)
     wall = time.perf_counter() - t_all if wall_s is None else wall_s
     print(f"wall {wall:.0f} s; summary {out / 'summary.json'}")
     summary = {"scale": dataclasses.asdict(sc), "data": results[0]["data"], "search_set": a.search_set,

@@ -172,9 +172,9 @@ def ensure_table(cfg: RunConfig, device: Device, space: Space, out: Path, on_eve
 
 
 def sweep_runner(device: Device) -> Any:
-    """The runner of a table sweep on ``device``: a :class:`profiler.measuring.farm.Farm` (one runner and session per board)
-    when the device is a pool or its ``rpc.boards`` asks for several, else its one runner -- ``hwprof measure``'s
-    path. Whole-model timing (verify, members) stays on one board: see README, *The family*."""
+    """The runner of a table sweep on ``device``: a :class:`profiler.measuring.farm.Farm` (one runner and session per
+    board) when the device is a pool or its ``rpc.boards`` asks for several, else its one runner -- ``hwprof
+    measure``'s path. Whole-model timing (verify, members) stays on one board: see README, *The family*."""
     from profiler.measuring.farm import farm_size, make_farm
     from profiler.measuring.runners import make_runner
 

@@ -194,19 +194,18 @@ def _fewest_needed(d, start, back, budget):
 
 
 def test_budget_fill_changes_the_fewest_layers_and_is_marked(run):
-    from search.derive import _least_meeting_on_ray
-
     d = Deriver(run)
     lats = sorted({c.latency_ms for c in d.sweep()})
     # an even grid, plus a budget just under every architecture of the sweep but the cheapest: there the sweep's
-    # answer sits a whole step below the budget while the architecture just over it is a few layer changes from
-    # meeting it, so some budget leaves slack to fill on any measured table (the grid alone found none once)
+    # answer sits a whole step below the budget while the architecture just over it may be a few layer changes from
+    # meeting it. Whether any budget fills depends on the run (on 1 of 20 perturbed copies of one table, and on 2 of
+    # 10 search seeds of another, none did: every ray stepped one layer at a time, or some ray met each budget at its
+    # smallest magnitude), so the fill itself is asserted on a ray that jumps, in the test after this one.
     grid = np.linspace(lats[0], lats[-1], 14)[1:-1]
     budgets = [Budget(latency_ms=float(b)) for b in sorted({*grid, *(x - 1e-6 * x for x in lats[1:])})]
     plain = derive_budgets(d, budgets, fill=False)
     filled = derive_budgets(d, budgets)
     assert all(p.ok and f.ok for p, f in zip(plain, filled))
-    n_filled = 0
     for p, f in zip(plain, filled):
         assert f.found.latency_ms <= f.budget.latency_ms  # never over the budget
         assert f.found.latency_ms >= p.found.latency_ms  # never further from it
@@ -214,7 +213,6 @@ def test_budget_fill_changes_the_fewest_layers_and_is_marked(run):
         if f.found is p.found or f.found.nearest_control is None:
             assert f.found.choices == p.found.choices and f.found.filled == 0
             continue
-        n_filled += 1
         nearest = d.evaluate(dict(f.found.nearest_control))  # the architecture the fill started from
         assert not f.budget.meets(nearest) and nearest.pressure < p.found.pressure
         assert f.found.filled == sum(a != b for a, b in zip(nearest.choices, f.found.choices)) == len(f.found.changed)
@@ -225,12 +223,55 @@ def test_budget_fill_changes_the_fewest_layers_and_is_marked(run):
         assert arch.source["nearest_control"] == f.found.nearest_control
         assert [c["index"] for c in arch.source["layers_changed"]] == [i for i, _, _ in f.found.changed]
         assert "filled: the architecture of" in f.message()
-    assert n_filled >= 1, "no budget of the sweep left slack to fill"
     # a params budget fills the same way, by params
     params = sorted({c.params for c in d.evaluated})
     pb = [Budget(params=int(p)) for p in np.linspace(params[0], params[-1], 8)[1:-1]]
     for p, f in zip(derive_budgets(d, pb, fill=False), derive_budgets(d, pb)):
         assert p.ok and f.ok and p.found.params <= f.found.params <= f.budget.params
+
+
+class _JumpingRay:
+    """The trained run, its control answered by a step instead of the hypernetwork: ``heavy`` below ``kappa_at``,
+    ``light`` from there on, on every ray -- a family that jumps several layers at once, where fill has slack to use."""
+
+    def __init__(self, run, light, heavy, kappa_at):
+        self.run, self.light, self.heavy, self.kappa_at = run, light, heavy, kappa_at
+
+    def __getattr__(self, name):
+        return getattr(self.run, name)
+
+    def choices(self, control):
+        return list(self.heavy if control["kappa"] < self.kappa_at else self.light)
+
+
+def test_budget_fill_on_a_ray_that_jumps_uses_the_slack_with_the_fewest_layers(run):
+    """derive_budgets end to end: the answer meets the budget a jump below it, fill starts from the architecture over
+    it on the same ray and sets back exactly as many layers as the budget needs, marked filled."""
+    sweep = list({c.choices: c for c in Deriver(run).sweep()}.values())
+    costs = run.costs
+
+    def saves(heavy, light):
+        return sorted((costs.latency_ms(heavy) - costs.latency_ms(heavy[:i] + (b,) + heavy[i + 1:])
+                       for i, (a, b) in enumerate(zip(heavy, light)) if a != b), reverse=True)
+
+    pair = next(((lo.choices, hi.choices) for lo in sweep for hi in sweep
+                 if len(saves(hi.choices, lo.choices)) >= 3 and saves(hi.choices, lo.choices)[-1] > 0), None)
+    assert pair is not None, "no two architectures of the sweep differ in three layers, each saving latency"
+    light, heavy = pair
+    d = Deriver(_JumpingRay(run, light, heavy, kappa_at=0.1))
+    s = saves(heavy, light)
+    budget = Budget(latency_ms=costs.latency_ms(heavy) - (s[0] + s[1]) + 1e-9)  # two layers needed, not one
+    (plain,), (res,) = derive_budgets(d, [budget], fill=False), derive_budgets(d, [budget])
+    assert plain.found.choices == light and plain.found.filled == 0
+    f = res.found
+    assert res.ok and f.filled == 2 == len(f.changed) and f.latency_ms <= budget.latency_ms
+    assert f.latency_ms > plain.found.latency_ms  # uses the slack the jump left
+    assert f.nearest_control["kappa"] < 0.1 and d.run.choices(f.nearest_control) == list(heavy)
+    assert all(heavy[i] == a and light[i] == b == f.choices[i] for i, a, b in f.changed)
+    assert sum(x != y for x, y in zip(f.choices, heavy)) == 2
+    src = to_arch(run, f, "budget").source
+    assert src["kind"] == "filled" and src["filled_layers"] == 2 and src["nearest_control"] == f.nearest_control
+    assert "filled: the architecture of" in res.message()
 
 
 def test_fill_changes_one_layer_when_one_is_enough(run):

@@ -515,7 +515,8 @@ def _cal_note(result: dict) -> str:
 
 def report(results: list[dict], sc: Scale, seeds: int, a, out: Path, t_all: float,
            wall_s: float | None = None) -> None:
-    """Print the report and write summary.json; ``wall_s``: the run's own wall time (a --report-only re-print)."""
+    """Print the report and write summary.json; ``wall_s``: the run's own wall time (a --report-only re-print, which
+    writes summary-measured.json or summary-predicted.json instead and leaves the run's own summary.json alone)."""
     per_seed = [r["res"] for r in results]
     data_notes = sorted({r["note"] for r in results if r["note"]})
     lat_key = "measured_ms" if a.measure else "predicted_ms"
@@ -534,11 +535,12 @@ def report(results: list[dict], sc: Scale, seeds: int, a, out: Path, t_all: floa
     print_spans(per_seed, results[0].get("space_ms"))
     print_blind(per_seed)
     wall = time.perf_counter() - t_all if wall_s is None else wall_s
-    print(f"wall {wall:.0f} s; summary {out / 'summary.json'}")
+    path = out / ("summary.json" if wall_s is None else f"summary-{'measured' if a.measure else 'predicted'}.json")
+    print(f"wall {wall:.0f} s; summary {path}")
     summary = {"scale": dataclasses.asdict(sc), "data": results[0]["data"], "search_set": a.search_set,
                "seeds": per_seed, "figures": fig, "goals": goals, "wall_s": wall, "jobs": a.jobs,
                "threads": a.threads}
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    atomic_write_text(path, json.dumps(summary, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -185,10 +185,16 @@ def test_pareto_front_and_hypervolume():
     assert hypervolume([(5.0, 0.9)], 4.0) == 0.0
 
 
+def _layer_saves(costs, start, back):
+    """(latency saved, layer) per layer where the choices ``start`` and ``back`` differ, by setting that layer of
+    ``start`` to ``back``'s op; the largest saving first."""
+    return sorted(((costs.latency_ms(start) - costs.latency_ms(start[:i] + (b,) + start[i + 1:]), i)
+                   for i, (a, b) in enumerate(zip(start, back)) if a != b), reverse=True)
+
+
 def _fewest_needed(d, start, back, budget):
     """The fewest layers of ``start`` that, set to ``back``'s op, bring it within a latency budget (savings add)."""
-    saves = sorted((start.latency_ms - d.costs.latency_ms(start.choices[:i] + (b,) + start.choices[i + 1:])
-                    for i, (a, b) in enumerate(zip(start.choices, back.choices)) if a != b), reverse=True)
+    saves = [save for save, _ in _layer_saves(d.costs, start.choices, back.choices)]
     need = start.latency_ms - budget.latency_ms
     return next(k for k in range(len(saves) + 1) if sum(saves[:k]) >= need - 1e-12)
 
@@ -251,8 +257,7 @@ def test_budget_fill_on_a_ray_that_jumps_uses_the_slack_with_the_fewest_layers(r
     costs = run.costs
 
     def saves(heavy, light):
-        return sorted((costs.latency_ms(heavy) - costs.latency_ms(heavy[:i] + (b,) + heavy[i + 1:])
-                       for i, (a, b) in enumerate(zip(heavy, light)) if a != b), reverse=True)
+        return [save for save, _ in _layer_saves(costs, heavy, light)]
 
     pair = next(((lo.choices, hi.choices) for lo in sweep for hi in sweep
                  if len(saves(hi.choices, lo.choices)) >= 3 and saves(hi.choices, lo.choices)[-1] > 0), None)
@@ -281,9 +286,8 @@ def test_fill_changes_one_layer_when_one_is_enough(run):
     sweep = list({c.choices: c for c in d.sweep()}.values())  # one candidate per distinct architecture
 
     def saves(start, back):
-        """Latency saved by setting one layer of ``start`` to ``back``'s op, per layer where they differ."""
-        return sorted((start.latency_ms - d.costs.latency_ms(start.choices[:i] + (b,) + start.choices[i + 1:]), i)
-                      for i, (a, b) in enumerate(zip(start.choices, back.choices)) if a != b)
+        """(latency saved, layer) by setting one layer of ``start`` to ``back``'s op, smallest saving first."""
+        return _layer_saves(d.costs, start.choices, back.choices)[::-1]
 
     # a cheaper architecture (meets) and a slower one with less pressure (over) that differ in three or more layers,
     # each change saving latency (in a real derivation: a budget's answer and the nearest architecture on its ray)

@@ -260,7 +260,7 @@ def test_budget_fill_on_a_ray_that_jumps_uses_the_slack_with_the_fewest_layers(r
         return [save for save, _ in _layer_saves(costs, heavy, light)]
 
     pair = next(((lo.choices, hi.choices) for lo in sweep for hi in sweep
-                 if len(saves(hi.choices, lo.choices)) >= 3 and saves(hi.choices, lo.choices)[-1] > 0), None)
+                 if len(sv := saves(hi.choices, lo.choices)) >= 3 and sv[-1] > 0), None)
     assert pair is not None, "no two architectures of the sweep differ in three layers, each saving latency"
     light, heavy = pair
     d = Deriver(_JumpingRay(run, light, heavy, kappa_at=0.1))
